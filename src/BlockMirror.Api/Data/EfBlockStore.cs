@@ -1,0 +1,95 @@
+using BlockMirror.Core.State;
+using Microsoft.EntityFrameworkCore;
+
+namespace BlockMirror.Api.Data;
+
+/// <summary>The block layer's store on SQLite. Each call is one short transaction.</summary>
+public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory) : IBlockStore
+{
+    public async Task<IReadOnlyList<NodeRecord>> LoadNodesAsync(CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        return await db.Nodes.AsNoTracking().OrderBy(n => n.CreatedAt)
+            .Select(n => new NodeRecord(n.Name, n.Driver, n.Path, n.Uri, n.Size, n.ReadOnly, n.CreatedAt))
+            .ToListAsync(cancellationToken);
+    }
+
+    public async Task<IReadOnlyList<BitmapRecord>> LoadBitmapsAsync(CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        return await db.Bitmaps.AsNoTracking()
+            .Select(b => new BitmapRecord(b.Node, b.Name, b.Granularity, b.Persistent, b.Disabled, b.Inconsistent, b.InUse,
+                b.Content, b.ImageSize, b.ImageMtimeUtc, b.CreatedAt))
+            .ToListAsync(cancellationToken);
+    }
+
+    public async Task SaveNodeAsync(NodeRecord node, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        var row = await db.Nodes.FindAsync([node.Name], cancellationToken);
+        if (row is null)
+        {
+            row = new NodeEntity { Name = node.Name, Driver = node.Driver };
+            db.Nodes.Add(row);
+        }
+        row.Driver = node.Driver;
+        row.Path = node.Path;
+        row.Uri = node.Uri;
+        row.Size = node.Size;
+        row.ReadOnly = node.ReadOnly;
+        row.CreatedAt = node.CreatedAt;
+        await db.SaveChangesAsync(cancellationToken);
+    }
+
+    public async Task DeleteNodeAsync(string name, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
+        await db.Bitmaps.Where(b => b.Node == name).ExecuteDeleteAsync(cancellationToken);
+        await db.Nodes.Where(n => n.Name == name).ExecuteDeleteAsync(cancellationToken);
+        await tx.CommitAsync(cancellationToken);
+    }
+
+    public async Task SaveBitmapsAsync(IReadOnlyCollection<BitmapRecord> bitmaps, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        foreach (var b in bitmaps)
+        {
+            var row = await db.Bitmaps.FindAsync([b.Node, b.Name], cancellationToken);
+            if (row is null)
+            {
+                row = new BitmapEntity { Node = b.Node, Name = b.Name };
+                db.Bitmaps.Add(row);
+            }
+            row.Granularity = b.Granularity;
+            row.Persistent = b.Persistent;
+            row.Disabled = b.Disabled;
+            row.Inconsistent = b.Inconsistent;
+            row.InUse = b.InUse;
+            // Content is only written at a clean stop; null means "leave what is stored".
+            if (b.Content is not null)
+                row.Content = b.Content;
+            if (b.InUse)
+            {
+                row.ImageSize = null;
+                row.ImageMtimeUtc = null;
+            }
+            else
+            {
+                row.ImageSize = b.ImageSize;
+                row.ImageMtimeUtc = b.ImageMtimeUtc;
+            }
+            row.CreatedAt = b.CreatedAt;
+        }
+        await db.SaveChangesAsync(cancellationToken);
+    }
+
+    public async Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
+        foreach (var (node, name) in bitmaps)
+            await db.Bitmaps.Where(b => b.Node == node && b.Name == name).ExecuteDeleteAsync(cancellationToken);
+        await tx.CommitAsync(cancellationToken);
+    }
+}

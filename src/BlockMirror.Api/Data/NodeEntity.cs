@@ -1,0 +1,13 @@
+namespace BlockMirror.Api.Data;
+
+/// <summary>Row of table <c>nodes</c>.</summary>
+public sealed class NodeEntity
+{
+    public required string Name { get; set; }
+    public required string Driver { get; set; }
+    public string? Path { get; set; }
+    public string? Uri { get; set; }
+    public long Size { get; set; }
+    public bool ReadOnly { get; set; }
+    public DateTime CreatedAt { get; set; }
+}

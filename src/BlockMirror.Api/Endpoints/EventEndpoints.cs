@@ -1,0 +1,35 @@
+using System.Net.ServerSentEvents;
+using System.Runtime.CompilerServices;
+using BlockMirror.Api.Events;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace BlockMirror.Api.Endpoints;
+
+/// <summary>Routes for /api/v1/events: the event stream as Server-Sent Events.</summary>
+public static class EventEndpoints
+{
+    public static RouteGroupBuilder MapEventEndpoints(this IEndpointRouteBuilder app)
+    {
+        var group = app.MapGroup("/api/v1/events").WithTags("Events");
+        group.MapGet("/", StreamEvents).WithName(nameof(StreamEvents));
+        return group;
+    }
+
+    /// <summary>
+    /// Every event after <c>Last-Event-ID</c> (header, or <c>lastEventId</c> query for clients that cannot
+    /// set headers), then live events. Each has its persisted id, its name as the SSE event type and JSON data.
+    /// </summary>
+    public static ServerSentEventsResult<string> StreamEvents(HttpContext context, EventHub hub, long? lastEventId = null)
+    {
+        var after = lastEventId ?? 0;
+        if (long.TryParse(context.Request.Headers["Last-Event-ID"].ToString(), out var header))
+            after = header;
+        return TypedResults.ServerSentEvents(ToItems(hub, after, context.RequestAborted));
+    }
+
+    private static async IAsyncEnumerable<SseItem<string>> ToItems(EventHub hub, long after, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        await foreach (var m in hub.SubscribeAsync(after, cancellationToken))
+            yield return new SseItem<string>(m.Data, m.Name) { EventId = m.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+    }
+}

@@ -1,0 +1,177 @@
+using System.Buffers;
+using BlockMirror.Api.Contracts;
+using BlockMirror.Api.Infrastructure;
+using BlockMirror.Api.Options;
+using BlockMirror.Core;
+using BlockMirror.Core.Images;
+using BlockMirror.Core.Nodes;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.Extensions.Options;
+
+namespace BlockMirror.Api.Endpoints;
+
+/// <summary>Routes for /api/v1/nodes: images the service owns and their data path.</summary>
+public static class NodeEndpoints
+{
+    /// <summary>Chunk size for streaming data in and out: large enough for throughput, small enough to pool.</summary>
+    private const int DataChunk = 1 << 20;
+
+    public static RouteGroupBuilder MapNodeEndpoints(this IEndpointRouteBuilder app)
+    {
+        var group = app.MapGroup("/api/v1/nodes").WithTags("Nodes");
+        group.MapPost("/", CreateNode).WithName(nameof(CreateNode))
+            .ProducesProblem(400).ProducesProblem(404).ProducesProblem(409);
+        group.MapGet("/", ListNodes).WithName(nameof(ListNodes));
+        group.MapGet("/{node}", GetNode).WithName(nameof(GetNode)).ProducesProblem(404);
+        group.MapDelete("/{node}", DeleteNode).WithName(nameof(DeleteNode)).ProducesProblem(404).ProducesProblem(409);
+
+        group.MapPut("/{node}/data", WriteData).WithName(nameof(WriteData))
+            .Accepts<byte[]>("application/octet-stream")
+            .ProducesProblem(400).ProducesProblem(404).ProducesProblem(409).ProducesProblem(413);
+        group.MapGet("/{node}/data", ReadData).WithName(nameof(ReadData))
+            .Produces(200, contentType: "application/octet-stream").ProducesProblem(400).ProducesProblem(404);
+        group.MapPost("/{node}/zero", WriteZeroes).WithName(nameof(WriteZeroes))
+            .ProducesProblem(400).ProducesProblem(404).ProducesProblem(409);
+        group.MapPost("/{node}/discard", Discard).WithName(nameof(Discard))
+            .ProducesProblem(400).ProducesProblem(404).ProducesProblem(409);
+        group.MapGet("/{node}/extents", GetAllocation).WithName(nameof(GetAllocation))
+            .ProducesProblem(400).ProducesProblem(404);
+        return group;
+    }
+
+    /// <summary>Adds a node: opens (or creates) a raw image under the image root, or connects to an NBD export.</summary>
+    public static async Task<Created<NodeDto>> CreateNode(CreateNodeRequest request, BlockLayer layer, CancellationToken cancellationToken)
+    {
+        var name = RequestValidationException.Require(request.Name, "name");
+        var driver = RequestValidationException.Require(request.Driver, "driver");
+        long? size = null;
+        if (request.Create is { } create)
+            size = RequestValidationException.Require(create.Size, "create.size");
+        var spec = new NodeSpec(name, driver, request.Path, request.Uri, size, request.ReadOnly ?? false);
+        var node = await layer.CreateNodeAsync(spec, cancellationToken);
+        return TypedResults.Created($"/api/v1/nodes/{Uri.EscapeDataString(node.Name)}", node.ToDto());
+    }
+
+    public static Ok<ItemsDto<NodeDto>> ListNodes(BlockLayer layer) =>
+        TypedResults.Ok(new ItemsDto<NodeDto>([.. layer.Nodes.Select(n => n.ToDto())]));
+
+    public static Ok<NodeDto> GetNode(string node, BlockLayer layer) => TypedResults.Ok(layer.GetNode(node).ToDto());
+
+    /// <summary>Removes a node and its bitmaps; the image file stays unless <c>deleteImage=true</c>.</summary>
+    public static async Task<NoContent> DeleteNode(string node, BlockLayer layer, CancellationToken cancellationToken, bool deleteImage = false)
+    {
+        await layer.DeleteNodeAsync(node, deleteImage, cancellationToken);
+        return TypedResults.NoContent();
+    }
+
+    /// <summary>Writes the body at <c>offset</c> through the node's write path (bitmaps record it, a mirror sees it).</summary>
+    public static async Task<NoContent> WriteData(string node, long offset, HttpContext context, BlockLayer layer, IOptions<StorageOptions> storage)
+    {
+        var n = layer.GetNode(node);
+        if (n.ReadOnly)
+            throw BlockErrors.NodeReadOnly(node);
+        var limit = storage.Value.MaxDataBodyBytes;
+        var declared = context.Request.ContentLength;
+        if (declared > limit)
+            throw new BadHttpRequestException("The request body is too large", StatusCodes.Status413PayloadTooLarge);
+        if (declared is { } length)
+            n.CheckRange(offset, length);
+        else
+            n.CheckRange(offset, 0);
+
+        // Stream in chunks from a pooled buffer; when the length is unknown (chunked encoding) the
+        // range is checked per chunk before anything past the end could be written.
+        var buffer = ArrayPool<byte>.Shared.Rent(DataChunk);
+        try
+        {
+            var body = context.Request.Body;
+            var position = offset;
+            while (true)
+            {
+                var filled = await ReadChunkAsync(body, buffer, context.RequestAborted);
+                if (filled == 0)
+                    break;
+                if (position - offset + filled > limit)
+                    throw new BadHttpRequestException("The request body is too large", StatusCodes.Status413PayloadTooLarge);
+                await n.WriteAsync(WriteRequest.ForData(position, buffer.AsMemory(0, filled)), context.RequestAborted);
+                position += filled;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+        return TypedResults.NoContent();
+    }
+
+    private static async Task<int> ReadChunkAsync(Stream body, byte[] buffer, CancellationToken cancellationToken)
+    {
+        var filled = 0;
+        while (filled < DataChunk)
+        {
+            var read = await body.ReadAsync(buffer.AsMemory(filled, DataChunk - filled), cancellationToken);
+            if (read == 0)
+                break;
+            filled += read;
+        }
+        return filled;
+    }
+
+    /// <summary>Reads <c>length</c> bytes at <c>offset</c>.</summary>
+    public static async Task<EmptyHttpResult> ReadData(string node, long offset, long length, HttpContext context, BlockLayer layer)
+    {
+        var n = layer.GetNode(node);
+        n.CheckRange(offset, length);
+        context.Response.ContentType = "application/octet-stream";
+        context.Response.ContentLength = length;
+        var buffer = ArrayPool<byte>.Shared.Rent(DataChunk);
+        try
+        {
+            var done = 0L;
+            while (done < length)
+            {
+                var chunk = (int)Math.Min(DataChunk, length - done);
+                await n.ReadAsync(offset + done, buffer.AsMemory(0, chunk), context.RequestAborted);
+                await context.Response.Body.WriteAsync(buffer.AsMemory(0, chunk), context.RequestAborted);
+                done += chunk;
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+        return TypedResults.Empty;
+    }
+
+    /// <summary>Writes zeroes (a write: it marks bitmaps).</summary>
+    public static async Task<NoContent> WriteZeroes(string node, ZeroRequest request, BlockLayer layer, CancellationToken cancellationToken)
+    {
+        var n = layer.GetNode(node);
+        var offset = RequestValidationException.Require(request.Offset, "offset");
+        var length = RequestValidationException.Require(request.Length, "length");
+        await n.WriteAsync(WriteRequest.ForZeroes(offset, length, request.MayUnmap ?? true), cancellationToken);
+        return TypedResults.NoContent();
+    }
+
+    /// <summary>Discards a range (it reads as zeroes afterwards on raw images).</summary>
+    public static async Task<NoContent> Discard(string node, DiscardRequest request, BlockLayer layer, CancellationToken cancellationToken)
+    {
+        var n = layer.GetNode(node);
+        var offset = RequestValidationException.Require(request.Offset, "offset");
+        var length = RequestValidationException.Require(request.Length, "length");
+        await n.WriteAsync(WriteRequest.ForDiscard(offset, length), cancellationToken);
+        return TypedResults.NoContent();
+    }
+
+    /// <summary>The allocation map: coalesced <c>data</c> and <c>zero</c> extents.</summary>
+    public static async Task<Ok<ItemsDto<AllocationExtentDto>>> GetAllocation(string node, BlockLayer layer, CancellationToken cancellationToken, long offset = 0, long? length = null)
+    {
+        var n = layer.GetNode(node);
+        var len = length ?? Math.Max(0, n.Size - Math.Max(0, offset));
+        n.CheckRange(offset, len);
+        var items = new List<AllocationExtentDto>();
+        await foreach (var e in ImageExtents.EnumerateAsync(n.Image, offset, len, cancellationToken))
+            items.Add(new AllocationExtentDto(e.Offset, e.Length, e.Kind == ExtentKind.Data ? "data" : "zero"));
+        return TypedResults.Ok(new ItemsDto<AllocationExtentDto>(items));
+    }
+}

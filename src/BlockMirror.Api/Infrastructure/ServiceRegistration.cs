@@ -1,0 +1,85 @@
+using BlockMirror.Api.Data;
+using BlockMirror.Api.Events;
+using BlockMirror.Api.Options;
+using BlockMirror.Core;
+using BlockMirror.Core.Images;
+using BlockMirror.Core.Nodes;
+using BlockMirror.Core.State;
+using Microsoft.Data.Sqlite;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Options;
+
+namespace BlockMirror.Api.Infrastructure;
+
+/// <summary>Wires the host: options, SQLite, the block layer, events, problem details, OpenAPI.</summary>
+public static class ServiceRegistration
+{
+    public static void AddBlockMirror(this WebApplicationBuilder builder)
+    {
+        var services = builder.Services;
+        services.Configure<StorageOptions>(builder.Configuration.GetSection(StorageOptions.Section));
+        services.Configure<NbdOptions>(builder.Configuration.GetSection(NbdOptions.Section));
+        services.Configure<AuthOptions>(builder.Configuration.GetSection(AuthOptions.Section));
+        services.AddSingleton(TimeProvider.System);
+
+        services.ConfigureHttpJsonOptions(o => JsonSetup.Configure(o.SerializerOptions));
+        services.AddSingleton(JsonSetup.Create());
+        services.AddProblemDetails(o => o.CustomizeProblemDetails = c =>
+        {
+            // Every problem carries a stable code, also those the framework writes (404 route, 405, 415).
+            var status = c.ProblemDetails.Status ?? c.HttpContext.Response.StatusCode;
+            if (!c.ProblemDetails.Extensions.ContainsKey("code"))
+                c.ProblemDetails.Extensions["code"] = ProblemCodes.DefaultCode(status);
+            c.ProblemDetails.Detail ??= ProblemCodes.DefaultDetail(status, c.HttpContext);
+        });
+        services.AddExceptionHandler<BlockExceptionHandler>();
+
+        services.AddDbContextFactory<BlockMirrorDbContext>((sp, o) =>
+            o.UseSqlite(ResolveConnectionString(builder.Configuration, builder.Environment.ContentRootPath)));
+        services.AddHealthChecks()
+            .AddDbContextCheck<BlockMirrorDbContext>("database")
+            .AddCheck<ImageRootHealthCheck>("image-root");
+
+        services.AddSingleton(sp =>
+        {
+            var storage = sp.GetRequiredService<IOptions<StorageOptions>>().Value;
+            return new ImageRoot(Path.GetFullPath(storage.Root, builder.Environment.ContentRootPath));
+        });
+        services.AddSingleton<IBlockStore, EfBlockStore>();
+        services.AddSingleton<EventHub>();
+        services.AddSingleton(sp => new BlockLayer(
+            sp.GetRequiredService<ImageRoot>(),
+            sp.GetRequiredService<IBlockStore>(),
+            sp.GetRequiredService<EventHub>(),
+            sp.GetRequiredService<TimeProvider>(),
+            sp.GetService<IRemoteImageOpener>()));
+
+        services.AddEndpointsApiExplorer();
+        services.AddSwaggerGen(o =>
+        {
+            o.SwaggerDoc("v1", new() { Title = "BlockMirror", Version = "v1", Description = "Dirty bitmaps and live mirror jobs over local images, QEMU's semantics over REST." });
+            o.SupportNonNullableReferenceTypes();
+            var xml = Path.Combine(AppContext.BaseDirectory, "BlockMirror.Api.xml");
+            if (File.Exists(xml))
+                o.IncludeXmlComments(xml);
+        });
+
+        // The OpenAPI generators run Program: they must not migrate, open images or listen.
+        if (!HostEnvironmentExtensions.IsDocumentGeneration())
+            services.AddHostedService<StartupService>();
+    }
+
+    /// <summary>Resolves a relative SQLite path against the content root (not the process's working directory) and creates its folder.</summary>
+    public static string ResolveConnectionString(IConfiguration configuration, string contentRoot)
+    {
+        var raw = configuration.GetConnectionString("BlockMirror") ?? "Data Source=./data/blockmirror.db";
+        var csb = new SqliteConnectionStringBuilder(raw);
+        if (!string.IsNullOrEmpty(csb.DataSource) && csb.DataSource != ":memory:")
+        {
+            csb.DataSource = Path.GetFullPath(csb.DataSource, contentRoot);
+            Directory.CreateDirectory(Path.GetDirectoryName(csb.DataSource)!);
+        }
+        return csb.ToString();
+    }
+}

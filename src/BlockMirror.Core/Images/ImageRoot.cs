@@ -1,0 +1,109 @@
+namespace BlockMirror.Core.Images;
+
+/// <summary>
+/// The directory every image path is relative to. Resolution refuses absolute paths,
+/// <c>..</c> segments and symlinks whose target lies outside the root, so a client can
+/// never name a file the operator did not put under the root.
+/// </summary>
+public sealed partial class ImageRoot
+{
+    public ImageRoot(string fullPath)
+    {
+        FullPath = Path.TrimEndingDirectorySeparator(Path.GetFullPath(fullPath));
+        Directory.CreateDirectory(FullPath);
+        // The root itself may be a symlink (e.g. /tmp on some systems); compare against its real path.
+        RealPath = RealPathOf(FullPath);
+    }
+
+    public string FullPath { get; }
+
+    private string RealPath { get; }
+
+    /// <summary>Resolves a client-supplied relative path to an absolute path inside the root.</summary>
+    public string Resolve(string? relative)
+    {
+        if (string.IsNullOrWhiteSpace(relative))
+            throw Outside(relative ?? "", "the path is empty");
+        if (relative.Contains('\0', StringComparison.Ordinal))
+            throw Outside(relative, "the path contains a NUL character");
+        if (Path.IsPathRooted(relative) || relative.StartsWith('~'))
+            throw Outside(relative, "absolute paths are not allowed");
+        var segments = relative.Split('/', '\\');
+        if (segments.Any(s => s == ".."))
+            throw Outside(relative, "'..' segments are not allowed");
+        if (segments.Length == 0 || segments[^1].Length == 0 || segments[^1] == ".")
+            throw Outside(relative, "the path names a directory");
+
+        var full = Path.GetFullPath(Path.Combine(FullPath, relative));
+        if (!IsUnder(full, FullPath))
+            throw Outside(relative, "it resolves outside the image root");
+
+        // Follow symlinks on every existing component: the deepest existing ancestor (or the file) must
+        // really live under the root.
+        var probe = full;
+        while (!File.Exists(probe) && !Directory.Exists(probe) && !IsSymlink(probe))
+        {
+            var parent = Path.GetDirectoryName(probe);
+            if (parent is null || parent == probe)
+                break;
+            probe = parent;
+        }
+        string real;
+        try
+        {
+            real = RealPathOf(probe);
+        }
+        catch (IOException)
+        {
+            throw Outside(relative, "a symbolic link on the path cannot be resolved");
+        }
+        if (real != RealPath && !IsUnder(real, RealPath))
+            throw Outside(relative, "a symbolic link leads outside the image root");
+        return full;
+    }
+
+    /// <summary>The path relative to the root, with '/' separators, as the API reports it.</summary>
+    public string ToRelative(string full) => Path.GetRelativePath(FullPath, full).Replace('\\', '/');
+
+    private static bool IsSymlink(string path)
+    {
+        try
+        {
+            return new FileInfo(path).LinkTarget is not null;
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    private static string RealPathOf(string path)
+    {
+        // realpath(3) resolves every component, including symlinks in the middle of a link's target.
+        var resolved = realpath(path, IntPtr.Zero);
+        if (resolved == IntPtr.Zero)
+            throw new IOException($"Cannot resolve '{path}' (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()})");
+        try
+        {
+            return System.Runtime.InteropServices.Marshal.PtrToStringUTF8(resolved)!;
+        }
+        finally
+        {
+            free(resolved);
+        }
+    }
+
+    [System.Runtime.InteropServices.LibraryImport("libc", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    private static partial IntPtr realpath(string path, IntPtr resolved);
+
+    [System.Runtime.InteropServices.LibraryImport("libc")]
+    private static partial void free(IntPtr ptr);
+
+    private static bool IsUnder(string path, string root) =>
+        path.Length > root.Length + 1
+        && path.StartsWith(root, StringComparison.Ordinal)
+        && path[root.Length] == Path.DirectorySeparatorChar;
+
+    private static BlockException Outside(string path, string why) =>
+        BlockErrors.Invalid("path-outside-root", $"Path '{path}' is not allowed: {why}");
+}

@@ -1,0 +1,79 @@
+using System.Runtime.InteropServices;
+
+namespace BlockMirror.Core.Images;
+
+/// <summary>
+/// The few Linux libc calls .NET does not expose: sparse-file navigation, hole punching,
+/// OFD locks, data sync, st_blocks and copy_file_range. Linux only (x86_64 and arm64 share
+/// every layout used here). "libc" resolves to libc.so.6: the runtime maps that name itself.
+/// </summary>
+internal static partial class LibC
+{
+    // lseek whence values for sparse files (Linux ≥ 3.1).
+    internal const int SEEK_DATA = 3;
+    internal const int SEEK_HOLE = 4;
+
+    // fallocate modes.
+    internal const int FALLOC_FL_KEEP_SIZE = 0x01;
+    internal const int FALLOC_FL_PUNCH_HOLE = 0x02;
+    internal const int FALLOC_FL_ZERO_RANGE = 0x10;
+
+    // Open-file-description locks (Linux ≥ 3.15): owned by the open file, not the process,
+    // so two opens in one process conflict, and closing the handle releases them.
+    internal const int F_OFD_GETLK = 36;
+    internal const int F_OFD_SETLK = 37;
+    internal const short F_RDLCK = 0;
+    internal const short F_WRLCK = 1;
+    internal const short F_UNLCK = 2;
+    internal const short SEEK_SET = 0;
+
+    // errno values (asm-generic, shared by x86_64 and arm64).
+    internal const int EINTR = 4;
+    internal const int ENXIO = 6;
+    internal const int EAGAIN = 11;
+    internal const int EACCES = 13;
+    internal const int ENODEV = 19;
+    internal const int EINVAL = 22;
+    internal const int ENOTTY = 25;
+    internal const int ENOSPC = 28;
+    internal const int ENOSYS = 38;
+    internal const int EOPNOTSUPP = 95;
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial long lseek(int fd, long offset, int whence);
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial int fallocate(int fd, int mode, long offset, long len);
+
+    // fcntl is variadic; on x86_64 and arm64 a pointer third argument is passed exactly as in a
+    // non-variadic call, so binding the F_OFD_* form with a fixed signature is safe.
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int fcntl(int fd, int cmd, ref Flock lk);
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial int fsync(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial int fdatasync(int fd);
+
+    // glibc exports fstat as a real symbol since 2.33 (Debian 12 has 2.36); older glibc only had __fxstat.
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial int fstat(int fd, out StatBuffer buf);
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial nint copy_file_range(int fdIn, ref long offIn, int fdOut, ref long offOut, nuint len, uint flags);
+
+    /// <summary>errno of the last call made through this class (SetLastError = true).</summary>
+    internal static int LastErrno => Marshal.GetLastPInvokeError();
+
+    /// <summary>
+    /// An exception shaped like the ones .NET itself throws for a failed syscall on Unix:
+    /// IOException, message "strerror : 'path'", HResult = errno (so ENOSPC is 28, as from RandomAccess.Write).
+    /// </summary>
+    internal static IOException ErrnoException(int errno, string path, string? operation = null)
+    {
+        var text = Marshal.GetPInvokeErrorMessage(errno);
+        var message = operation is null ? $"{text} : '{path}'" : $"{operation}: {text} : '{path}'";
+        return new IOException(message, errno);
+    }
+}

@@ -1,0 +1,76 @@
+namespace BlockMirror.Core.Jobs;
+
+/// <summary>
+/// QEMU's <c>ratelimit.h</c> over bytes: a quota of speed/10 bytes per 100 ms slice. Work is
+/// accounted after it was dispatched, so one chunk larger than the quota still passes and the
+/// debt is paid by a longer delay afterwards (speed=1 makes a job "very slow", not stuck before
+/// its first chunk). Speed 0 disables the limit. Thread-safe: the loop accounts and asks for the
+/// delay, set-speed changes the speed at any time (and starts a fresh slice).
+/// </summary>
+/// <remarks>
+/// System.Threading.RateLimiting's TokenBucketRateLimiter would do, but it ships only with the
+/// ASP.NET Core shared framework, which the core library must not depend on; QEMU's algorithm is
+/// twenty lines and gives exactly its debt semantics.
+/// </remarks>
+internal sealed class ByteRateLimiter
+{
+    private static readonly TimeSpan Slice = TimeSpan.FromMilliseconds(100);
+
+    private readonly Lock _lock = new();
+    private readonly TimeProvider _time;
+    private long _sliceQuota;
+    private long _sliceStart;
+    private long _sliceEnd;
+    private long _dispatched;
+
+    public ByteRateLimiter(TimeProvider time, long bytesPerSecond)
+    {
+        _time = time;
+        SetSpeed(bytesPerSecond);
+    }
+
+    /// <summary>Sets the speed in bytes per second (0 = unlimited) and starts a new slice.</summary>
+    public void SetSpeed(long bytesPerSecond)
+    {
+        lock (_lock)
+        {
+            _sliceQuota = bytesPerSecond <= 0 ? 0 : Math.Max(bytesPerSecond / 10, 1);
+            _sliceStart = _sliceEnd = 0;
+            _dispatched = 0;
+        }
+    }
+
+    /// <summary>Adds dispatched bytes to the current slice.</summary>
+    public void Account(long bytes)
+    {
+        lock (_lock)
+        {
+            if (_sliceQuota > 0)
+                _dispatched += bytes;
+        }
+    }
+
+    /// <summary>How long to wait before dispatching more (zero when the quota allows it now).</summary>
+    public TimeSpan Delay()
+    {
+        lock (_lock)
+        {
+            if (_sliceQuota == 0)
+                return TimeSpan.Zero;
+            var now = _time.GetTimestamp();
+            var slice = (long)(Slice.TotalSeconds * _time.TimestampFrequency);
+            if (_sliceEnd < now)
+            {
+                // The last slice is over: its debt is paid, start a new one.
+                _sliceStart = now;
+                _sliceEnd = now + slice;
+                _dispatched = 0;
+            }
+            if (_dispatched < _sliceQuota)
+                return TimeSpan.Zero;
+            var delaySlices = (double)_dispatched / _sliceQuota;
+            _sliceEnd = _sliceStart + (long)(delaySlices * slice);
+            return _time.GetElapsedTime(now, _sliceEnd);
+        }
+    }
+}

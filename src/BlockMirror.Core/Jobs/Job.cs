@@ -1,0 +1,639 @@
+using BlockMirror.Core.State;
+
+namespace BlockMirror.Core.Jobs;
+
+/// <summary>
+/// A long-running block job with QEMU's generic state machine (<c>job.c</c>): statuses change only
+/// along <see cref="CanTransition"/> (JobSTT), verbs are accepted only where
+/// <see cref="AllowsVerb"/> (JobVerbTable) says so, pauses nest, and the lifecycle after the run
+/// (waiting → pending → finalize → concluded → dismissed, or aborting → concluded) follows
+/// auto-finalize and auto-dismiss. A driver subclass supplies the run and the graph changes.
+/// </summary>
+/// <remarks>
+/// Verbs are called by <see cref="BlockLayer"/> under its control lock; the run executes on its
+/// own task and takes the control lock only to finish. The job's own state is guarded by one
+/// lock so a verb never sees a half-made transition; events are published under it, so their
+/// order is the order of the transitions.
+/// </remarks>
+public abstract class Job
+{
+    private const bool T = true;
+    private const bool F = false;
+
+    /// <summary>QEMU's JobSTT: [from, to], in <see cref="JobStatus"/> order U C R P Y S W D X E N.</summary>
+    private static readonly bool[,] s_transitions =
+    {
+        /* U: */ { F, T, F, F, F, F, F, F, F, F, F },
+        /* C: */ { F, F, T, F, F, F, F, F, T, F, T },
+        /* R: */ { F, F, F, T, T, F, T, F, T, F, F },
+        /* P: */ { F, F, T, F, F, F, F, F, F, F, F },
+        /* Y: */ { F, F, F, F, F, T, T, F, T, F, F },
+        /* S: */ { F, F, F, F, T, F, F, F, F, F, F },
+        /* W: */ { F, F, F, F, F, F, F, T, T, F, F },
+        /* D: */ { F, F, F, F, F, F, F, F, T, T, F },
+        /* X: */ { F, F, F, F, F, F, F, F, T, T, F },
+        /* E: */ { F, F, F, F, F, F, F, F, F, F, T },
+        /* N: */ { F, F, F, F, F, F, F, F, F, F, F },
+    };
+
+    /// <summary>QEMU's JobVerbTable: [verb, status], statuses in order U C R P Y S W D X E N.</summary>
+    private static readonly bool[,] s_verbs =
+    {
+        /* cancel:    */ { F, T, T, T, T, T, T, T, F, F, F },
+        /* pause:     */ { F, T, T, T, T, T, F, F, F, F, F },
+        /* resume:    */ { F, T, T, T, T, T, F, F, F, F, F },
+        /* set-speed: */ { F, T, T, T, T, T, F, F, F, F, F },
+        /* complete:  */ { F, F, F, F, T, T, F, F, F, F, F },
+        /* finalize:  */ { F, F, F, F, F, F, F, T, F, F, F },
+        /* dismiss:   */ { F, F, F, F, F, F, F, F, F, T, F },
+        /* change:    */ { F, T, T, T, T, T, F, F, F, F, F },
+    };
+
+    private readonly TaskCompletionSource _concluded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private JobStatus _status = JobStatus.Undefined;
+    private int _pauseCount;
+    private bool _userPaused;
+    private IoStatus _ioStatus = IoStatus.Ok;
+    private long _speed;
+    private bool _cancelRequested;
+    private bool _forceCancel;
+    private string? _error;
+    private string? _stopReason;
+    private bool _dismissed;
+    private DateTime _updatedAt;
+    private DateTime? _finishedAt;
+
+    protected Job(BlockLayer layer, string id, string device, bool autoFinalize, bool autoDismiss, long speed, Guid? uid = null, DateTime? createdAt = null)
+    {
+        Layer = layer;
+        Id = id;
+        Device = device;
+        AutoFinalize = autoFinalize;
+        AutoDismiss = autoDismiss;
+        _speed = speed;
+        Uid = uid ?? Guid.NewGuid();
+        CreatedAt = createdAt ?? layer.UtcNow;
+        _updatedAt = CreatedAt;
+        Wake = new AsyncSignal(layer.Time);
+    }
+
+    public BlockLayer Layer { get; }
+
+    /// <summary>Unique per job run (ids can be reused once a job is dismissed).</summary>
+    public Guid Uid { get; }
+
+    public string Id { get; }
+
+    /// <summary>QEMU's job type ("mirror").</summary>
+    public abstract string Type { get; }
+
+    /// <summary>The node the job works on (QEMU's device).</summary>
+    public string Device { get; }
+
+    /// <summary>The node the job writes to, if any.</summary>
+    public virtual string? Target => null;
+
+    public bool AutoFinalize { get; }
+
+    public bool AutoDismiss { get; }
+
+    public DateTime CreatedAt { get; }
+
+    public JobStatus Status
+    {
+        get
+        {
+            lock (StateLock)
+                return _status;
+        }
+    }
+
+    /// <summary>QEMU's <c>paused</c>: a pause is requested or in force (pause_count &gt; 0).</summary>
+    public bool Paused => Volatile.Read(ref _pauseCount) > 0;
+
+    public bool UserPaused
+    {
+        get
+        {
+            lock (StateLock)
+                return _userPaused;
+        }
+    }
+
+    public IoStatus IoStatus
+    {
+        get
+        {
+            lock (StateLock)
+                return _ioStatus;
+        }
+    }
+
+    public long Speed => Interlocked.Read(ref _speed);
+
+    /// <summary>The failure, once the job concluded with one (QEMU's strerror-like sentence).</summary>
+    public string? Error
+    {
+        get
+        {
+            lock (StateLock)
+                return _error;
+        }
+    }
+
+    public bool Dismissed
+    {
+        get
+        {
+            lock (StateLock)
+                return _dismissed;
+        }
+    }
+
+    public DateTime UpdatedAt
+    {
+        get
+        {
+            lock (StateLock)
+                return _updatedAt;
+        }
+    }
+
+    public DateTime? FinishedAt
+    {
+        get
+        {
+            lock (StateLock)
+                return _finishedAt;
+        }
+    }
+
+    /// <summary>Completes when the job reaches <c>concluded</c>.</summary>
+    public Task Concluded => _concluded.Task;
+
+    /// <summary>A force cancel was requested: the run stops as soon as its in-flight work is done.</summary>
+    protected bool ForceCancelled
+    {
+        get
+        {
+            lock (StateLock)
+                return _forceCancel;
+        }
+    }
+
+    /// <summary>Any cancel (soft or force) was requested.</summary>
+    protected bool CancelRequested
+    {
+        get
+        {
+            lock (StateLock)
+                return _cancelRequested;
+        }
+    }
+
+    protected Lock StateLock { get; } = new();
+
+    /// <summary>Wakes the run whenever something it may wait for happened (verbs, I/O, writes).</summary>
+    internal AsyncSignal Wake { get; }
+
+    /// <summary>A snapshot with every field of API.md's "Job".</summary>
+    public abstract JobInfo GetInfo();
+
+    public static bool CanTransition(JobStatus from, JobStatus to) => s_transitions[(int)from, (int)to];
+
+    public static bool AllowsVerb(JobStatus status, JobVerb verb) => s_verbs[(int)verb, (int)status];
+
+    // ---- transitions ------------------------------------------------------------------------
+
+    /// <summary>Moves to <paramref name="to"/>; an illegal transition is a bug, not a user error.</summary>
+    protected void Transition(JobStatus to)
+    {
+        lock (StateLock)
+            TransitionLocked(to);
+    }
+
+    private void TransitionLocked(JobStatus to)
+    {
+        var from = _status;
+        if (!CanTransition(from, to))
+            throw new InvalidOperationException($"Job '{Id}': illegal transition {JobNames.Of(from)} -> {JobNames.Of(to)}");
+        _status = to;
+        _updatedAt = Layer.UtcNow;
+        if (from != to)
+            Layer.Events.Publish("JOB_STATUS_CHANGE", new { id = Id, status = JobNames.Of(to) });
+        Save();
+    }
+
+    /// <summary>QEMU's job_apply_verb: refuses a verb the current status does not allow.</summary>
+    private void ApplyVerbLocked(JobVerb verb)
+    {
+        if (!AllowsVerb(_status, verb))
+            throw BlockErrors.Conflict("job-verb-not-allowed",
+                $"Job '{Id}' in state '{JobNames.Of(_status)}' cannot accept command verb '{JobNames.Of(verb)}'");
+    }
+
+    /// <summary>Checks a verb without applying anything (drivers with their own verbs).</summary>
+    protected void ApplyVerb(JobVerb verb)
+    {
+        lock (StateLock)
+            ApplyVerbLocked(verb);
+    }
+
+    /// <summary>Queues the job's current record for the store (never waits for it).</summary>
+    protected void Save() => Layer.EnqueueJobSave(this);
+
+    internal JobRecord ToRecord()
+    {
+        var info = GetInfo();
+        return new JobRecord(Uid, Id, Type, info.Status, Device, Target, info.Error, Dismissed, info, CreatedAt, info.UpdatedAt, info.FinishedAt);
+    }
+
+    /// <summary>The status a snapshot shows: a dismissed job keeps showing <c>concluded</c> (null is never visible).</summary>
+    protected string VisibleStatus()
+    {
+        lock (StateLock)
+            return _status == JobStatus.Null ? JobNames.Of(JobStatus.Concluded) : JobNames.Of(_status);
+    }
+
+    // ---- verbs (BlockLayer calls these under its control lock) ------------------------------
+
+    internal void UserPause()
+    {
+        lock (StateLock)
+        {
+            ApplyVerbLocked(JobVerb.Pause);
+            if (_userPaused)
+                throw BlockErrors.Conflict("job-already-paused", "Job is already paused");
+            _userPaused = true;
+            _pauseCount++;
+            _updatedAt = Layer.UtcNow;
+        }
+        Wake.Set();
+        Save();
+    }
+
+    internal void UserResume()
+    {
+        lock (StateLock)
+        {
+            // QEMU checks this before the verb table.
+            if (!_userPaused)
+                throw BlockErrors.Conflict("job-not-paused", "Can't resume a job that was not paused");
+            ApplyVerbLocked(JobVerb.Resume);
+            _userPaused = false;
+            _pauseCount--;
+            _ioStatus = IoStatus.Ok;
+            _updatedAt = Layer.UtcNow;
+        }
+        Wake.Set();
+        Save();
+    }
+
+    internal void SetSpeed(long speed)
+    {
+        lock (StateLock)
+        {
+            ApplyVerbLocked(JobVerb.SetSpeed);
+            if (speed < 0)
+                throw BlockErrors.Invalid("invalid-speed", "Parameter 'speed' expects a non-negative value");
+            Interlocked.Exchange(ref _speed, speed);
+            _updatedAt = Layer.UtcNow;
+        }
+        OnSpeedChanged(speed);
+        Wake.Set();
+        Save();
+    }
+
+    internal void Complete()
+    {
+        lock (StateLock)
+        {
+            ApplyVerbLocked(JobVerb.Complete);
+            if (_cancelRequested)
+                throw BlockErrors.Conflict("job-verb-not-allowed", $"The active block job '{Id}' cannot be completed");
+            OnCompleteLocked();
+            _updatedAt = Layer.UtcNow;
+        }
+        Wake.Set();
+        Save();
+    }
+
+    /// <summary>
+    /// job_cancel: a paused job is resumed; the driver decides whether a soft cancel is really a
+    /// force one (mirror: before ready). A job already past its run (pending) is aborted now on a
+    /// force cancel; a soft cancel of it is ignored, as in QEMU.
+    /// </summary>
+    internal async Task CancelAsync(bool force)
+    {
+        bool abortNow;
+        lock (StateLock)
+        {
+            ApplyVerbLocked(JobVerb.Cancel);
+            force = OnCancelLocked(force);
+            if (_userPaused)
+            {
+                _userPaused = false;
+                _pauseCount--;
+            }
+            var deferred = _status is JobStatus.Waiting or JobStatus.Pending;
+            if (deferred && !force)
+                return;
+            _cancelRequested = true;
+            _forceCancel |= force;
+            abortNow = deferred;
+            _updatedAt = Layer.UtcNow;
+        }
+        Wake.Set();
+        if (abortNow)
+            await AbortUnlockedAsync(null).ConfigureAwait(false);
+        else
+            Save();
+    }
+
+    internal Task FinalizeAsync()
+    {
+        ApplyVerb(JobVerb.Finalize);
+        return FinalizeUnlockedAsync();
+    }
+
+    internal void Dismiss()
+    {
+        ApplyVerb(JobVerb.Dismiss);
+        DismissUnlocked();
+    }
+
+    /// <summary>QEMU's block-job-change for the driver; the base checks the verb.</summary>
+    internal void Change(MirrorCopyMode copyMode)
+    {
+        lock (StateLock)
+        {
+            ApplyVerbLocked(JobVerb.Change);
+            OnChangeLocked(copyMode);
+            _updatedAt = Layer.UtcNow;
+        }
+        Wake.Set();
+        Save();
+    }
+
+    /// <summary>Ends the job because the service stops: a force cancel that concludes with <paramref name="reason"/> as error.</summary>
+    internal async Task StopForShutdownAsync(string reason)
+    {
+        bool abortNow;
+        lock (StateLock)
+        {
+            if (_status is JobStatus.Concluded or JobStatus.Null or JobStatus.Aborting or JobStatus.Undefined)
+                return;
+            _stopReason = reason;
+            if (_userPaused)
+            {
+                _userPaused = false;
+                _pauseCount--;
+            }
+            _cancelRequested = true;
+            _forceCancel = true;
+            abortNow = _status is JobStatus.Pending or JobStatus.Waiting;
+        }
+        Wake.Set();
+        if (abortNow)
+            await AbortUnlockedAsync(reason).ConfigureAwait(false);
+    }
+
+    // ---- driver hooks -------------------------------------------------------------------------
+
+    /// <summary>The job's work. Returns when done (or force-cancelled); throws to fail the job.</summary>
+    protected abstract Task RunAsync();
+
+    /// <summary>Graph changes of a successful job (QEMU's .prepare); throwing fails the job.</summary>
+    protected virtual Task PrepareAsync() => Task.CompletedTask;
+
+    /// <summary>After a successful prepare (QEMU's .commit).</summary>
+    protected virtual Task CommitAsync() => Task.CompletedTask;
+
+    /// <summary>The job failed or was cancelled (QEMU's .abort).</summary>
+    protected virtual Task AbortAsync() => Task.CompletedTask;
+
+    /// <summary>After commit or abort, in both cases (QEMU's .clean).</summary>
+    protected virtual Task CleanAsync() => Task.CompletedTask;
+
+    /// <summary>Maps a cancel request; returns whether it is a force cancel. Called under the state lock.</summary>
+    protected virtual bool OnCancelLocked(bool force) => true;
+
+    /// <summary>The complete verb was accepted by the table. Called under the state lock; throw to refuse.</summary>
+    protected virtual void OnCompleteLocked() =>
+        throw BlockErrors.Conflict("job-verb-not-allowed", $"The active block job '{Id}' cannot be completed");
+
+    /// <summary>block-job-change. Called under the state lock; throw to refuse.</summary>
+    protected virtual void OnChangeLocked(MirrorCopyMode copyMode) =>
+        throw BlockErrors.Conflict("copy-mode-change", "Job type does not support change");
+
+    protected virtual void OnSpeedChanged(long speed)
+    {
+    }
+
+    /// <summary>Before the job enters paused/standby (mirror: wait for its in-flight I/O).</summary>
+    protected virtual ValueTask OnPausingAsync() => ValueTask.CompletedTask;
+
+    /// <summary>The body of BLOCK_JOB_* events: type, id, len, offset, speed.</summary>
+    protected abstract (long Len, long Offset) EventProgress();
+
+    // ---- the lifecycle ------------------------------------------------------------------------
+
+    /// <summary>Called when the creating transaction committed: created, then started on its own task.</summary>
+    internal void Created() => Transition(JobStatus.Created);
+
+    internal void Start() => _ = Task.Run(RunLifecycleAsync);
+
+    private async Task RunLifecycleAsync()
+    {
+        string? error = null;
+        try
+        {
+            Transition(JobStatus.Running);
+            await RunAsync().ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            error = e is JobFailedException ? e.Message : IoErrorText.Of(e);
+        }
+        try
+        {
+            await Layer.JobControlAsync(() => RunFinishedUnlockedAsync(error)).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            // A bug in the exit path must not leave the job hanging forever unconcluded.
+            lock (StateLock)
+            {
+                _error ??= e.Message;
+                _finishedAt ??= Layer.UtcNow;
+            }
+            _concluded.TrySetResult();
+        }
+    }
+
+    /// <summary>QEMU's job_completed: success waits for finalisation, anything else aborts.</summary>
+    private async Task RunFinishedUnlockedAsync(string? error)
+    {
+        string? stop;
+        bool force;
+        lock (StateLock)
+        {
+            stop = _stopReason;
+            force = _forceCancel;
+        }
+        error ??= stop;
+        if (error is not null || force)
+        {
+            await AbortUnlockedAsync(error).ConfigureAwait(false);
+            return;
+        }
+        Transition(JobStatus.Waiting);
+        Transition(JobStatus.Pending);
+        if (!AutoFinalize)
+        {
+            Layer.Events.Publish("BLOCK_JOB_PENDING", new { type = Type, id = Id });
+            return;
+        }
+        await FinalizeUnlockedAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>job_finalize: prepare (graph changes), then commit and clean, or abort if prepare failed.</summary>
+    private async Task FinalizeUnlockedAsync()
+    {
+        try
+        {
+            await PrepareAsync().ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            await AbortUnlockedAsync(e is JobFailedException ? e.Message : IoErrorText.Of(e)).ConfigureAwait(false);
+            return;
+        }
+        await CommitAsync().ConfigureAwait(false);
+        await CleanAsync().ConfigureAwait(false);
+        PublishEnd("BLOCK_JOB_COMPLETED", null);
+        Conclude();
+    }
+
+    /// <summary>The abort path: aborting, the driver's abort and clean, then CANCELLED or COMPLETED with the error.</summary>
+    private async Task AbortUnlockedAsync(string? error)
+    {
+        lock (StateLock)
+        {
+            if (_status is JobStatus.Aborting or JobStatus.Concluded or JobStatus.Null)
+                return;
+            _error = error;
+            TransitionLocked(JobStatus.Aborting);
+        }
+        await AbortAsync().ConfigureAwait(false);
+        await CleanAsync().ConfigureAwait(false);
+        if (error is null)
+            PublishEnd("BLOCK_JOB_CANCELLED", null);
+        else
+            PublishEnd("BLOCK_JOB_COMPLETED", error);
+        Conclude();
+    }
+
+    private void PublishEnd(string name, string? error)
+    {
+        var (len, offset) = EventProgress();
+        object data = error is null
+            ? new { type = Type, id = Id, len, offset, speed = Speed }
+            : new { type = Type, id = Id, len, offset, speed = Speed, error };
+        Layer.Events.Publish(name, data);
+    }
+
+    /// <summary>Publishes BLOCK_JOB_READY (drivers call it once, on the first running → ready).</summary>
+    protected void PublishReady()
+    {
+        var (len, offset) = EventProgress();
+        Layer.Events.Publish("BLOCK_JOB_READY", new { type = Type, id = Id, len, offset, speed = Speed });
+    }
+
+    private void Conclude()
+    {
+        lock (StateLock)
+        {
+            _finishedAt = Layer.UtcNow;
+            TransitionLocked(JobStatus.Concluded);
+        }
+        _concluded.TrySetResult();
+        if (AutoDismiss)
+            DismissUnlocked();
+    }
+
+    private void DismissUnlocked()
+    {
+        lock (StateLock)
+        {
+            _dismissed = true;
+            TransitionLocked(JobStatus.Null);
+        }
+        Layer.JobDismissedUnlocked(this);
+    }
+
+    /// <summary>
+    /// QEMU's job_pause_point: if a pause is requested, let the driver settle (no I/O in flight),
+    /// enter paused/standby, wait for the resume (or a force cancel), and come back.
+    /// </summary>
+    protected async ValueTask PausePointAsync()
+    {
+        if (!PauseWanted())
+            return;
+        await OnPausingAsync().ConfigureAwait(false);
+        JobStatus resumeTo;
+        lock (StateLock)
+        {
+            if (!(_pauseCount > 0 && !_forceCancel))
+                return;
+            resumeTo = _status;
+            TransitionLocked(_status == JobStatus.Ready ? JobStatus.Standby : JobStatus.Paused);
+        }
+        while (PauseWanted())
+            await Wake.WaitAsync().ConfigureAwait(false);
+        Transition(resumeTo);
+    }
+
+    private bool PauseWanted()
+    {
+        lock (StateLock)
+            return _pauseCount > 0 && !_forceCancel;
+    }
+
+    /// <summary>The error action "stop": a user pause with the io-status set (block_job_error_action).</summary>
+    protected void StopOnError(IoStatus status)
+    {
+        lock (StateLock)
+        {
+            if (!_userPaused)
+            {
+                _userPaused = true;
+                _pauseCount++;
+                _ioStatus = status;
+            }
+            _updatedAt = Layer.UtcNow;
+        }
+        Wake.Set();
+    }
+
+    /// <summary>A job loaded from the store: it shows its recorded end without running (no transition, no event).</summary>
+    internal void RestoreConcluded(string? error, DateTime updatedAt, DateTime? finishedAt, bool dismissed)
+    {
+        lock (StateLock)
+        {
+            _status = dismissed ? JobStatus.Null : JobStatus.Concluded;
+            _error = error;
+            _updatedAt = updatedAt;
+            _finishedAt = finishedAt;
+            _dismissed = dismissed;
+        }
+        _concluded.TrySetResult();
+    }
+
+    /// <summary>Marks the job as touched now (snapshots show it).</summary>
+    protected void Touch()
+    {
+        lock (StateLock)
+            _updatedAt = Layer.UtcNow;
+    }
+}

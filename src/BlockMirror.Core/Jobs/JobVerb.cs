@@ -1,0 +1,14 @@
+namespace BlockMirror.Core.Jobs;
+
+/// <summary>QEMU's JobVerb.</summary>
+public enum JobVerb
+{
+    Cancel,
+    Pause,
+    Resume,
+    SetSpeed,
+    Complete,
+    Finalize,
+    Dismiss,
+    Change,
+}

@@ -1,0 +1,127 @@
+using BlockMirror.Core.Nodes;
+
+namespace BlockMirror.Core.Jobs;
+
+/// <summary>The write hook on the device (bdrv_mirror_top_do_write and do_sync_target_write).</summary>
+public sealed partial class MirrorJob
+{
+    /// <summary>
+    /// Every write to the device while the job is attached. Write-blocking mode (and nothing has
+    /// failed or been cancelled) copies it to the target before completing; otherwise the written
+    /// range is marked in the working bitmap for the background copy.
+    /// </summary>
+    internal ValueTask FilterWriteAsync(BlockNode node, WriteRequest request, CancellationToken cancellationToken) =>
+        CopiesToTarget ? ActiveWriteAsync(node, request, cancellationToken) : BackgroundWriteAsync(node, request, cancellationToken);
+
+    private bool CopiesToTarget =>
+        CopyMode == MirrorCopyMode.WriteBlocking && !_loopExited && Volatile.Read(ref _failure) is null && !ForceCancelled;
+
+    private async ValueTask BackgroundWriteAsync(BlockNode node, WriteRequest request, CancellationToken cancellationToken)
+    {
+        await node.ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
+        await MarkWrittenAsync(node, request.Offset, request.Length).ConfigureAwait(false);
+    }
+
+    /// <summary>Marks a range the target does not have yet: the background copy will bring it.</summary>
+    private ValueTask MarkWrittenAsync(BlockNode node, long offset, long length)
+    {
+        var newly = _working.MarkDirty(offset, length);
+        // Mark first, then clear: the loop's clean check relies on this order.
+        Interlocked.Exchange(ref _activelySynced, 0);
+        Wake.Set();
+        if (newly == 0)
+            return ValueTask.CompletedTask;
+        _dirtyRate.Add(newly * Granularity);
+        // The caller's persistent bitmap is disabled while the filter marks it, so the node does
+        // not journal it: the filter must, before the write is acknowledged.
+        if (ReferenceEquals(_working, _named) && _named.Persistent && node.PersistentBitmapMarked is { } journal)
+            return journal(node, _named, offset, length);
+        return ValueTask.CompletedTask;
+    }
+
+    /// <summary>
+    /// Write-blocking: register the write, wait for every overlapping operation registered before
+    /// it, write the source, then the target synchronously. The caller's result is the source's:
+    /// a target failure re-dirties the range and follows on-target-error, the write still succeeds.
+    /// </summary>
+    private async ValueTask ActiveWriteAsync(BlockNode node, WriteRequest request, CancellationToken cancellationToken)
+    {
+        var op = new MirrorOp(request.Offset, request.Length, active: true);
+        List<Task>? earlier = null;
+        lock (_opsLock)
+        {
+            foreach (var other in _ops)
+            {
+                if (other.Overlaps(op.Offset, op.End))
+                    (earlier ??= []).Add(other.WhenDoneLocked());
+            }
+            _ops.Add(op);
+        }
+        try
+        {
+            if (earlier is not null)
+                await Task.WhenAll(earlier).ConfigureAwait(false);
+            await node.ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
+            if (CopiesToTarget)
+                await SyncTargetWriteAsync(request).ConfigureAwait(false);
+            else
+                await MarkWrittenAsync(node, request.Offset, request.Length).ConfigureAwait(false);
+        }
+        finally
+        {
+            TaskCompletionSource? waiters;
+            lock (_opsLock)
+            {
+                _ops.Remove(op);
+                waiters = op.TakeWaitersLocked();
+            }
+            waiters?.TrySetResult();
+            Wake.Set();
+        }
+    }
+
+    /// <summary>
+    /// do_sync_target_write: a dirty granule only partly covered at either end stays for the
+    /// background copy (the target may not hold the rest of it); fully covered granules are clean
+    /// once the target has the bytes; partly covered clean granules are written partly, which is
+    /// right because their other bytes already match.
+    /// </summary>
+    private async ValueTask SyncTargetWriteAsync(WriteRequest request)
+    {
+        var start = request.Offset;
+        var end = request.End;
+        if (start % Granularity != 0 && _working.IsDirty(start))
+            start = Math.Min(RoundUp(start, Granularity), end);
+        if (end % Granularity != 0 && end < Size && end > start && _working.IsDirty(end - 1))
+            end = Math.Max(RoundDown(end, Granularity), start);
+        if (start >= end)
+            return;
+
+        _working.ClearDirty(start, end - start);
+        try
+        {
+            var length = end - start;
+            switch (request.Kind)
+            {
+                case WriteKind.Write:
+                    var data = request.Data.Slice((int)(start - request.Offset), (int)length);
+                    await _target.Image.WriteAsync(start, data, request.Fua).ConfigureAwait(false);
+                    break;
+                case WriteKind.WriteZeroes:
+                    await _target.Image.WriteZeroesAsync(start, length, request.MayUnmap && Options.Unmap).ConfigureAwait(false);
+                    break;
+                default:
+                    await _target.Image.DiscardAsync(start, length).ConfigureAwait(false);
+                    break;
+            }
+            Interlocked.Add(ref _currentProgress, length);
+            Interlocked.Add(ref _bytesCopied, length);
+            _copyRate.Add(length);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            _working.MarkDirty(start, end - start);
+            OnIoError(e, read: false);
+        }
+    }
+}

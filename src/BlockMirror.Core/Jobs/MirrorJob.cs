@@ -1,0 +1,305 @@
+using BlockMirror.Core.Bitmaps;
+using BlockMirror.Core.Images;
+using BlockMirror.Core.Nodes;
+
+namespace BlockMirror.Core.Jobs;
+
+/// <summary>
+/// QEMU's mirror job (<c>block/mirror.c</c>): copies the device to the target while the device
+/// stays in use, tracking what still differs in a working bitmap; goes <c>ready</c> once both
+/// match, then on complete converges once more with writes quiesced and pivots the device onto
+/// the target's image. This file: set-up, verbs, snapshot and the exit (pivot, bitmaps). The copy
+/// loop is in MirrorJob.Loop.cs, the write hook in MirrorJob.Filter.cs.
+/// </summary>
+public sealed partial class MirrorJob : Job
+{
+    /// <summary>QEMU's MAX_IN_FLIGHT: background operations at once.</summary>
+    internal const int MaxInFlight = 16;
+
+    /// <summary>QEMU's MAX_IO_BYTES: the smallest cap of one copy operation.</summary>
+    private const long MaxIoBytes = 1L << 20;
+
+    /// <summary>A copy buffer is never larger than this (QEMU caps by granularity × IOV_MAX).</summary>
+    private const long MaxChunkBytes = 32L << 20;
+
+    private readonly BlockNode _device;
+    private readonly BlockNode _target;
+    private readonly DirtyBitmap _working;
+    private readonly DirtyBitmap? _named;
+    private readonly MirrorWriteFilter _filter;
+    private readonly TargetGuardFilter _guard;
+    private readonly ByteRateLimiter _limiter;
+    private readonly RateMeter _copyRate;
+    private readonly RateMeter _dirtyRate;
+    private readonly ChunkBufferPool _buffers;
+    private readonly Lock _opsLock = new();
+    private readonly List<MirrorOp> _ops = [];
+
+    private int _copyMode;
+    private volatile bool _ready;
+    private volatile bool _completeRequested;
+    private volatile bool _loopExited;
+    private bool _succeeded;
+    private bool _pivoted;
+    private IBlockImage? _oldImage;
+    private IDisposable? _exitQuiesce;
+    private (long Dirty, long InFlight)? _frozen;
+
+    internal MirrorJob(BlockLayer layer, string id, MirrorOptions options, BlockNode device, BlockNode target,
+        int granularity, long bufSize, DirtyBitmap? named, BitmapMode? bitmapMode)
+        : base(layer, id, device.Name, options.AutoFinalize, options.AutoDismiss, options.Speed)
+    {
+        Options = options;
+        _device = device;
+        _target = target;
+        Granularity = granularity;
+        BufSize = bufSize;
+        _named = named;
+        BitmapMode = bitmapMode;
+        _copyMode = (int)options.CopyMode;
+        _filter = new MirrorWriteFilter(this);
+        _guard = new TargetGuardFilter(id);
+        _limiter = new ByteRateLimiter(layer.Time, options.Speed);
+        _copyRate = new RateMeter(layer.Time);
+        _dirtyRate = new RateMeter(layer.Time);
+        ChunkMax = ComputeChunkMax(bufSize, granularity);
+        _buffers = new ChunkBufferPool((int)ChunkMax);
+        _working = CreateWorkingBitmap();
+    }
+
+    public override string Type => "mirror";
+
+    public override string? Target => _target.Name;
+
+    /// <summary>The options the job was started with (after binding; see the properties for the effective values).</summary>
+    public MirrorOptions Options { get; }
+
+    public int Granularity { get; }
+
+    /// <summary>Bytes in flight at most (rounded up to the granularity).</summary>
+    public long BufSize { get; }
+
+    /// <summary>The largest single copy operation: max(bufSize/16, 1 MiB), within bufSize.</summary>
+    public long ChunkMax { get; }
+
+    public BitmapMode? BitmapMode { get; }
+
+    public MirrorCopyMode CopyMode => (MirrorCopyMode)Volatile.Read(ref _copyMode);
+
+    public bool IsReady => _ready;
+
+    public bool ActivelySynced => Volatile.Read(ref _activelySynced) != 0;
+
+    /// <summary>The bitmap the job works from (the caller's in mode always, else a private one).</summary>
+    internal DirtyBitmap WorkingBitmap => _working;
+
+    private long Size => _device.Size;
+
+    private static long ComputeChunkMax(long bufSize, int granularity)
+    {
+        var max = Math.Min(Math.Max(bufSize / 16, MaxIoBytes), bufSize);
+        max = Math.Min(max, Math.Max(MaxChunkBytes, granularity));
+        return Math.Max(RoundDown(max, granularity), granularity);
+    }
+
+    private DirtyBitmap CreateWorkingBitmap()
+    {
+        if (_named is not null && BitmapMode == Jobs.BitmapMode.Always)
+            return _named;
+        // Private bitmaps are created disabled: the filter records writes, not the node.
+        var working = new DirtyBitmap($"(mirror {Id})", Size, Granularity, disabled: true);
+        if (_named is not null)
+            working.MergeFrom(_named);
+        return working;
+    }
+
+    // ---- set-up (MirrorStartAction, under the control lock with writes quiesced) -------------
+
+    /// <summary>Inserts the job at one instant: nodes busy, filters in, the caller bitmap taken over.</summary>
+    internal void Attach()
+    {
+        _device.JobId = Id;
+        _target.JobId = Id;
+        if (_named is not null && BitmapMode == Jobs.BitmapMode.Always)
+        {
+            // The filter marks it from now on; the node must not mark it twice.
+            _named.Busy = true;
+            _named.Disabled = true;
+        }
+        _device.Filter = _filter;
+        _target.Filter = _guard;
+        Layer.RegisterJobUnlocked(this);
+    }
+
+    /// <summary>Undoes <see cref="Attach"/> (the transaction aborted).</summary>
+    internal void Detach()
+    {
+        Layer.UnregisterJobUnlocked(this);
+        if (ReferenceEquals(_device.Filter, _filter))
+            _device.Filter = null;
+        if (ReferenceEquals(_target.Filter, _guard))
+            _target.Filter = null;
+        if (_named is not null && BitmapMode == Jobs.BitmapMode.Always)
+        {
+            _named.Disabled = false;
+            _named.Busy = false;
+        }
+        _device.JobId = null;
+        _target.JobId = null;
+    }
+
+    // ---- verbs --------------------------------------------------------------------------------
+
+    /// <summary>mirror_cancel: before ready every cancel is a force cancel.</summary>
+    protected override bool OnCancelLocked(bool force) => force || !_ready;
+
+    protected override void OnCompleteLocked()
+    {
+        if (!_ready)
+            throw BlockErrors.Conflict("job-verb-not-allowed", $"The active block job '{Id}' cannot be completed");
+        _completeRequested = true;
+    }
+
+    /// <summary>mirror_change: only background → write-blocking.</summary>
+    protected override void OnChangeLocked(MirrorCopyMode copyMode)
+    {
+        if (copyMode != MirrorCopyMode.WriteBlocking)
+            throw BlockErrors.Conflict("copy-mode-change", $"Change to copy mode '{JobNames.Of(copyMode)}' is not implemented");
+        var current = (MirrorCopyMode)Interlocked.CompareExchange(ref _copyMode, (int)MirrorCopyMode.WriteBlocking, (int)MirrorCopyMode.Background);
+        if (current != MirrorCopyMode.Background)
+            throw BlockErrors.Conflict("copy-mode-change", $"Expected current copy mode 'background', got '{JobNames.Of(current)}'");
+    }
+
+    protected override void OnSpeedChanged(long speed) => _limiter.SetSpeed(speed);
+
+    // ---- snapshot -----------------------------------------------------------------------------
+
+    public override JobInfo GetInfo()
+    {
+        var (dirty, inFlight) = _frozen ?? (_working.Count, Interlocked.Read(ref _inFlightBytes));
+        var current = Interlocked.Read(ref _currentProgress);
+        var remaining = dirty + inFlight;
+        var copyRate = _copyRate.Rate();
+        var dirtyRate = _dirtyRate.Rate();
+        long? eta = remaining == 0 ? 0 : copyRate > dirtyRate ? (remaining + copyRate - 1) / copyRate : null;
+        var status = Status;
+        return new JobInfo(
+            Id, Type, VisibleStatus(), Device, Target,
+            JobNames.Of(Options.Sync), _named?.Name, BitmapMode is { } m ? JobNames.Of(m) : null, JobNames.Of(CopyMode),
+            Granularity, BufSize, Speed,
+            current, current + remaining, remaining, Interlocked.Read(ref _bytesCopied), copyRate, dirtyRate, eta,
+            status is JobStatus.Ready or JobStatus.Standby, Paused, ActivelySynced, JobNames.Of(IoStatus), Error,
+            AutoFinalize, AutoDismiss, CreatedAt, UpdatedAt, FinishedAt);
+    }
+
+    protected override (long Len, long Offset) EventProgress()
+    {
+        var (dirty, inFlight) = _frozen ?? (_working.Count, Interlocked.Read(ref _inFlightBytes));
+        var current = Interlocked.Read(ref _currentProgress);
+        return (current + dirty + inFlight, current);
+    }
+
+    // ---- exit (control lock held) -------------------------------------------------------------
+
+    /// <summary>
+    /// mirror_exit_common's graph change on success: the device node takes the target's image
+    /// (writes are still quiesced since the final convergence) and the target node is consumed.
+    /// A soft cancel in ready leaves the graph as it is (point-in-time copy).
+    /// </summary>
+    protected override Task PrepareAsync()
+    {
+        if (!_completeRequested)
+            return Task.CompletedTask;
+        if (_target.Exports.Count > 0)
+        {
+            // Another user appeared on the target since the start: replacing would change what it sees.
+            throw new JobFailedException("Operation not permitted");
+        }
+        _oldImage = _device.Image;
+        _device.Pivot(_target.Image, _target.Driver, _target.Path, _target.Uri);
+        Layer.ForgetNodeUnlocked(_target.Name);
+        _pivoted = true;
+        return Task.CompletedTask;
+    }
+
+    protected override async Task CommitAsync()
+    {
+        _succeeded = true;
+        if (!_pivoted)
+            return;
+        await BestEffortAsync(() => Layer.Store.SaveNodeAsync(BlockLayer.ToRecord(_device))).ConfigureAwait(false);
+        var targetBitmaps = _target.Bitmaps.Select(b => (_target.Name, b.Name)).ToList();
+        if (targetBitmaps.Count > 0)
+            await BestEffortAsync(() => Layer.Store.DeleteBitmapsAsync(targetBitmaps)).ConfigureAwait(false);
+        await BestEffortAsync(() => Layer.Store.DeleteNodeAsync(_target.Name)).ConfigureAwait(false);
+        // The old source image is no longer attached; the file stays where it was.
+        if (_oldImage is not null)
+            await BestEffortAsync(() => _oldImage.DisposeAsync().AsTask()).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Both outcomes: remove the filters, free the nodes, settle the caller's bitmap per
+    /// bitmapMode, all with the device's writes quiesced so no write falls between the filter
+    /// and the node's own bitmaps.
+    /// </summary>
+    protected override async Task CleanAsync()
+    {
+        var quiesce = _exitQuiesce ?? await _device.Gate.QuiesceAsync().ConfigureAwait(false);
+        _exitQuiesce = null;
+        try
+        {
+            _frozen = (_working.Count, Interlocked.Read(ref _inFlightBytes));
+            if (ReferenceEquals(_device.Filter, _filter))
+                _device.Filter = null;
+            _device.JobId = null;
+            if (!_pivoted)
+            {
+                if (ReferenceEquals(_target.Filter, _guard))
+                    _target.Filter = null;
+                _target.JobId = null;
+            }
+            ReleaseCallerBitmap();
+        }
+        finally
+        {
+            quiesce.Dispose();
+        }
+        if (_named is not null && _device.FindBitmap(_named.Name) == _named)
+            await BestEffortAsync(() => Layer.SaveBitmapAsync(_device, _named)).ConfigureAwait(false);
+    }
+
+    /// <summary>The bitmapMode contract at exit (API.md).</summary>
+    private void ReleaseCallerBitmap()
+    {
+        if (_named is null)
+            return;
+        switch (BitmapMode)
+        {
+            case Jobs.BitmapMode.Always:
+                // It holds what was not copied (nothing after success); it records again.
+                _named.Disabled = false;
+                _named.Busy = false;
+                break;
+            case Jobs.BitmapMode.OnSuccess when _succeeded && _device.FindBitmap(_named.Name) == _named:
+                // What the job left dirty replaces what was copied.
+                _named.RestoreBits(_working.SnapshotBits());
+                break;
+        }
+    }
+
+    private static async Task BestEffortAsync(Func<Task> action)
+    {
+        try
+        {
+            await action().ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
+            // The in-memory state is already final; a failed write-through is repaired by the next save.
+        }
+    }
+
+    private static long RoundDown(long value, long granularity) => value / granularity * granularity;
+
+    private static long RoundUp(long value, long granularity) => (value + granularity - 1) / granularity * granularity;
+}

@@ -1,0 +1,219 @@
+using BlockMirror.Core.Bitmaps;
+using BlockMirror.Core.Images;
+
+namespace BlockMirror.Core.Nodes;
+
+/// <summary>
+/// A named image the service owns, with its dirty bitmaps and its write path. Every
+/// content-changing request from any door goes through <see cref="WriteAsync(WriteRequest, CancellationToken)"/>:
+/// range and read-only checks → the job's filter, if one is inserted (which applies it to the
+/// image) → every enabled bitmap marks the range. Registry changes (bitmaps, filter, pivot) are
+/// made by <see cref="BlockLayer"/> under its control lock, with writes quiesced where it matters.
+/// </summary>
+public sealed class BlockNode
+{
+    // Copy-on-write array: the data path iterates it without a lock or an allocation.
+    private DirtyBitmap[] _bitmaps = [];
+    private IBlockImage _image;
+    private volatile IWriteFilter? _filter;
+    private readonly HashSet<string> _exports = new(StringComparer.Ordinal);
+
+    public BlockNode(string name, string driver, IBlockImage image, string? path, string? uri, bool readOnly, DateTime createdAt)
+    {
+        Name = name;
+        Driver = driver;
+        _image = image;
+        Path = path;
+        Uri = uri;
+        ReadOnly = readOnly;
+        CreatedAt = createdAt;
+    }
+
+    public string Name { get; }
+
+    public string Driver { get; private set; }
+
+    /// <summary>Image path relative to the image root (raw driver).</summary>
+    public string? Path { get; private set; }
+
+    /// <summary>Remote export URI (nbd driver).</summary>
+    public string? Uri { get; private set; }
+
+    public bool ReadOnly { get; }
+
+    public DateTime CreatedAt { get; }
+
+    public IBlockImage Image => Volatile.Read(ref _image);
+
+    public long Size => Image.Size;
+
+    /// <summary>Writes are quiesced through this gate by transactions and by a mirror's completion.</summary>
+    public QuiesceGate Gate { get; } = new();
+
+    /// <summary>The job using this node as source or target, if any.</summary>
+    public string? JobId { get; set; }
+
+    /// <summary>Names of the NBD exports serving this node.</summary>
+    public IReadOnlyCollection<string> Exports
+    {
+        get
+        {
+            lock (_exports)
+                return [.. _exports];
+        }
+    }
+
+    public bool Busy => JobId is not null;
+
+    public IReadOnlyList<DirtyBitmap> Bitmaps => Volatile.Read(ref _bitmaps);
+
+    public IWriteFilter? Filter
+    {
+        get => _filter;
+        set => _filter = value;
+    }
+
+    /// <summary>Called after a persistent bitmap gained newly dirty granules (for the journal). May be null.</summary>
+    public Func<BlockNode, DirtyBitmap, long, long, ValueTask>? PersistentBitmapMarked { get; set; }
+
+    public DirtyBitmap? FindBitmap(string name)
+    {
+        foreach (var b in Volatile.Read(ref _bitmaps))
+        {
+            if (b.Name == name)
+                return b;
+        }
+        return null;
+    }
+
+    public DirtyBitmap GetBitmap(string name) => FindBitmap(name) ?? throw BlockErrors.BitmapNotFound(name);
+
+    internal void AddBitmap(DirtyBitmap bitmap)
+    {
+        lock (_exports)
+            Volatile.Write(ref _bitmaps, [.. _bitmaps, bitmap]);
+    }
+
+    internal void RemoveBitmap(DirtyBitmap bitmap)
+    {
+        lock (_exports)
+            Volatile.Write(ref _bitmaps, _bitmaps.Where(b => !ReferenceEquals(b, bitmap)).ToArray());
+    }
+
+    internal void AddExport(string name)
+    {
+        lock (_exports)
+            _exports.Add(name);
+    }
+
+    internal void RemoveExport(string name)
+    {
+        lock (_exports)
+            _exports.Remove(name);
+    }
+
+    /// <summary>Replaces the image (mirror pivot): from now on the node reads and writes <paramref name="image"/>.</summary>
+    internal void Pivot(IBlockImage image, string driver, string? path, string? uri)
+    {
+        Volatile.Write(ref _image, image);
+        Driver = driver;
+        Path = path;
+        Uri = uri;
+    }
+
+    /// <summary>Throws <c>out-of-range</c> unless [offset, offset+length) lies inside the node.</summary>
+    public void CheckRange(long offset, long length)
+    {
+        if (offset < 0 || length < 0 || offset > Size || length > Size - offset)
+            throw BlockErrors.OutOfRange(offset, length, Size);
+    }
+
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        CheckRange(offset, buffer.Length);
+        return Image.ReadAsync(offset, buffer, cancellationToken);
+    }
+
+    public ValueTask<ImageExtent> GetBlockStatusAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
+    {
+        CheckRange(offset, maxLength);
+        return Image.GetBlockStatusAsync(offset, maxLength, cancellationToken);
+    }
+
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => Image.FlushAsync(cancellationToken);
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default) =>
+        WriteAsync(WriteRequest.ForData(offset, data, fua), cancellationToken);
+
+    /// <summary>The write path every door uses.</summary>
+    public async ValueTask WriteAsync(WriteRequest request, CancellationToken cancellationToken = default)
+    {
+        CheckRange(request.Offset, request.Length);
+        if (ReadOnly)
+            throw BlockErrors.NodeReadOnly(Name);
+        if (request.Length == 0)
+            return;
+
+        await Gate.EnterAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var filter = _filter;
+            if (filter is not null)
+                await filter.WriteAsync(this, request, cancellationToken).ConfigureAwait(false);
+            else
+                await ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
+            await MarkBitmapsAsync(request.Offset, request.Length).ConfigureAwait(false);
+        }
+        finally
+        {
+            Gate.Exit();
+        }
+    }
+
+    /// <summary>Applies a request to the image only (no bitmaps, no filter). Filters call this.</summary>
+    public ValueTask ApplyToImageAsync(WriteRequest request, CancellationToken cancellationToken = default)
+    {
+        var image = Image;
+        return request.Kind switch
+        {
+            WriteKind.Write => image.WriteAsync(request.Offset, request.Data, request.Fua, cancellationToken),
+            WriteKind.WriteZeroes => image.WriteZeroesAsync(request.Offset, request.Length, request.MayUnmap, cancellationToken),
+            _ => image.DiscardAsync(request.Offset, request.Length, cancellationToken),
+        };
+    }
+
+    private ValueTask MarkBitmapsAsync(long offset, long length)
+    {
+        var bitmaps = Volatile.Read(ref _bitmaps);
+        Func<BlockNode, DirtyBitmap, long, long, ValueTask>? journal = null;
+        DirtyBitmap? journalFor = null;
+        List<DirtyBitmap>? more = null;
+        foreach (var bitmap in bitmaps)
+        {
+            if (!bitmap.Recording)
+                continue;
+            var newly = bitmap.MarkDirty(offset, length);
+            if (newly > 0 && bitmap.Persistent && PersistentBitmapMarked is { } hook)
+            {
+                journal = hook;
+                if (journalFor is null)
+                    journalFor = bitmap;
+                else
+                    (more ??= []).Add(bitmap);
+            }
+        }
+        if (journal is null)
+            return ValueTask.CompletedTask;
+        return JournalAsync(journal, journalFor!, more, offset, length);
+    }
+
+    private async ValueTask JournalAsync(Func<BlockNode, DirtyBitmap, long, long, ValueTask> journal, DirtyBitmap first, List<DirtyBitmap>? more, long offset, long length)
+    {
+        await journal(this, first, offset, length).ConfigureAwait(false);
+        if (more is not null)
+        {
+            foreach (var b in more)
+                await journal(this, b, offset, length).ConfigureAwait(false);
+        }
+    }
+}

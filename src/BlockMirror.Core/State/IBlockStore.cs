@@ -1,0 +1,21 @@
+namespace BlockMirror.Core.State;
+
+/// <summary>
+/// The block layer's durable record (SQLite in the host). Every control-plane change is
+/// written through before the operation returns; the layer calls these under its control lock.
+/// </summary>
+public interface IBlockStore
+{
+    Task<IReadOnlyList<NodeRecord>> LoadNodesAsync(CancellationToken cancellationToken = default);
+
+    Task<IReadOnlyList<BitmapRecord>> LoadBitmapsAsync(CancellationToken cancellationToken = default);
+
+    Task SaveNodeAsync(NodeRecord node, CancellationToken cancellationToken = default);
+
+    Task DeleteNodeAsync(string name, CancellationToken cancellationToken = default);
+
+    /// <summary>Inserts or updates bitmaps (all in one transaction).</summary>
+    Task SaveBitmapsAsync(IReadOnlyCollection<BitmapRecord> bitmaps, CancellationToken cancellationToken = default);
+
+    Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default);
+}

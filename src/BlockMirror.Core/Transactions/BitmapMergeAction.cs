@@ -1,0 +1,45 @@
+using BlockMirror.Core.Bitmaps;
+
+namespace BlockMirror.Core.Transactions;
+
+/// <summary>
+/// block-dirty-bitmap-merge: target DEFAULT, each source ALLOW_RO, equal sizes; ORs the sources
+/// in order into the target. Any failure leaves the target as it was (backup restored).
+/// </summary>
+public sealed class BitmapMergeAction(string node, string target, IReadOnlyList<BitmapSource> sources) : TransactionAction
+{
+    private DirtyBitmap? _target;
+    private HBitmap? _backup;
+
+    public override ValueTask PrepareAsync(TransactionContext context)
+    {
+        var n = context.Layer.GetNode(node);
+        var t = n.GetBitmap(target);
+        t.Check(BitmapCheck.Default);
+        var resolved = new List<DirtyBitmap>(sources.Count);
+        foreach (var s in sources)
+        {
+            var sourceNode = s.Node is null ? n : context.Layer.GetNode(s.Node);
+            var b = sourceNode.GetBitmap(s.Name);
+            b.Check(BitmapCheck.AllowReadOnly);
+            if (b.Size != t.Size)
+                throw BlockErrors.SizeMismatch(t.Size, b.Size);
+            resolved.Add(b);
+        }
+        // Everything is checked before the first merge, so a refusal never leaves a half-merged target;
+        // the backup still guards a later action's failure.
+        _target = t;
+        _backup = t.SnapshotBits();
+        foreach (var b in resolved)
+            t.MergeFrom(b);
+        context.Touch(n, t);
+        Result = t;
+        return ValueTask.CompletedTask;
+    }
+
+    public override void Abort(TransactionContext context)
+    {
+        if (_backup is not null)
+            _target!.RestoreBits(_backup);
+    }
+}

@@ -1,0 +1,222 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Net.Sockets;
+using System.Text;
+using BlockMirror.Core.Images;
+using BlockMirror.Core.Nodes;
+using BlockMirror.Nbd.Protocol;
+
+namespace BlockMirror.Nbd;
+
+/// <summary>
+/// One client of the <see cref="NbdServer"/>: the fixed-newstyle handshake, then the
+/// transmission phase. A single reader parses requests (and WRITE payloads) in order and hands
+/// each to a worker task, up to <see cref="NbdServerOptions.MaxInFlightPerConnection"/> at once;
+/// workers send their replies whole under one send lock, so replies never interleave mid-message.
+/// </summary>
+internal sealed partial class NbdServerConnection : IAsyncDisposable
+{
+    /// <summary>Option data we read into memory; longer options are skipped and refused (NBD_REP_ERR_TOO_BIG).</summary>
+    private const int MaxOptionData = 64 * 1024;
+
+    /// <summary>An oversized WRITE's payload is read and dropped up to this size, so the connection survives; beyond it we hang up.</summary>
+    private const long MaxSkippablePayload = 256L * 1024 * 1024;
+
+    /// <summary>Most content chunks in one sparse READ reply; the rest of the range goes as data.</summary>
+    private const int MaxReadChunks = 64;
+
+    private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    private readonly NbdServer _server;
+    private readonly NbdServerOptions _options;
+    private readonly Socket _socket;
+    private readonly NetworkStream _network;
+    private readonly BufferedStream _input;
+    private readonly SemaphoreSlim _sendLock = new(1, 1);
+    private readonly SemaphoreSlim _slots;
+    private readonly CancellationTokenSource _abort = new();
+    private readonly CancellationTokenSource _stopReading = new();
+    private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly byte[] _requestHeader = new byte[NbdConstants.RequestHeaderSize];
+    private byte[]? _scratch;
+
+    // Negotiated state. Written only by the handshake, read by the transmission phase after it.
+    private bool _fixedNewstyle;
+    private bool _noZeroes;
+    private bool _structured;
+    private IReadOnlyList<NbdMetaContext> _contexts = [];
+    private string? _contextsExport;
+    private volatile BlockExport? _export;
+    private BlockNode? _node;
+    private bool _exportReadOnly;
+
+    // The reader holds one reference; each dispatched request holds one. Zero = drained.
+    private int _references = 1;
+    private int _closing;
+    private int _disposed;
+
+    public NbdServerConnection(NbdServer server, Socket socket)
+    {
+        _server = server;
+        _options = server.Options;
+        _socket = socket;
+        if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
+            socket.NoDelay = true; // replies are whole messages; Nagle would only delay them
+        Peer = socket.RemoteEndPoint?.ToString() is { Length: > 0 } remote ? remote : "unix-client";
+        _network = new NetworkStream(socket, ownsSocket: false);
+        // Reads of 28-byte headers come from this buffer; large payload reads bypass it.
+        _input = new BufferedStream(_network, 64 * 1024);
+        _slots = new SemaphoreSlim(_options.MaxInFlightPerConnection, _options.MaxInFlightPerConnection);
+    }
+
+    /// <summary>The remote address, for diagnostics.</summary>
+    public string Peer { get; }
+
+    /// <summary>The export this connection transmits on; null during the handshake.</summary>
+    public string? ExportName => _export?.Name;
+
+    /// <summary>Completes when the connection has ended and every request it accepted has finished.</summary>
+    public Task Completion => _completion.Task;
+
+    public async Task RunAsync(CancellationToken serverStopping)
+    {
+        try
+        {
+            bool transmit;
+            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token, serverStopping))
+            {
+                handshake.CancelAfter(_options.HandshakeTimeout);
+                try
+                {
+                    transmit = await HandshakeAsync(handshake.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!_abort.IsCancellationRequested && !serverStopping.IsCancellationRequested)
+                {
+                    _server.Log($"NBD client {Peer}: handshake timed out");
+                    transmit = false;
+                }
+            }
+            if (transmit)
+                await TransmitAsync().ConfigureAwait(false);
+        }
+        catch (NbdProtocolException e)
+        {
+            _server.Log($"NBD client {Peer}: {e.Message}; disconnecting");
+        }
+        catch (Exception e) when (IsConnectionFailure(e))
+        {
+            // The client went away (or we cut it); nothing to report.
+        }
+        finally
+        {
+            Abort();
+            _completion.TrySetResult();
+        }
+    }
+
+    /// <summary>
+    /// Ends the connection: stop reading requests now, let the ones in flight reply, and cut the
+    /// socket after <paramref name="grace"/> whatever remains.
+    /// </summary>
+    public void BeginClose(TimeSpan grace)
+    {
+        if (Interlocked.Exchange(ref _closing, 1) != 0)
+            return;
+        try
+        {
+            _stopReading.Cancel();
+            if (_export is null)
+                _abort.Cancel(); // still haggling: nothing in flight to wait for
+            else
+                _abort.CancelAfter(grace);
+            // Wakes a reader blocked in recv even where cancellation of the read is not honoured.
+            _socket.Shutdown(SocketShutdown.Receive);
+        }
+        catch (Exception e) when (e is ObjectDisposedException or SocketException)
+        {
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        Abort();
+        await _input.DisposeAsync().ConfigureAwait(false);
+        await _network.DisposeAsync().ConfigureAwait(false);
+        _socket.Dispose();
+        _abort.Dispose();
+        _stopReading.Dispose();
+        _sendLock.Dispose();
+        _slots.Dispose();
+    }
+
+    private void Abort()
+    {
+        try
+        {
+            _stopReading.Cancel();
+            _abort.Cancel();
+            _socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception e) when (e is ObjectDisposedException or SocketException)
+        {
+        }
+    }
+
+    private static bool IsConnectionFailure(Exception e) =>
+        e is IOException or SocketException or ObjectDisposedException or OperationCanceledException;
+
+    // ---- low-level I/O --------------------------------------------------------------------
+
+    /// <summary>Reads exactly <paramref name="buffer"/>; false on a clean end of stream before its first byte.</summary>
+    private async ValueTask<bool> TryReadExactAsync(Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        var read = await _input.ReadAtLeastAsync(buffer, buffer.Length, throwOnEndOfStream: false, cancellationToken).ConfigureAwait(false);
+        if (read == 0 && buffer.Length > 0)
+            return false;
+        if (read < buffer.Length)
+            throw new EndOfStreamException("The client closed the connection in the middle of a message");
+        return true;
+    }
+
+    private async ValueTask ReadExactAsync(Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        if (!await TryReadExactAsync(buffer, cancellationToken).ConfigureAwait(false))
+            throw new EndOfStreamException("The client closed the connection in the middle of a message");
+    }
+
+    private async ValueTask DiscardAsync(long count, CancellationToken cancellationToken)
+    {
+        _scratch ??= new byte[64 * 1024];
+        while (count > 0)
+        {
+            var chunk = (int)Math.Min(count, _scratch.Length);
+            await ReadExactAsync(_scratch.AsMemory(0, chunk), cancellationToken).ConfigureAwait(false);
+            count -= chunk;
+        }
+    }
+
+    /// <summary>Sends one whole message; replies of concurrent requests queue on the send lock.</summary>
+    private async ValueTask SendAsync(ReadOnlyMemory<byte> message)
+    {
+        await _sendLock.WaitAsync(_abort.Token).ConfigureAwait(false);
+        try
+        {
+            await _network.WriteAsync(message, _abort.Token).ConfigureAwait(false);
+        }
+        catch
+        {
+            // A half-written reply leaves the stream unframed: the connection cannot go on.
+            Abort();
+            throw;
+        }
+        finally
+        {
+            _sendLock.Release();
+        }
+    }
+
+    private static string Decode(ReadOnlySpan<byte> bytes) => StrictUtf8.GetString(bytes);
+}

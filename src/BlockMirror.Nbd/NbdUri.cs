@@ -1,0 +1,190 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using BlockMirror.Core;
+
+namespace BlockMirror.Nbd;
+
+/// <summary>
+/// A parsed NBD URI (the subset of the NBD URI spec QEMU and libnbd share that we support):
+/// <c>nbd://host[:port]/export</c> over TCP (port 10809 by default) and
+/// <c>nbd+unix:///export?socket=/path.sock</c> over a Unix socket. The export name is the
+/// percent-decoded path without its leading '/'; TLS schemes (<c>nbds</c>) are refused.
+/// </summary>
+public sealed class NbdUri
+{
+    private NbdUri(string text, string? host, int port, string? socketPath, string exportName)
+    {
+        Text = text;
+        Host = host;
+        Port = port;
+        SocketPath = socketPath;
+        ExportName = exportName;
+    }
+
+    /// <summary>The URI as given.</summary>
+    public string Text { get; }
+
+    /// <summary>The TCP host (without IPv6 brackets); null for a Unix socket.</summary>
+    public string? Host { get; }
+
+    /// <summary>The TCP port; 0 for a Unix socket.</summary>
+    public int Port { get; }
+
+    /// <summary>The Unix socket path; null for TCP.</summary>
+    public string? SocketPath { get; }
+
+    /// <summary>The export name (may be empty: the server's default export).</summary>
+    public string ExportName { get; }
+
+    /// <summary>Parses <paramref name="uri"/>; throws <see cref="BlockException"/> <c>invalid-uri</c>.</summary>
+    public static NbdUri Parse(string uri)
+    {
+        if (string.IsNullOrWhiteSpace(uri))
+            throw Invalid(uri ?? "", "it is empty");
+        var schemeEnd = uri.IndexOf("://", StringComparison.Ordinal);
+        if (schemeEnd <= 0)
+            throw Invalid(uri, "expected nbd://host[:port]/export or nbd+unix:///export?socket=/path");
+        var scheme = uri[..schemeEnd].ToLowerInvariant();
+        var rest = uri[(schemeEnd + 3)..];
+        string? query = null;
+        var q = rest.IndexOf('?', StringComparison.Ordinal);
+        if (q >= 0)
+        {
+            query = rest[(q + 1)..];
+            rest = rest[..q];
+        }
+        if (rest.Contains('#', StringComparison.Ordinal))
+            throw Invalid(uri, "fragments are not allowed");
+        var slash = rest.IndexOf('/', StringComparison.Ordinal);
+        var authority = slash < 0 ? rest : rest[..slash];
+        var path = slash < 0 ? "" : rest[(slash + 1)..];
+        string exportName;
+        try
+        {
+            exportName = Uri.UnescapeDataString(path);
+        }
+        catch (UriFormatException)
+        {
+            throw Invalid(uri, "the export name is not valid percent-encoding");
+        }
+        if (exportName.Length > 4096 || exportName.Contains('\0', StringComparison.Ordinal))
+            throw Invalid(uri, "the export name is too long or contains NUL");
+        var parameters = ParseQuery(uri, query);
+
+        switch (scheme)
+        {
+            case "nbd":
+            case "nbd+tcp":
+                {
+                    if (parameters.Count > 0)
+                        throw Invalid(uri, $"unknown parameter '{parameters.Keys.First()}'");
+                    var (host, port) = ParseAuthority(uri, authority);
+                    return new NbdUri(uri, host, port, null, exportName);
+                }
+            case "nbd+unix":
+                {
+                    if (authority.Length > 0)
+                        throw Invalid(uri, "nbd+unix URIs take no host (write nbd+unix:///export?socket=/path)");
+                    if (!parameters.TryGetValue("socket", out var socket) || socket.Length == 0)
+                        throw Invalid(uri, "nbd+unix needs ?socket=/path");
+                    if (parameters.Count > 1)
+                        throw Invalid(uri, $"unknown parameter '{parameters.Keys.First(k => k != "socket")}'");
+                    return new NbdUri(uri, null, 0, socket, exportName);
+                }
+            case "nbds":
+            case "nbds+unix":
+            case "nbds+tcp":
+                throw Invalid(uri, "TLS (nbds) is not supported");
+            default:
+                throw Invalid(uri, $"unknown scheme '{scheme}' (expected nbd or nbd+unix)");
+        }
+    }
+
+    /// <summary>The endpoint to connect to (host names resolved, IPv4 preferred).</summary>
+    public async Task<EndPoint> ResolveAsync(CancellationToken cancellationToken = default)
+    {
+        if (SocketPath is { } path)
+            return new UnixDomainSocketEndPoint(path);
+        if (IPAddress.TryParse(Host, out var ip))
+            return new IPEndPoint(ip, Port);
+        var addresses = await Dns.GetHostAddressesAsync(Host!, cancellationToken).ConfigureAwait(false);
+        var chosen = addresses.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? addresses.FirstOrDefault()
+            ?? throw new SocketException((int)SocketError.HostNotFound);
+        return new IPEndPoint(chosen, Port);
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => Text;
+
+    private static (string Host, int Port) ParseAuthority(string uri, string authority)
+    {
+        if (authority.Contains('@', StringComparison.Ordinal))
+            throw Invalid(uri, "user information is not allowed");
+        string host;
+        string? portText = null;
+        if (authority.StartsWith('['))
+        {
+            var close = authority.IndexOf(']', StringComparison.Ordinal);
+            if (close < 0)
+                throw Invalid(uri, "unterminated IPv6 address");
+            host = authority[1..close];
+            var after = authority[(close + 1)..];
+            if (after.Length > 0)
+            {
+                if (after[0] != ':')
+                    throw Invalid(uri, "junk after the IPv6 address");
+                portText = after[1..];
+            }
+            if (!IPAddress.TryParse(host, out var v6) || v6.AddressFamily != AddressFamily.InterNetworkV6)
+                throw Invalid(uri, $"'{host}' is not an IPv6 address");
+        }
+        else
+        {
+            var colon = authority.IndexOf(':', StringComparison.Ordinal);
+            host = colon < 0 ? authority : authority[..colon];
+            if (colon >= 0)
+                portText = authority[(colon + 1)..];
+        }
+        if (host.Length == 0)
+            throw Invalid(uri, "the host is missing");
+        if (Uri.CheckHostName(host) == UriHostNameType.Unknown)
+            throw Invalid(uri, $"'{host}' is not a valid host");
+        var port = 10809;
+        if (portText is not null
+            && (!int.TryParse(portText, NumberStyles.None, CultureInfo.InvariantCulture, out port) || port is < 1 or > 65535))
+        {
+            throw Invalid(uri, $"'{portText}' is not a valid port");
+        }
+        return (host, port);
+    }
+
+    private static Dictionary<string, string> ParseQuery(string uri, string? query)
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        if (string.IsNullOrEmpty(query))
+            return result;
+        foreach (var pair in query.Split('&'))
+        {
+            if (pair.Length == 0)
+                continue;
+            var eq = pair.IndexOf('=', StringComparison.Ordinal);
+            var key = eq < 0 ? pair : pair[..eq];
+            var value = eq < 0 ? "" : pair[(eq + 1)..];
+            try
+            {
+                value = Uri.UnescapeDataString(value);
+            }
+            catch (UriFormatException)
+            {
+                throw Invalid(uri, $"parameter '{key}' is not valid percent-encoding");
+            }
+            if (!result.TryAdd(key, value))
+                throw Invalid(uri, $"parameter '{key}' is given twice");
+        }
+        return result;
+    }
+
+    private static BlockException Invalid(string uri, string why) =>
+        BlockErrors.Invalid("invalid-uri", $"Invalid NBD URI '{uri}': {why}");
+}

@@ -1,0 +1,73 @@
+using BlockMirror.Core.State;
+
+namespace BlockMirror.Core.Tests.Jobs;
+
+/// <summary>An <see cref="IBlockStore"/> in memory, for tests of the block layer without SQLite.</summary>
+public sealed class InMemoryBlockStore : IBlockStore
+{
+    private readonly Lock _lock = new();
+    private readonly Dictionary<string, NodeRecord> _nodes = new(StringComparer.Ordinal);
+    private readonly Dictionary<(string, string), BitmapRecord> _bitmaps = [];
+
+    public IReadOnlyDictionary<string, NodeRecord> NodesSnapshot()
+    {
+        lock (_lock)
+            return new Dictionary<string, NodeRecord>(_nodes);
+    }
+
+    public BitmapRecord? FindBitmap(string node, string name)
+    {
+        lock (_lock)
+            return _bitmaps.GetValueOrDefault((node, name));
+    }
+
+    public Task<IReadOnlyList<NodeRecord>> LoadNodesAsync(CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+            return Task.FromResult<IReadOnlyList<NodeRecord>>([.. _nodes.Values]);
+    }
+
+    public Task<IReadOnlyList<BitmapRecord>> LoadBitmapsAsync(CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+            return Task.FromResult<IReadOnlyList<BitmapRecord>>([.. _bitmaps.Values]);
+    }
+
+    public Task SaveNodeAsync(NodeRecord node, CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+            _nodes[node.Name] = node;
+        return Task.CompletedTask;
+    }
+
+    public Task DeleteNodeAsync(string name, CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            _nodes.Remove(name);
+            foreach (var key in _bitmaps.Keys.Where(k => k.Item1 == name).ToList())
+                _bitmaps.Remove(key);
+        }
+        return Task.CompletedTask;
+    }
+
+    public Task SaveBitmapsAsync(IReadOnlyCollection<BitmapRecord> bitmaps, CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            foreach (var b in bitmaps)
+                _bitmaps[(b.Node, b.Name)] = b;
+        }
+        return Task.CompletedTask;
+    }
+
+    public Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            foreach (var key in bitmaps)
+                _bitmaps.Remove(key);
+        }
+        return Task.CompletedTask;
+    }
+}
