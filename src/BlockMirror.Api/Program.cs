@@ -24,6 +24,7 @@ app.UseSwaggerUI(o => o.SwaggerEndpoint("/swagger/v1/swagger.json", "BlockMirror
 app.MapNodeEndpoints();
 app.MapBitmapEndpoints();
 app.MapTransactionEndpoints();
+app.MapJobEndpoints();
 app.MapEventEndpoints();
 app.MapHealthChecks("/healthz");
 

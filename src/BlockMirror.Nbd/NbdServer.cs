@@ -184,7 +184,7 @@ public sealed class NbdServer : IAsyncDisposable
         catch (Exception e)
         {
             // RunAsync handles its own failures; this is the last line that keeps the server alive.
-            Log($"NBD connection {connection.Peer} failed: {e}");
+            Log($"NBD connection {connection.Peer} failed unexpectedly: {e}");
         }
         finally
         {

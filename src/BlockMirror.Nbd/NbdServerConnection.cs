@@ -1,8 +1,5 @@
-using System.Buffers;
-using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Text;
-using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
 using BlockMirror.Nbd.Protocol;
 

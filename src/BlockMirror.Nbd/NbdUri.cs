@@ -59,15 +59,8 @@ public sealed class NbdUri
         var slash = rest.IndexOf('/', StringComparison.Ordinal);
         var authority = slash < 0 ? rest : rest[..slash];
         var path = slash < 0 ? "" : rest[(slash + 1)..];
-        string exportName;
-        try
-        {
-            exportName = Uri.UnescapeDataString(path);
-        }
-        catch (UriFormatException)
-        {
-            throw Invalid(uri, "the export name is not valid percent-encoding");
-        }
+        if (!TryPercentDecode(path, out var exportName))
+            throw Invalid(uri, "the export name is not valid percent-encoded UTF-8");
         if (exportName.Length > 4096 || exportName.Contains('\0', StringComparison.Ordinal))
             throw Invalid(uri, "the export name is too long or contains NUL");
         var parameters = ParseQuery(uri, query);
@@ -171,18 +164,48 @@ public sealed class NbdUri
             var eq = pair.IndexOf('=', StringComparison.Ordinal);
             var key = eq < 0 ? pair : pair[..eq];
             var value = eq < 0 ? "" : pair[(eq + 1)..];
-            try
-            {
-                value = Uri.UnescapeDataString(value);
-            }
-            catch (UriFormatException)
-            {
-                throw Invalid(uri, $"parameter '{key}' is not valid percent-encoding");
-            }
+            if (!TryPercentDecode(value, out value))
+                throw Invalid(uri, $"parameter '{key}' is not valid percent-encoded UTF-8");
             if (!result.TryAdd(key, value))
                 throw Invalid(uri, $"parameter '{key}' is given twice");
         }
         return result;
+    }
+
+    /// <summary>Strict RFC 3986 decoding: every '%' must start two hex digits, and the bytes must be UTF-8.</summary>
+    private static bool TryPercentDecode(string text, out string decoded)
+    {
+        decoded = text;
+        if (!text.Contains('%', StringComparison.Ordinal))
+            return true;
+        var bytes = new List<byte>(text.Length);
+        var i = 0;
+        while (i < text.Length)
+        {
+            var next = text.IndexOf('%', i);
+            if (next < 0)
+                next = text.Length;
+            if (next > i)
+            {
+                // Literal runs are encoded whole so surrogate pairs stay together.
+                bytes.AddRange(System.Text.Encoding.UTF8.GetBytes(text[i..next]));
+                i = next;
+                continue;
+            }
+            if (i + 2 >= text.Length || !byte.TryParse(text.AsSpan(i + 1, 2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out var b))
+                return false;
+            bytes.Add(b);
+            i += 3;
+        }
+        try
+        {
+            decoded = new System.Text.UTF8Encoding(false, throwOnInvalidBytes: true).GetString([.. bytes]);
+            return true;
+        }
+        catch (System.Text.DecoderFallbackException)
+        {
+            return false;
+        }
     }
 
     private static BlockException Invalid(string uri, string why) =>

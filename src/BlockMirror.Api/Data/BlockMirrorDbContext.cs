@@ -39,7 +39,7 @@ public sealed class BlockMirrorDbContext(DbContextOptions<BlockMirrorDbContext> 
         modelBuilder.Entity<JobEntity>(e =>
         {
             e.ToTable("jobs");
-            e.HasKey(x => x.Key);
+            e.HasKey(x => x.Uid);
             e.HasIndex(x => new { x.Id, x.Dismissed });
         });
     }

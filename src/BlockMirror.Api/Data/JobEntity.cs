@@ -3,8 +3,8 @@ namespace BlockMirror.Api.Data;
 /// <summary>Row of table <c>jobs</c>: the job's last known state as a JSON snapshot plus queryable columns.</summary>
 public sealed class JobEntity
 {
-    /// <summary>Surrogate key: a dismissed job's id may be reused, its history row stays.</summary>
-    public long Key { get; set; }
+    /// <summary>Unique per job run: a dismissed job's id may be reused, its history row stays.</summary>
+    public Guid Uid { get; set; }
     public required string Id { get; set; }
     public required string Type { get; set; }
     public required string Status { get; set; }

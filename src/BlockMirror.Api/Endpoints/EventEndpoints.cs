@@ -11,7 +11,7 @@ public static class EventEndpoints
     public static RouteGroupBuilder MapEventEndpoints(this IEndpointRouteBuilder app)
     {
         var group = app.MapGroup("/api/v1/events").WithTags("Events");
-        group.MapGet("/", StreamEvents).WithName(nameof(StreamEvents));
+        group.MapGet("/", StreamEvents).WithName(nameof(StreamEvents)).Produces(200, contentType: "text/event-stream");
         return group;
     }
 
@@ -19,12 +19,27 @@ public static class EventEndpoints
     /// Every event after <c>Last-Event-ID</c> (header, or <c>lastEventId</c> query for clients that cannot
     /// set headers), then live events. Each has its persisted id, its name as the SSE event type and JSON data.
     /// </summary>
-    public static ServerSentEventsResult<string> StreamEvents(HttpContext context, EventHub hub, long? lastEventId = null)
+    public static async Task<EmptyHttpResult> StreamEvents(HttpContext context, EventHub hub, long? lastEventId = null)
     {
         var after = lastEventId ?? 0;
         if (long.TryParse(context.Request.Headers["Last-Event-ID"].ToString(), out var header))
             after = header;
-        return TypedResults.ServerSentEvents(ToItems(hub, after, context.RequestAborted));
+        var response = context.Response;
+        response.ContentType = "text/event-stream";
+        response.Headers.CacheControl = "no-cache,no-store";
+        response.Headers["X-Accel-Buffering"] = "no";
+        // A comment line first, so the client sees the stream open even before the first event.
+        await response.WriteAsync(": connected\n\n", context.RequestAborted);
+        await response.Body.FlushAsync(context.RequestAborted);
+        try
+        {
+            await SseFormatter.WriteAsync(ToItems(hub, after, context.RequestAborted), response.Body, context.RequestAborted);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away.
+        }
+        return TypedResults.Empty;
     }
 
     private static async IAsyncEnumerable<SseItem<string>> ToItems(EventHub hub, long after, [EnumeratorCancellation] CancellationToken cancellationToken)

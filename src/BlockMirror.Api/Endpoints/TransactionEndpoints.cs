@@ -60,6 +60,7 @@ public static class TransactionEndpoints
     private static object? ToResult(object? result, TransactionActionDto dto, BlockLayer layer) => result switch
     {
         DirtyBitmap b when layer.FindNode(dto.Node ?? "") is { } node => b.ToDto(node),
+        Core.Jobs.Job j => j.GetInfo(),
         null => null,
         _ => result,
     };

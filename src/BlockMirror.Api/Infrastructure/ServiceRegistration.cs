@@ -48,12 +48,17 @@ public static class ServiceRegistration
         });
         services.AddSingleton<IBlockStore, EfBlockStore>();
         services.AddSingleton<EventHub>();
+        services.AddSingleton<IJobStore, EfJobStore>();
+        services.AddSingleton<Endpoints.ITransactionActionFactory, Endpoints.MirrorActionFactory>();
         services.AddSingleton(sp => new BlockLayer(
             sp.GetRequiredService<ImageRoot>(),
             sp.GetRequiredService<IBlockStore>(),
             sp.GetRequiredService<EventHub>(),
             sp.GetRequiredService<TimeProvider>(),
-            sp.GetService<IRemoteImageOpener>()));
+            sp.GetService<IRemoteImageOpener>())
+        {
+            JobStore = sp.GetRequiredService<IJobStore>(),
+        });
 
         services.AddEndpointsApiExplorer();
         services.AddSwaggerGen(o =>

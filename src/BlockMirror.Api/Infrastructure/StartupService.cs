@@ -28,6 +28,7 @@ public sealed class StartupService(
         await layer.LoadAsync(cancellationToken);
         foreach (var failure in layer.LoadFailures)
             logger.LogWarning("Not restored: {Failure}", failure);
+        await layer.RecoverJobsAsync(cancellationToken);
         foreach (var p in participants)
             await p.StartAsync(cancellationToken);
     }
@@ -36,6 +37,7 @@ public sealed class StartupService(
     {
         foreach (var p in participants.Reverse())
             await p.StopAsync(cancellationToken);
+        await layer.ShutdownJobsAsync(cancellationToken);
         await layer.StopAsync(cancellationToken);
         await events.DisposeAsync();
     }

@@ -272,7 +272,9 @@ public sealed class HBitmap
         var levels = new ulong[_levels.Length][];
         for (int i = 0; i < levels.Length; i++)
         {
-            levels[i] = (ulong[])_levels[i].Clone();
+            // Uninitialized: the copy overwrites every word, so zeroing 2 MiB first is waste.
+            levels[i] = GC.AllocateUninitializedArray<ulong>(_levels[i].Length);
+            _levels[i].AsSpan().CopyTo(levels[i]);
         }
 
         return new HBitmap(Length, levels, _count);
@@ -407,6 +409,57 @@ public sealed class HBitmap
         return r >= end ? end : r;
     }
 
+    /// <summary>Words of the last level (including the spare word of an empty bitmap).</summary>
+    internal int WordCount => _words.Length;
+
+    /// <summary>Copies the last-level words into <paramref name="dest"/> (≥ <see cref="WordCount"/>).</summary>
+    internal void CopyWordsTo(Span<ulong> dest) => _words.AsSpan().CopyTo(dest);
+
+    /// <summary>
+    /// ORs raw last-level words (as written by <see cref="CopyWordsTo"/> from a bitmap of the
+    /// same length) into this one. Lets a merge snapshot its source into a pooled buffer
+    /// instead of cloning the whole hierarchy: the first upper level is computed in the same
+    /// pass and the few levels above it are rebuilt from it.
+    /// </summary>
+    internal void OrWords(ReadOnlySpan<ulong> src)
+    {
+        if (src.Length < _words.Length)
+        {
+            throw new ArgumentException($"Source holds {src.Length} words, {_words.Length} needed", nameof(src));
+        }
+
+        if (_levels.Length == 1)
+        {
+            _words[0] |= src[0];
+            _count = BitOperations.PopCount(_words[0]);
+            return;
+        }
+
+        ulong[] words = _words;
+        ulong[] parent = _levels[^2];
+        long count = 0;
+        for (int j = 0; j < parent.Length; j++)
+        {
+            int first = j << BitsPerLevel;
+            int n = Math.Min(64, words.Length - first);
+            Span<ulong> dest = words.AsSpan(first, n);
+            ReadOnlySpan<ulong> from = src.Slice(first, n);
+            ulong nonZero = 0;
+            for (int k = 0; k < dest.Length; k++)
+            {
+                ulong w = dest[k] | from[k];
+                dest[k] = w;
+                count += BitOperations.PopCount(w);
+                nonZero |= (w != 0 ? 1UL : 0UL) << k;
+            }
+
+            parent[j] = nonZero;
+        }
+
+        _count = count;
+        RebuildUpperLevels(_levels.Length - 3);
+    }
+
     /// <summary>Number of upper+last levels (for tests of the hierarchy).</summary>
     internal int LevelCount => _levels.Length;
 
@@ -482,9 +535,12 @@ public sealed class HBitmap
         RebuildUpperLevels();
     }
 
-    private void RebuildUpperLevels()
+    private void RebuildUpperLevels() => RebuildUpperLevels(_levels.Length - 2);
+
+    /// <summary>Recomputes levels <paramref name="highest"/> down to 0 from the level below each.</summary>
+    private void RebuildUpperLevels(int highest)
     {
-        for (int level = _levels.Length - 2; level >= 0; level--)
+        for (int level = highest; level >= 0; level--)
         {
             ulong[] up = _levels[level];
             ulong[] below = _levels[level + 1];

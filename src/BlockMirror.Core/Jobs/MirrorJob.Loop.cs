@@ -16,6 +16,7 @@ public sealed partial class MirrorJob
     private Exception? _failure;
     private long _cursor;
     private long _lastProgressSave;
+    private IDisposable? _convergeQuiesce;
 
     /// <summary>mirror_run: dirty initialisation, then the loop until converged-and-completing or cancelled.</summary>
     protected override async Task RunAsync()
@@ -27,6 +28,8 @@ public sealed partial class MirrorJob
             while (true)
             {
                 ThrowIfFailed();
+                if (Paused)
+                    ReleaseConvergeQuiesce();
                 await PausePointAsync().ConfigureAwait(false);
                 if (ForceCancelled)
                     return;
@@ -72,6 +75,7 @@ public sealed partial class MirrorJob
         {
             _loopExited = true;
             await DrainAsync().ConfigureAwait(false);
+            ReleaseConvergeQuiesce();
         }
     }
 
@@ -113,29 +117,29 @@ public sealed partial class MirrorJob
     }
 
     /// <summary>
-    /// With nothing dirty, quiesce the device's writes and check again: if still clean after a
-    /// successful target flush, the job leaves the loop holding the quiesce until the pivot (or
-    /// the soft cancel's end). Otherwise writes resume and the loop goes on (QEMU's drained check).
+    /// Complete (or soft cancel) with nothing dirty: quiesce the device's writes and check again.
+    /// Writes that were in flight may have dirtied a little more; the loop copies it with writes
+    /// still held, so convergence is guaranteed even under a heavy writer (QEMU instead undrains
+    /// and retries, which can go on forever). Clean and flushed, the job leaves the loop holding
+    /// the quiesce until the pivot (or the soft cancel's end).
     /// </summary>
     private async Task<bool> TryConvergeAsync()
     {
-        var quiesce = await _device.Gate.QuiesceAsync().ConfigureAwait(false);
-        var converged = false;
-        try
-        {
-            if (_working.Count == 0 && Volatile.Read(ref _inFlightChunks) == 0
-                && await FlushTargetAsync().ConfigureAwait(false) && _working.Count == 0)
-            {
-                _exitQuiesce = quiesce;
-                converged = true;
-            }
-        }
-        finally
-        {
-            if (!converged)
-                quiesce.Dispose();
-        }
-        return converged;
+        _convergeQuiesce ??= await _device.Gate.QuiesceAsync().ConfigureAwait(false);
+        if (_working.Count != 0 || Volatile.Read(ref _inFlightChunks) != 0)
+            return false;
+        if (!await FlushTargetAsync().ConfigureAwait(false) || _working.Count != 0)
+            return false;
+        _exitQuiesce = _convergeQuiesce;
+        _convergeQuiesce = null;
+        return true;
+    }
+
+    /// <summary>Lets writes run again (a pause, an error or a cancel interrupts the convergence).</summary>
+    private void ReleaseConvergeQuiesce()
+    {
+        _convergeQuiesce?.Dispose();
+        _convergeQuiesce = null;
     }
 
     private async Task<bool> FlushTargetAsync()

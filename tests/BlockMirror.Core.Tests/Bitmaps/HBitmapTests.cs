@@ -199,6 +199,37 @@ public class HBitmapTests
     }
 
     [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(65)]
+    [InlineData(4097)]
+    [InlineData(300_000)]
+    [InlineData(1 << 20)]
+    public void OrWords_matches_Or(long length)
+    {
+        var rnd = new Random((int)length);
+        var a = new HBitmap(length);
+        var b = new HBitmap(length);
+        for (int i = 0; i < 50 && length > 0; i++)
+        {
+            long s = rnd.NextInt64(0, length);
+            a.Set(s, rnd.NextInt64(1, Math.Min(length - s, 300) + 1));
+            s = rnd.NextInt64(0, length);
+            b.Set(s, rnd.NextInt64(1, Math.Min(length - s, 300) + 1));
+        }
+
+        HBitmap viaOr = a.Clone();
+        viaOr.Or(b);
+        var words = new ulong[b.WordCount];
+        b.CopyWordsTo(words);
+        a.OrWords(words);
+        Assert.Equal(viaOr.Count, a.Count);
+        Assert.Equal(viaOr.Sha256Hex(), a.Sha256Hex());
+        Assert.True(a.CheckInvariants());
+        Assert.Equal(viaOr.NextSet(0), a.NextSet(0));
+    }
+
+    [Theory]
     [InlineData(1)]
     [InlineData(63)]
     [InlineData(64)]

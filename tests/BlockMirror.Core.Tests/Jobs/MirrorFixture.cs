@@ -97,9 +97,20 @@ public sealed class MirrorFixture : IAsyncDisposable
 
     public async Task WaitReadyAsync(string id) => await Events.WaitForAsync("BLOCK_JOB_READY", id);
 
-    /// <summary>Waits for the job's final event (COMPLETED or CANCELLED) and returns it.</summary>
-    public Task<RecordedEvent> WaitEndAsync(string id) =>
-        Events.WaitAsync(e => e.Str("id") == id && e.Name is "BLOCK_JOB_COMPLETED" or "BLOCK_JOB_CANCELLED");
+    /// <summary>Waits for the job's final event (COMPLETED or CANCELLED) and its conclusion, and returns the event.</summary>
+    public async Task<RecordedEvent> WaitEndAsync(string id)
+    {
+        var end = await Events.WaitAsync(e => e.Str("id") == id && e.Name is "BLOCK_JOB_COMPLETED" or "BLOCK_JOB_CANCELLED");
+        await Events.WaitForStatusAsync(id, "concluded");
+        return end;
+    }
+
+    /// <summary>The statuses of an auto-dismissed job once it is gone (waits for "null").</summary>
+    public async Task<IReadOnlyList<string>> StatusesAfterDismissAsync(string id)
+    {
+        await Events.WaitForStatusAsync(id, "null");
+        return Events.StatusesOf(id);
+    }
 
     public async ValueTask DisposeAsync()
     {

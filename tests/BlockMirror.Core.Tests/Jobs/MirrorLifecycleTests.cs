@@ -23,6 +23,9 @@ public sealed class MirrorLifecycleTests : IAsyncLifetime
 
         var job = await _f.StartAsync(new MirrorOptions { Device = "src", Target = "dst" });
         Assert.Equal("src", job.Id);
+        Assert.Equal(16L << 20, job.BufSize);
+        Assert.Equal(65536, job.Granularity);
+        Assert.Equal(1L << 20, job.ChunkMax);
         Assert.True(src.Busy);
         await _f.WaitReadyAsync("src");
         Assert.True(job.GetInfo().Ready);
@@ -34,7 +37,7 @@ public sealed class MirrorLifecycleTests : IAsyncLifetime
         Assert.False(end.Has("error"));
         await _f.Events.WaitForStatusAsync("src", "null");
 
-        Assert.Equal(["created", "running", "ready", "waiting", "pending", "concluded", "null"], _f.Events.StatusesOf("src"));
+        Assert.Equal(["created", "running", "ready", "waiting", "pending", "concluded", "null"], await _f.StatusesAfterDismissAsync("src"));
         Assert.Single(_f.Events.Named("BLOCK_JOB_READY"));
         Assert.Null(_f.Layer.FindNode("dst"));
         Assert.Equal("dst.img", src.Path);
@@ -101,6 +104,43 @@ public sealed class MirrorLifecycleTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Complete_converges_under_a_continuous_writer_and_loses_no_write()
+    {
+        var src = await _f.CreateRawAsync("src", Size);
+        await _f.CreateRawAsync("dst", Size);
+        var model = await MirrorFixture.FillWithHolesAsync(src, seed: 12);
+        using var stop = new CancellationTokenSource();
+        var writes = 0;
+        var writer = Task.Run(async () =>
+        {
+            var random = new Random(12);
+            while (!stop.IsCancellationRequested)
+            {
+                var len = random.Next(1, 100_000);
+                var off = random.NextInt64(0, Size - len);
+                var data = new byte[len];
+                random.NextBytes(data);
+                await src.WriteAsync(off, data);
+                data.CopyTo(model, off);
+                Interlocked.Increment(ref writes);
+            }
+        });
+
+        await _f.StartAsync(new MirrorOptions { Id = "job0", Device = "src", Target = "dst" });
+        await _f.WaitReadyAsync("job0");
+        await _f.Layer.CompleteJobAsync("job0");
+        Assert.Equal("BLOCK_JOB_COMPLETED", (await _f.WaitEndAsync("job0")).Name);
+        var atPivot = Volatile.Read(ref writes);
+        // The writer goes on on the device's new image; then everything it wrote is there.
+        await _f.Events.WaitForStatusAsync("job0", "null");
+        await stop.CancelAsync();
+        await writer;
+        Assert.True(writes >= atPivot);
+        Assert.Equal("dst.img", src.Path);
+        MirrorFixture.AssertSame(model, await MirrorFixture.ReadAllAsync(src.Image));
+    }
+
+    [Fact]
     public async Task Soft_cancel_in_ready_leaves_a_point_in_time_copy_without_pivot()
     {
         var src = await _f.CreateRawAsync("src", Size);
@@ -115,7 +155,7 @@ public sealed class MirrorLifecycleTests : IAsyncLifetime
 
         Assert.Equal("BLOCK_JOB_COMPLETED", end.Name);
         Assert.False(end.Has("error"));
-        Assert.Equal(["created", "running", "ready", "waiting", "pending", "concluded", "null"], _f.Events.StatusesOf("job0"));
+        Assert.Equal(["created", "running", "ready", "waiting", "pending", "concluded", "null"], await _f.StatusesAfterDismissAsync("job0"));
         Assert.Same(dst, _f.Layer.FindNode("dst"));
         Assert.Equal("src.img", src.Path);
         Assert.False(dst.Busy);
@@ -146,7 +186,7 @@ public sealed class MirrorLifecycleTests : IAsyncLifetime
         await _f.Layer.CancelJobAsync("job0", force: false);
         var end = await _f.WaitEndAsync("job0");
         Assert.Equal("BLOCK_JOB_CANCELLED", end.Name);
-        Assert.Equal(["created", "running", "aborting", "concluded", "null"], _f.Events.StatusesOf("job0"));
+        Assert.Equal(["created", "running", "aborting", "concluded", "null"], await _f.StatusesAfterDismissAsync("job0"));
         Assert.Empty(_f.Events.Named("BLOCK_JOB_READY"));
         Assert.Equal("src.img", src.Path);
         Assert.False(src.Busy);
@@ -166,7 +206,7 @@ public sealed class MirrorLifecycleTests : IAsyncLifetime
         await _f.Layer.CancelJobAsync("job0", force: true);
         var end = await _f.WaitEndAsync("job0");
         Assert.Equal("BLOCK_JOB_CANCELLED", end.Name);
-        Assert.Equal(["created", "running", "ready", "aborting", "concluded", "null"], _f.Events.StatusesOf("job0"));
+        Assert.Equal(["created", "running", "ready", "aborting", "concluded", "null"], await _f.StatusesAfterDismissAsync("job0"));
         Assert.NotNull(_f.Layer.FindNode("dst"));
     }
 
@@ -230,7 +270,7 @@ public sealed class MirrorLifecycleTests : IAsyncLifetime
         await _f.Layer.DismissJobAsync("job0");
         Assert.Null(_f.Layer.FindJob("job0"));
         Assert.Same(job, _f.Layer.FindJob("job0", includeDismissed: true));
-        Assert.Equal(["created", "running", "ready", "waiting", "pending", "concluded", "null"], _f.Events.StatusesOf("job0"));
+        Assert.Equal(["created", "running", "ready", "waiting", "pending", "concluded", "null"], await _f.StatusesAfterDismissAsync("job0"));
     }
 
     [Fact]

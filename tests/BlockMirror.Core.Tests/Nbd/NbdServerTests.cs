@@ -369,8 +369,11 @@ public sealed class NbdServerTests
         // Simulate a killed process: a socket file nobody listens on.
         using (var stale = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified))
         {
+            // .NET unlinks a bound socket's file when the socket is closed; a rename keeps the inode away from that.
+            var boundPath = Path.Combine(first.Directory, "bound.sock");
             var stalePath = Path.Combine(first.Directory, "stale.sock");
-            stale.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(stalePath));
+            stale.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(boundPath));
+            File.Move(boundPath, stalePath);
             stale.Close();
             Assert.True(File.Exists(stalePath));
             await using var server = new NbdServer(first.Layer, new NbdServerOptions { Listen = NbdListenAddress.Unix(stalePath) });

@@ -72,6 +72,8 @@ internal sealed class NbdTestServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await Server.DisposeAsync();
+        // Client misbehaviour is logged and survived; an unexpected exception is a server bug.
+        Assert.DoesNotContain(Log, line => line.Contains("unexpectedly", StringComparison.Ordinal));
         await Layer.DisposeAsync();
         try
         {

@@ -80,9 +80,9 @@ namespace BlockMirror.Api.Data.Migrations
 
             modelBuilder.Entity("BlockMirror.Api.Data.JobEntity", b =>
                 {
-                    b.Property<long>("Key")
+                    b.Property<Guid>("Uid")
                         .ValueGeneratedOnAdd()
-                        .HasColumnType("INTEGER");
+                        .HasColumnType("TEXT");
 
                     b.Property<DateTime>("CreatedAt")
                         .HasColumnType("TEXT");
@@ -121,7 +121,7 @@ namespace BlockMirror.Api.Data.Migrations
                     b.Property<DateTime>("UpdatedAt")
                         .HasColumnType("TEXT");
 
-                    b.HasKey("Key");
+                    b.HasKey("Uid");
 
                     b.HasIndex("Id", "Dismissed");
 

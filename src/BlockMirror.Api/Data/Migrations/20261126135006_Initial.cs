@@ -50,8 +50,7 @@ namespace BlockMirror.Api.Data.Migrations
                 name: "jobs",
                 columns: table => new
                 {
-                    Key = table.Column<long>(type: "INTEGER", nullable: false)
-                        .Annotation("Sqlite:Autoincrement", true),
+                    Uid = table.Column<Guid>(type: "TEXT", nullable: false),
                     Id = table.Column<string>(type: "TEXT", nullable: true),
                     Type = table.Column<string>(type: "TEXT", nullable: false),
                     Status = table.Column<string>(type: "TEXT", nullable: false),
@@ -66,7 +65,7 @@ namespace BlockMirror.Api.Data.Migrations
                 },
                 constraints: table =>
                 {
-                    table.PrimaryKey("PK_jobs", x => x.Key);
+                    table.PrimaryKey("PK_jobs", x => x.Uid);
                 });
 
             migrationBuilder.CreateTable(

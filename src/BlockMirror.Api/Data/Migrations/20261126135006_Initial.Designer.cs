@@ -11,7 +11,7 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 namespace BlockMirror.Api.Data.Migrations
 {
     [DbContext(typeof(BlockMirrorDbContext))]
-    [Migration("20261126134444_Initial")]
+    [Migration("20261126135006_Initial")]
     partial class Initial
     {
         /// <inheritdoc />
@@ -83,9 +83,9 @@ namespace BlockMirror.Api.Data.Migrations
 
             modelBuilder.Entity("BlockMirror.Api.Data.JobEntity", b =>
                 {
-                    b.Property<long>("Key")
+                    b.Property<Guid>("Uid")
                         .ValueGeneratedOnAdd()
-                        .HasColumnType("INTEGER");
+                        .HasColumnType("TEXT");
 
                     b.Property<DateTime>("CreatedAt")
                         .HasColumnType("TEXT");
@@ -124,7 +124,7 @@ namespace BlockMirror.Api.Data.Migrations
                     b.Property<DateTime>("UpdatedAt")
                         .HasColumnType("TEXT");
 
-                    b.HasKey("Key");
+                    b.HasKey("Uid");
 
                     b.HasIndex("Id", "Dismissed");
 

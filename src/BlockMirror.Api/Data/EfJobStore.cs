@@ -1,0 +1,43 @@
+using System.Text.Json;
+using BlockMirror.Core.Jobs;
+using BlockMirror.Core.State;
+using Microsoft.EntityFrameworkCore;
+
+namespace BlockMirror.Api.Data;
+
+/// <summary>Jobs on SQLite: one row per job run, the full snapshot as JSON.</summary>
+public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory) : IJobStore
+{
+    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+
+    public async Task SaveJobAsync(JobRecord job, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        var row = await db.Jobs.FindAsync([job.Uid], cancellationToken);
+        if (row is null)
+        {
+            row = new JobEntity { Uid = job.Uid, Id = job.Id, Type = job.Type, Status = job.Status, Device = job.Device, Snapshot = "{}" };
+            db.Jobs.Add(row);
+        }
+        row.Id = job.Id;
+        row.Type = job.Type;
+        row.Status = job.Status;
+        row.Device = job.Device;
+        row.Target = job.Target;
+        row.Error = job.Error;
+        row.Dismissed = job.Dismissed;
+        row.Snapshot = JsonSerializer.Serialize(job.Snapshot, Json);
+        row.CreatedAt = job.CreatedAt;
+        row.UpdatedAt = job.UpdatedAt;
+        row.FinishedAt = job.FinishedAt;
+        await db.SaveChangesAsync(cancellationToken);
+    }
+
+    public async Task<IReadOnlyList<JobRecord>> LoadJobsAsync(CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        var rows = await db.Jobs.AsNoTracking().OrderBy(j => j.CreatedAt).ToListAsync(cancellationToken);
+        return [.. rows.Select(r => new JobRecord(r.Uid, r.Id, r.Type, r.Status, r.Device, r.Target, r.Error, r.Dismissed,
+            JsonSerializer.Deserialize<JobInfo>(r.Snapshot, Json)!, r.CreatedAt, r.UpdatedAt, r.FinishedAt))];
+    }
+}

@@ -1,0 +1,43 @@
+using System.Net;
+using BlockMirror.Api.Tests.Infrastructure;
+
+namespace BlockMirror.Api.Tests;
+
+public sealed class JobRestartTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("blockmirror-jobrestart-").FullName;
+
+    public void Dispose() => BlockMirrorFactory.DeleteDir(_dir);
+
+    [Fact]
+    public async Task A_job_running_at_stop_is_concluded_with_an_error_and_its_bitmap_keeps_the_work()
+    {
+        await using (var first = new BlockMirrorFactory(_dir))
+        {
+            var http = first.CreateClient();
+            await using var events = await EventWaiter.StartAsync(first.CreateClient());
+            await http.CreateNodeAsync("disk0", 8L << 20);
+            await http.CreateNodeAsync("copy", 8L << 20);
+            await http.AddBitmapAsync("disk0", "b0", persistent: true);
+            await http.WriteAsync("disk0", 0, new byte[4 << 20]);
+            // speed=1: one chunk is copied, then the job waits; the stop cuts it off.
+            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", device = "disk0", target = "copy", bitmap = "b0", speed = 1, autoDismiss = false }, HttpStatusCode.Created);
+            await events.WaitStatusAsync("j", "running");
+        }
+
+        await using var second = new BlockMirrorFactory(_dir);
+        var h = second.CreateClient();
+        var job = await h.GetJsonAsync("/api/v1/jobs/j");
+        Assert.Equal("concluded", (string?)job["status"]);
+        Assert.Contains("service stopped", (string?)job["error"], StringComparison.Ordinal);
+        Assert.False((bool)(await h.GetJsonAsync("/api/v1/nodes/disk0"))["busy"]!);
+        Assert.False((bool)(await h.GetJsonAsync("/api/v1/nodes/copy"))["busy"]!);
+        // The working bitmap survived the restart with the work not done, and records again.
+        var b0 = await h.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0");
+        Assert.False((bool)b0["inconsistent"]!);
+        Assert.False((bool)b0["busy"]!);
+        Assert.True((bool)b0["recording"]!);
+        Assert.InRange((long)b0["count"]!, 1, 4L << 20);
+        await h.PostJsonAsync("/api/v1/jobs/j/dismiss", new { });
+    }
+}
