@@ -212,15 +212,12 @@ public sealed partial class BlockLayer : IAsyncDisposable
         }
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        if (!_stopped)
-        {
-            foreach (var node in Nodes)
-                await node.Image.DisposeAsync().ConfigureAwait(false);
-        }
-        _control.Dispose();
-    }
+    /// <summary>
+    /// Stops cleanly if <see cref="StopAsync"/> did not run yet (a host may dispose its services
+    /// before it stops them). The control lock is not disposed: a late caller gets a clean
+    /// "stopping" refusal instead of an ObjectDisposedException.
+    /// </summary>
+    public async ValueTask DisposeAsync() => await StopAsync().ConfigureAwait(false);
 
     // ---- nodes ----------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     /// <summary>The export this connection transmits on; null during the handshake.</summary>
     public string? ExportName => _export?.Name;
 
-    /// <summary>Completes when the connection has ended and every request it accepted has finished.</summary>
+    /// <summary>Completes when the connection has ended, every request it accepted has finished, and it is disposed.</summary>
     public Task Completion => _completion.Task;
 
     public async Task RunAsync(CancellationToken serverStopping)
@@ -108,7 +108,6 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         finally
         {
             Abort();
-            _completion.TrySetResult();
         }
     }
 
@@ -147,6 +146,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         _stopReading.Dispose();
         _sendLock.Dispose();
         _slots.Dispose();
+        _completion.TrySetResult();
     }
 
     private void Abort()

@@ -40,6 +40,7 @@ public static class ServiceRegistration
         services.AddHealthChecks()
             .AddDbContextCheck<BlockMirrorDbContext>("database")
             .AddCheck<ImageRootHealthCheck>("image-root");
+        services.AddBlockMirrorObservability();
 
         services.AddSingleton(sp =>
         {
@@ -49,6 +50,9 @@ public static class ServiceRegistration
         services.AddSingleton<IBlockStore, EfBlockStore>();
         services.AddSingleton<EventHub>();
         services.AddSingleton<IJobStore, EfJobStore>();
+        services.AddSingleton<IRemoteImageOpener>(_ => new BlockMirror.Nbd.NbdRemoteImageOpener());
+        services.AddSingleton<NbdHost>();
+        services.AddSingleton<IStartupParticipant>(sp => sp.GetRequiredService<NbdHost>());
         services.AddSingleton<Endpoints.ITransactionActionFactory, Endpoints.MirrorActionFactory>();
         services.AddSingleton(sp => new BlockLayer(
             sp.GetRequiredService<ImageRoot>(),

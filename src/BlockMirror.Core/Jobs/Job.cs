@@ -441,14 +441,18 @@ public abstract class Job
     /// <summary>Called when the creating transaction committed: created, then started on its own task.</summary>
     internal void Created() => Transition(JobStatus.Created);
 
-    internal void Start() => _ = Task.Run(RunLifecycleAsync);
+    /// <summary>job_start: running at once (as QEMU does before entering the coroutine), the run on its own task.</summary>
+    internal void Start()
+    {
+        Transition(JobStatus.Running);
+        _ = Task.Run(RunLifecycleAsync);
+    }
 
     private async Task RunLifecycleAsync()
     {
         string? error = null;
         try
         {
-            Transition(JobStatus.Running);
             await RunAsync().ConfigureAwait(false);
         }
         catch (Exception e)

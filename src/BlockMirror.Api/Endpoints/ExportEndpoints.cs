@@ -1,0 +1,56 @@
+using System.Net;
+using System.Net.Sockets;
+using BlockMirror.Api.Contracts;
+using BlockMirror.Api.Infrastructure;
+using BlockMirror.Core;
+using BlockMirror.Core.Nodes;
+using Microsoft.AspNetCore.Http.HttpResults;
+
+namespace BlockMirror.Api.Endpoints;
+
+/// <summary>Routes for /api/v1/exports: nodes served over NBD (QEMU's block-export-add).</summary>
+public static class ExportEndpoints
+{
+    public static RouteGroupBuilder MapExportEndpoints(this IEndpointRouteBuilder app)
+    {
+        var group = app.MapGroup("/api/v1/exports").WithTags("Exports");
+        group.MapPost("/", AddExport).WithName(nameof(AddExport)).ProducesProblem(400).ProducesProblem(404).ProducesProblem(409);
+        group.MapGet("/", ListExports).WithName(nameof(ListExports));
+        group.MapGet("/{name}", GetExport).WithName(nameof(GetExport)).ProducesProblem(404);
+        group.MapDelete("/{name}", RemoveExport).WithName(nameof(RemoveExport)).ProducesProblem(404);
+        return group;
+    }
+
+    /// <summary>Serves a node on the NBD server; listed bitmaps become qemu:dirty-bitmap contexts and are busy.</summary>
+    public static async Task<Created<ExportDto>> AddExport(CreateExportRequest request, BlockLayer layer, NbdHost nbd, CancellationToken cancellationToken)
+    {
+        var name = RequestValidationException.Require(request.Name, "name");
+        var node = RequestValidationException.Require(request.Node, "node");
+        var export = await layer.AddExportAsync(name, node, request.Writable ?? true, request.Bitmaps ?? [], cancellationToken);
+        return TypedResults.Created($"/api/v1/exports/{Uri.EscapeDataString(name)}", ToDto(export, nbd));
+    }
+
+    public static Ok<ItemsDto<ExportDto>> ListExports(BlockLayer layer, NbdHost nbd) =>
+        TypedResults.Ok(new ItemsDto<ExportDto>([.. layer.Exports.Select(e => ToDto(e, nbd))]));
+
+    public static Ok<ExportDto> GetExport(string name, BlockLayer layer, NbdHost nbd) =>
+        TypedResults.Ok(ToDto(layer.FindExport(name) ?? throw BlockErrors.NotFound("export-not-found", $"Export '{name}' is not found"), nbd));
+
+    /// <summary>Removes the export and disconnects its clients; its bitmaps are no longer busy.</summary>
+    public static async Task<NoContent> RemoveExport(string name, BlockLayer layer, NbdHost nbd, CancellationToken cancellationToken)
+    {
+        await layer.RemoveExportAsync(name, cancellationToken);
+        nbd.Server?.DisconnectExport(name);
+        return TypedResults.NoContent();
+    }
+
+    private static ExportDto ToDto(BlockExport e, NbdHost nbd) => new(e.Name, e.Node, e.Writable, e.Bitmaps, UriOf(e.Name, nbd), e.CreatedAt);
+
+    /// <summary>The URI a client uses (nbd://host:port/name or nbd+unix:///name?socket=path).</summary>
+    private static string? UriOf(string name, NbdHost nbd) => nbd.LocalEndPoint switch
+    {
+        IPEndPoint ip => $"nbd://{(ip.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ip.Address}]" : ip.Address.ToString())}:{ip.Port}/{Uri.EscapeDataString(name)}",
+        UnixDomainSocketEndPoint unix => $"nbd+unix:///{Uri.EscapeDataString(name)}?socket={unix}",
+        _ => null,
+    };
+}
