@@ -25,9 +25,11 @@ public sealed partial class JobEventLogger(EventHub hub, ILogger<JobEventLogger>
 
     public async Task StopAsync(CancellationToken cancellationToken)
     {
-        if (_stop is null || _loop is null)
+        // Taken once: a second stop (or a stop without a start) has nothing to do.
+        var stop = Interlocked.Exchange(ref _stop, null);
+        if (stop is null || _loop is null)
             return;
-        await _stop.CancelAsync();
+        await stop.CancelAsync();
         try
         {
             await _loop;
@@ -35,8 +37,7 @@ public sealed partial class JobEventLogger(EventHub hub, ILogger<JobEventLogger>
         catch (OperationCanceledException)
         {
         }
-        _stop.Dispose();
-        _stop = null;
+        stop.Dispose();
     }
 
     private async Task FollowAsync(long after, CancellationToken cancellationToken)

@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Http.Json;
 using BlockMirror.Api.Tests.Infrastructure;
 using Microsoft.Playwright;
 using static Microsoft.Playwright.Assertions;
