@@ -211,11 +211,11 @@ class Bench:
             t0 = time.monotonic()
             svc.post("/api/v1/jobs/mirror", body)
             t_post = time.monotonic() - t0
-            ev_r = svc.sse.wait("BLOCK_JOB_READY", job_id)
+            ev_r = svc.sse.wait("BLOCK_JOB_READY", job_id, after=t0)
             t_ready = ev_r["recv_monotonic"] - t0
             c_ready = proc_cpu(svc.proc.pid)
             svc.post("/api/v1/jobs/%s/complete" % job_id)
-            ev_c = svc.sse.wait(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), job_id)
+            ev_c = svc.sse.wait(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), job_id, after=t0)
             pb.fsync_path(dst)
             t_sync = time.monotonic() - t0
             c1 = proc_cpu(svc.proc.pid)
@@ -343,10 +343,10 @@ class Bench:
             la = loadavg()
             t0 = time.monotonic()
             svc.post("/api/v1/jobs/mirror", body)
-            ev_r = svc.sse.wait("BLOCK_JOB_READY", job_id)
+            ev_r = svc.sse.wait("BLOCK_JOB_READY", job_id, after=t0)
             t_ready = ev_r["recv_monotonic"] - t0
             svc.post("/api/v1/jobs/%s/cancel" % job_id, {"force": False})
-            ev_c = svc.sse.wait(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), job_id)
+            ev_c = svc.sse.wait(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), job_id, after=t0)
             pb.fsync_path(dst)
             t_sync = time.monotonic() - t0
             if ev_c["data"].get("error"):
