@@ -67,6 +67,15 @@ def proc_cpu(pid):
         return None
 
 
+def proc_majflt(pid):
+    """Major page faults of a process so far (pages read back from disk, e.g. code after drop_caches)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[9])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def children_cpu():
     r = os.times()
     return r.children_user + r.children_system
@@ -134,6 +143,7 @@ class Bench:
             ctx.reset_cache([src])
             la = loadavg()
             c0 = proc_cpu(p.pid)
+            f0 = proc_majflt(p.pid)
             t0 = time.monotonic()
             q.execute("blockdev-mirror", args)
             ev_r = q.job_wait("mirror0", "BLOCK_JOB_READY", timeout=900)
@@ -143,6 +153,7 @@ class Bench:
             pb.fsync_path(dst)
             t_sync = time.monotonic() - t0
             c1 = proc_cpu(p.pid)
+            f1 = proc_majflt(p.pid)
             if ev_c["data"].get("error"):
                 raise RuntimeError("qsd mirror failed: %s" % ev_c["data"]["error"])
             q.execute("blockdev-del", {"node-name": "tgt"})
@@ -151,7 +162,8 @@ class Bench:
             p = None
             info = {"alloc_bytes": pb.alloc_bytes(dst), "alloc": pb.human(pb.alloc_bytes(dst)),
                     "src_alloc_bytes": pb.alloc_bytes(src), "job_len": ev_c["data"].get("len"),
-                    "cpu_s": round(c1 - c0, 3) if c0 is not None and c1 is not None else None, "load1": la}
+                    "cpu_s": round(c1 - c0, 3) if c0 is not None and c1 is not None else None,
+                    "majflt": (f1 - f0) if f0 is not None and f1 is not None else None, "load1": la}
             if pb.want_verify(ctx, rep):
                 info["verified"] = pb.verify_equal(ctx, src, dst)
             ctx.add("mirror", M_QSD, img, rep, {READY: (t_ready, size, dbytes), DURABLE: (t_sync, size, dbytes)}, **info)
@@ -208,6 +220,7 @@ class Bench:
             ctx.reset_cache([src])
             la = loadavg()
             c0 = proc_cpu(svc.proc.pid)
+            f0 = proc_majflt(svc.proc.pid)
             t0 = time.monotonic()
             svc.post("/api/v1/jobs/mirror", body)
             t_post = time.monotonic() - t0
@@ -219,6 +232,7 @@ class Bench:
             pb.fsync_path(dst)
             t_sync = time.monotonic() - t0
             c1 = proc_cpu(svc.proc.pid)
+            f1 = proc_majflt(svc.proc.pid)
             if ev_c["event"] != "BLOCK_JOB_COMPLETED" or ev_c["data"].get("error"):
                 raise RuntimeError("BlockMirror mirror ended with %s %s" % (ev_c["event"], ev_c["data"]))
             j = svc.job(job_id)
@@ -226,7 +240,8 @@ class Bench:
                     "src_alloc_bytes": pb.alloc_bytes(src), "job_len": ev_c["data"].get("len"),
                     "bytes_copied": j.get("bytesCopied"), "post_s": round(t_post, 4),
                     "cpu_ready_s": round(c_ready - c0, 3) if c0 is not None else None,
-                    "cpu_s": round(c1 - c0, 3) if c0 is not None else None, "load1": la}
+                    "cpu_s": round(c1 - c0, 3) if c0 is not None else None,
+                    "majflt": (f1 - f0) if f0 is not None and f1 is not None else None, "load1": la}
             # After the pivot bsrc reads and writes the target's image; btgt is consumed.
             self._bm_cleanup(None, ["bsrc", "btgt"])
             if pb.want_verify(ctx, rep):
@@ -341,8 +356,10 @@ class Bench:
                            "<SSE BLOCK_JOB_COMPLETED>; fsync(tgt)" % json.dumps(dict(body, id="ID")))
             ctx.reset_cache([work, dst])
             la = loadavg()
+            f0 = proc_majflt(svc.proc.pid)
             t0 = time.monotonic()
             svc.post("/api/v1/jobs/mirror", body)
+            t_post = time.monotonic() - t0
             ev_r = svc.sse.wait("BLOCK_JOB_READY", job_id, after=t0)
             t_ready = ev_r["recv_monotonic"] - t0
             svc.post("/api/v1/jobs/%s/cancel" % job_id, {"force": False})
@@ -357,7 +374,7 @@ class Bench:
             self._bm_cleanup(None, ["isrc", "itgt"])
             info = {"pieces": len(offs), "dirty_bytes": dirty, "bytes_copied": copied, "bitmap_after": after,
                     "end_event": ev_c["event"], "copied_equals_dirty": copied == dirty == len(offs) * 64 * KiB,
-                    "load1": la}
+                    "post_s": round(t_post, 4), "majflt": (proc_majflt(svc.proc.pid) or 0) - (f0 or 0), "load1": la}
             if pb.want_verify(ctx, rep):
                 info["verified"] = pb.verify_equal(ctx, work, dst)
             if copied != dirty:
@@ -491,6 +508,15 @@ def markdown(ctx, rows, ratios, machine):
             cpu.setdefault((s["method"], s["image"]), []).append(s["info"]["cpu_s"])
     for (m, img), v in sorted(cpu.items()):
         L.append("- CPU time (user+sys) of the copying process, %s %s: median %.2fs" % (m, img, statistics.median(v)))
+    extra = {}
+    for s in ctx.samples:
+        for k in ("post_s", "majflt"):
+            if s["info"].get(k) is not None:
+                extra.setdefault((s["method"], s["image"], k), []).append(s["info"][k])
+    for (m, img, k), v in sorted(extra.items()):
+        L.append("- %s, %s %s: median %s (all: %s)" % (
+            {"post_s": "POST /jobs/mirror response time s", "majflt": "major page faults in the timed window"}[k],
+            m, img, statistics.median(v), " ".join(str(x) for x in v)))
     if ctx.failures:
         L.append("")
         L.append("Failures:")

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Core.Bitmaps;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
@@ -43,7 +44,8 @@ public sealed partial class MirrorJob : Job
     private bool _pivoted;
     private IBlockImage? _oldImage;
     private IDisposable? _exitQuiesce;
-    private (long Dirty, long InFlight)? _frozen;
+    // Progress at exit, published whole: the bitmap may record again afterwards (mode always).
+    private StrongBox<(long Dirty, long InFlight)>? _frozen;
 
     internal MirrorJob(BlockLayer layer, string id, MirrorOptions options, BlockNode device, BlockNode target,
         int granularity, long bufSize, DirtyBitmap? named, BitmapMode? bitmapMode)
@@ -176,7 +178,7 @@ public sealed partial class MirrorJob : Job
 
     public override JobInfo GetInfo()
     {
-        var (dirty, inFlight) = _frozen ?? (_working.Count, Interlocked.Read(ref _inFlightBytes));
+        var (dirty, inFlight) = Volatile.Read(ref _frozen)?.Value ?? (_working.Count, Interlocked.Read(ref _inFlightBytes));
         var current = Interlocked.Read(ref _currentProgress);
         var remaining = dirty + inFlight;
         var copyRate = _copyRate.Rate();
@@ -194,7 +196,7 @@ public sealed partial class MirrorJob : Job
 
     protected override (long Len, long Offset) EventProgress()
     {
-        var (dirty, inFlight) = _frozen ?? (_working.Count, Interlocked.Read(ref _inFlightBytes));
+        var (dirty, inFlight) = Volatile.Read(ref _frozen)?.Value ?? (_working.Count, Interlocked.Read(ref _inFlightBytes));
         var current = Interlocked.Read(ref _currentProgress);
         return (current + dirty + inFlight, current);
     }
@@ -248,7 +250,7 @@ public sealed partial class MirrorJob : Job
         _exitQuiesce = null;
         try
         {
-            _frozen = (_working.Count, Interlocked.Read(ref _inFlightBytes));
+            Volatile.Write(ref _frozen, new StrongBox<(long, long)>((_working.Count, Interlocked.Read(ref _inFlightBytes))));
             if (ReferenceEquals(_device.Filter, _filter))
                 _device.Filter = null;
             _device.JobId = null;

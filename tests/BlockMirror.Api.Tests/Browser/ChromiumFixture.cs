@@ -21,6 +21,8 @@ public sealed class ChromiumFixture : IAsyncLifetime
                 return _browser;
             if (!BrowserEnvironment.Available)
                 throw new InvalidOperationException(BrowserEnvironment.MissingMessage);
+            // Playwright's 5 s default is short for a 2-core CI machine running other suites at once.
+            Assertions.SetDefaultExpectTimeout(30_000);
             _playwright = await Playwright.CreateAsync();
             _browser = await _playwright.Chromium.LaunchAsync(new()
             {
