@@ -9,11 +9,14 @@ namespace BlockMirror.Api.Tests;
 /// /metrics (Prometheus text) against the API's own numbers. Every host in the test process
 /// publishes a "BlockMirror" meter and an OpenTelemetry listener sees them all; series of the same
 /// name and labels from two live hosts overwrite each other (jobs by status, the total). So these
-/// tests run alone, after the parallel ones (<see cref="MetricsCollection"/>), with unique names.
+/// tests are their own collection that runs alone, after the parallel ones, with unique names.
 /// </summary>
-[Collection(MetricsCollection.Name)]
+[CollectionDefinition(CollectionName, DisableParallelization = true)]
+[Collection(CollectionName)]
 public sealed partial class MetricsTests : IAsyncLifetime
 {
+    public const string CollectionName = "Metrics";
+
     private const long MiB = 1 << 20;
 
     private readonly BlockMirrorFactory _factory = new();

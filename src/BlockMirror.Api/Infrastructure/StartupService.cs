@@ -33,8 +33,13 @@ public sealed class StartupService(
             await p.StartAsync(cancellationToken);
     }
 
+    private int _stopped;
+
     public async Task StopAsync(CancellationToken cancellationToken)
     {
+        // A test host may stop its hosted services twice; the clean stop runs once.
+        if (Interlocked.Exchange(ref _stopped, 1) != 0)
+            return;
         foreach (var p in participants.Reverse())
             await p.StopAsync(cancellationToken);
         await layer.ShutdownJobsAsync(cancellationToken);

@@ -269,7 +269,7 @@ public sealed class NbdProtocolTests
     [Fact]
     public async Task A_silent_client_is_dropped_after_the_handshake_timeout()
     {
-        await using var env = await NbdTestServer.StartAsync(configure: o => o.HandshakeTimeout = TimeSpan.FromMilliseconds(300));
+        await using var env = await NbdTestServer.StartAsync(configure: o => o.HandshakeTimeout = TimeSpan.FromSeconds(2));
         await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
         await raw.ReadGreetingAsync();
         Assert.True(await raw.IsClosedByServerAsync());
