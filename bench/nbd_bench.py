@@ -35,6 +35,8 @@ pb, qmp = bm_service.import_peers()
 KiB, MiB, GiB = pb.KiB, pb.MiB, pb.GiB
 SERVE = os.path.join(bm_service.HERE, "serve_nbd.sh")
 BM0, BM4 = "BlockMirror export 0 bitmaps", "BlockMirror export 4 bitmaps"
+BM0_COLD = "BlockMirror export 0 bitmaps, cold JIT (first transfer after start)"
+BM0_WATCH = "BlockMirror export 0 bitmaps, content root = image dir (config watcher sees every write)"
 
 
 def patient_extra_nbd_start(timeout):
@@ -176,9 +178,12 @@ def paired(ctx, section, m_num, m_den):
 
 def ratio_rows(ctx, rows):
     reqs = ctx.args.nbd_requests[-1]
+    ex = "(extra) nbdcopy -> %s, 1 MiB x %d in flight"
     W = {
-        "bm0": lambda m: m.startswith("(extra)") and BM0 in m and "x %d in" % reqs in m,
-        "bm4": lambda m: m.startswith("(extra)") and BM4 in m and "x %d in" % reqs in m,
+        "bm0": lambda m: m == ex % (BM0, reqs),
+        "bm4": lambda m: m == ex % (BM4, reqs),
+        "bm0cold": lambda m: m == ex % (BM0_COLD, reqs),
+        "bm0watch": lambda m: m == ex % (BM0_WATCH, reqs),
         "qsd0": lambda m: m.startswith("nbdcopy -> qsd NBD export, 0 bitmaps, 1 MiB x %d in flight" % reqs) and "pinned" not in m,
         "qsd4": lambda m: m.startswith("nbdcopy -> qsd NBD export, 4 bitmaps, 1 MiB x %d in flight" % reqs) and "pinned" not in m,
         "nbdkit": lambda m: m == "(ref) nbdcopy -> nbdkit file export, 1 MiB x %d in flight" % reqs,
@@ -189,7 +194,10 @@ def ratio_rows(ctx, rows):
             ("bm4", "nbdkit", "writes: BM 4 bitmaps / nbdkit", 1.0),
             ("bm0", "qsd0", "writes: BM 0 bitmaps / qsd 0 bitmaps", None),
             ("bm4", "qsd4", "writes: BM 4 bitmaps / qsd 4 bitmaps", None),
-            ("bm0", "file", "writes: BM 0 bitmaps / local file (no NBD)", None)]
+            ("bm0", "file", "writes: BM 0 bitmaps / local file (no NBD)", None),
+            ("bm0cold", "nbdkit", "writes: BM 0 bitmaps cold JIT / nbdkit", None),
+            ("bm0cold", "bm0", "writes: BM cold JIT / BM warm", None),
+            ("bm0watch", "bm0", "writes: BM content root = image dir / BM (default)", None)]
     out = []
     for n, d, label, target in spec:
         if wr[n] and wr[d]:
@@ -276,6 +284,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--size-a", type=pb.parse_size, default=GiB)
     ap.add_argument("--nbd-requests", default="16", help="nbdcopy --requests values for writes (e.g. 1,16)")
+    ap.add_argument("--no-variants", dest="variants", action="store_false",
+                    help="skip the two diagnostic BlockMirror write variants (cold JIT; image inside the content root)")
     ap.add_argument("--pin", action="store_true", help="also peer_bench's CPU-pinned qsd/nbdkit/file write cases")
     ap.add_argument("--sections", default="nbdwrite,nbdread")
     ap.add_argument("--settle", type=float, default=0.5)
@@ -289,6 +299,9 @@ def main(argv=None):
     a.nbd_requests = [int(x) for x in a.nbd_requests.split(",")]
     a.sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     a.extra_nbd = ["%s::%s {dst} {sock} 0::tgt" % (BM0, SERVE), "%s::%s {dst} {sock} 4::tgt" % (BM4, SERVE)]
+    if a.variants:
+        a.extra_nbd += ["%s::env BM_WARMUP_MB=0 %s {dst} {sock} 0::tgt" % (BM0_COLD, SERVE),
+                        "%s::env BM_CWD=@image-dir %s {dst} {sock} 0::tgt" % (BM0_WATCH, SERVE)]
     os.environ["BM_DLL"] = a.dll
     if not os.path.isfile(a.dll):
         sys.exit("service binary %s not found; publish it first (see bench/README.md)" % a.dll)
@@ -334,7 +347,7 @@ def main(argv=None):
                         pass
         rows = pb.summarize(ctx)
         ratios = ratio_rows(ctx, rows)
-        md = ctx.clean(markdown(ctx, rows, ratios, machine, reports))
+        md = ctx.clean(markdown(ctx, rows, ratios, machine, reports)).replace(bm_service.HERE, "bench")
         os.makedirs(a.out, exist_ok=True)
         doc = {"machine": machine, "params": {k: v for k, v in vars(a).items() if k != "out"},
                "rows": rows, "ratios": ratios, "samples": ctx.samples, "failures": ctx.failures,

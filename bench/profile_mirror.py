@@ -60,13 +60,15 @@ def main():
     ap.add_argument("--strace", choices=["none", "count", "trace", "perf"], default="none",
                     help="perf = perf record -g on the service (set --env DOTNET_PerfMapEnabled=1 for JIT names)")
     ap.add_argument("--strace-filter", default="trace=pread64,pwrite64,lseek,fstat,fallocate,fdatasync,futex")
+    ap.add_argument("--no-drop", action="store_true", help="do not drop the page cache before each run")
     ap.add_argument("--dll", default=bm_service.DEFAULT_DLL)
+    ap.add_argument("--state", default=None, help="service state dir (SQLite database); default ROOT/.profile-state")
     ap.add_argument("--pin", default="", help="e.g. 'taskset -c 1' for the service")
     ap.add_argument("--env", action="append", default=[], help="K=V for the service (e.g. DOTNET_ThreadPool_MinThreads... )")
     a = ap.parse_args()
     root = os.path.abspath(a.root)
     size = os.path.getsize(os.path.join(root, a.image))
-    state = os.path.join(root, ".profile-state")
+    state = a.state or os.path.join(root, ".profile-state")
     import shutil
     shutil.rmtree(state, ignore_errors=True)
     env = dict(kv.split("=", 1) for kv in a.env)
@@ -89,19 +91,22 @@ def main():
                     body["bufSize"] = bs
                 if gr:
                     body["granularity"] = gr
-                drop()
+                if not a.no_drop:
+                    drop()
                 st = None
                 if a.strace != "none":
                     out = "/tmp/profile_mirror.strace.%d" % n
                     argv = ["strace", "-f", "-p", str(svc.proc.pid), "-o", out]
-                    argv += ["-c", "-w"] if a.strace == "count" else ["-tt", "-T", "-e", a.strace_filter]
+                    argv += ["-c", "-w"] if a.strace == "count" else ["--seccomp-bpf", "-tt", "-T", "-e", a.strace_filter]
                     if a.strace == "perf":
                         argv = ["perf", "record", "-F", "499", "-g", "-p", str(svc.proc.pid), "-o", out]
                     st = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
                     time.sleep(1.0)
                 u0, s0 = proc_cpu(svc.proc.pid)
                 t0 = time.monotonic()
+                wall0 = time.time()
                 svc.post("/api/v1/jobs/mirror", body)
+                t_post = time.monotonic() - t0
                 ev = svc.sse.wait("BLOCK_JOB_READY", body["id"], after=t0)
                 dt = ev["recv_monotonic"] - t0
                 u1, s1 = proc_cpu(svc.proc.pid)
@@ -112,6 +117,8 @@ def main():
                 svc.post("/api/v1/jobs/%s/cancel" % body["id"], {"force": False})
                 svc.sse.wait(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), body["id"], after=t0)
                 j = svc.job(body["id"])
+                print("  POST sent at %s, returned after %.3fs" % (
+                    time.strftime("%H:%M:%S", time.localtime(wall0)) + ("%.6f" % (wall0 % 1))[1:], t_post))
                 print("variant %-10s rep %d: READY %.3fs  %.0f MB/s  cpu user %.2fs sys %.2fs  threads %s  "
                       "bytesCopied %s  chunkMax? bufSize %s gran %s  alloc %s  load %.1f%s" % (
                           variant, rep, dt, size / dt / 1e6, u1 - u0, s1 - s0, th, j.get("bytesCopied"),

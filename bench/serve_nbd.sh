@@ -13,6 +13,15 @@
 # cleanly), after an optional report: with $BM_SERVE_REPORT set, one JSON line per stop with
 # the node's bitmaps (name, count) is appended to that file.
 # Optional: $BM_PIN (e.g. "taskset -c 1") prefixes the service command line.
+# $BM_WARMUP_MB (default 256): before the socket appears, that many MiB of random data are
+# written to, and read back from, a scratch node/export (then deleted), so the measured transfer
+# runs on a warmed-up JIT (tier-1 code), as it would in a long-running service; 0 = measure the
+# first transfer after start (cold JIT).
+# $BM_CWD (default: the private state directory): the service's working directory. Without an
+# appsettings.json next to the published binary the service's content root falls back to it,
+# and the configuration reload watcher (inotify, recursive, IN_MODIFY included) watches it;
+# BM_CWD=$(dirname DST), or the literal @image-dir, reproduces a content root that contains the
+# image (see README).
 set -uo pipefail
 
 dst=${1:?usage: serve_nbd.sh DST SOCK [BITMAPS]}
@@ -32,6 +41,9 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 api="http://127.0.0.1:$port/api/v1"
 rm -f "$sock" "$sock.tmp"
 
+cwd=${BM_CWD:-$state}
+[[ $cwd == @image-dir ]] && cwd=$root
+cd "$cwd" || exit 2
 # shellcheck disable=SC2086
 ${BM_PIN:-} dotnet "$dll" --Urls "http://127.0.0.1:$port" --Storage:Root "$root" \
     --ConnectionStrings:BlockMirror "Data Source=$state/bm.db" --Nbd:Listen "unix:$sock.tmp" \
@@ -82,6 +94,23 @@ post /nodes "{\"name\":\"tgt\",\"driver\":\"raw\",\"path\":\"$name\"}" || fail "
 for ((i = 0; i < nbits; i++)); do
     post /nodes/tgt/bitmaps "{\"name\":\"b$i\",\"granularity\":$gran}" || fail "cannot add bitmap b$i"
 done
+warm_mb=${BM_WARMUP_MB:-256}
+if ((warm_mb > 0)); then
+    wname=".serve_nbd_warmup.$$.raw"
+    post /nodes "{\"name\":\"warmup\",\"driver\":\"raw\",\"path\":\"$wname\",\"create\":{\"size\":$((warm_mb << 20))}}" \
+        || fail "cannot add warm-up node"
+    post /exports '{"name":"warmup","node":"warmup","writable":true}' || fail "cannot add warm-up export"
+    wuri="nbd+unix:///warmup?socket=$sock.tmp"
+    for _ in 1 2; do
+        head -c $((warm_mb << 20)) /dev/urandom | nbdcopy --connections=1 --threads=1 --request-size=1048576 \
+            --requests=16 --flush - "$wuri" || fail "warm-up write failed"
+        nbdcopy --connections=1 --threads=1 --request-size=1048576 --requests=16 "$wuri" null: \
+            || fail "warm-up read failed"
+    done
+    curl -sf -X DELETE "$api/exports/warmup" >/dev/null || fail "cannot remove warm-up export"
+    curl -sf -X DELETE "$api/nodes/warmup?deleteImage=true" >/dev/null || fail "cannot remove warm-up node"
+    rm -f "$root/$wname"
+fi
 post /exports "{\"name\":\"$export_name\",\"node\":\"tgt\",\"writable\":true}" || fail "cannot add export"
 mv "$sock.tmp" "$sock" || fail "cannot rename $sock.tmp"
 

@@ -1,6 +1,7 @@
 using BlockMirror.Core.Bitmaps;
 using BlockMirror.Core.Events;
 using BlockMirror.Core.Images;
+using BlockMirror.Core.Jobs;
 using BlockMirror.Core.Nodes;
 using BlockMirror.Core.State;
 using BlockMirror.Core.Transactions;
@@ -19,6 +20,9 @@ public sealed partial class BlockLayer : IAsyncDisposable
     private readonly Dictionary<string, BlockNode> _nodes = new(StringComparer.Ordinal);
     private readonly Dictionary<string, BlockExport> _exports = new(StringComparer.Ordinal);
     private readonly IRemoteImageOpener? _remote;
+    private readonly IBitmapJournal? _journal;
+    private readonly BitmapDurability? _durability;
+    private int _foldQueued;
     private bool _stopped;
 
     public BlockLayer(ImageRoot root, IBlockStore store, IEventSink events, TimeProvider time, IRemoteImageOpener? remote = null)
@@ -37,6 +41,25 @@ public sealed partial class BlockLayer : IAsyncDisposable
     public IEventSink Events { get; }
 
     public TimeProvider Time { get; }
+
+    /// <summary>
+    /// The write-ahead journal of persistent bitmaps (set before <see cref="LoadAsync"/>); null =
+    /// none, and then, as in QEMU, a persistent bitmap is only exact after a clean stop.
+    /// </summary>
+    public IBitmapJournal? Journal
+    {
+        get => _journal;
+        init
+        {
+            _journal = value;
+            _durability = value is null ? null : new BitmapDurability(value);
+            if (value is not null)
+                value.SegmentSealed += QueueFold;
+        }
+    }
+
+    /// <summary>The last failure of a background fold of the journal into the checkpoints (it is retried at the next one).</summary>
+    public string? LastFoldError { get; private set; }
 
     public DateTime UtcNow => Time.GetUtcNow().UtcDateTime;
 
@@ -101,16 +124,30 @@ public sealed partial class BlockLayer : IAsyncDisposable
 
     // ---- start and stop -------------------------------------------------------------------
 
-    /// <summary>Rebuilds the state from the store: nodes reopened, persistent bitmaps loaded or found inconsistent.</summary>
+    /// <summary>
+    /// Rebuilds the state from the store: nodes reopened, persistent bitmaps restored from their last
+    /// checkpoint plus the journal entries after it, or found inconsistent when that cannot be proven
+    /// (see <see cref="Unprovable"/>). Every restored bitmap is checkpointed again at once, so the old
+    /// journal segments can go and the new run journals from a clean base.
+    /// </summary>
     public Task LoadAsync(CancellationToken cancellationToken = default) => ControlAsync(async () =>
     {
-        var bitmapRows = (await Store.LoadBitmapsAsync(cancellationToken).ConfigureAwait(false))
+        var recovery = _journal is null ? JournalRecovery.Empty : await _journal.RecoverAsync(cancellationToken).ConfigureAwait(false);
+        var journaled = recovery.Entries
+            .GroupBy(e => (e.Node, e.Bitmap))
+            .ToDictionary(g => g.Key, g => (IReadOnlyList<JournalEntry>)[.. g]);
+        var allRows = await Store.LoadBitmapsAsync(cancellationToken).ConfigureAwait(false);
+        // Sequences go on from the highest any checkpoint covers, even if the journal's files were lost.
+        var through = Math.Max(recovery.LastSequence, allRows.Max(r => r.JournalSequence) ?? 0);
+        var bitmapRows = allRows
             .GroupBy(b => b.Node, StringComparer.Ordinal)
             .ToDictionary(g => g.Key, g => g.OrderBy(b => b.CreatedAt).ToList(), StringComparer.Ordinal);
-        var save = new List<BitmapRecord>();
+        var restored = new List<(BlockNode Node, DirtyBitmap Bitmap)>();
+        var kept = new List<BitmapRecord>();
         var drop = new List<(string, string)>();
         foreach (var record in await Store.LoadNodesAsync(cancellationToken).ConfigureAwait(false))
         {
+            var rows = bitmapRows.GetValueOrDefault(record.Name) ?? [];
             IBlockImage image;
             try
             {
@@ -118,12 +155,14 @@ public sealed partial class BlockLayer : IAsyncDisposable
             }
             catch (Exception e) when (e is BlockException or IOException or UnauthorizedAccessException)
             {
-                // The record stays: an operator may bring the image back and restart.
+                // The record stays: an operator may bring the image back and restart. Its bitmaps keep
+                // their journal entries, folded into their content, since the old segments go.
                 LoadFailures.Add($"node '{record.Name}': {e.Message}");
+                kept.AddRange(rows.Where(r => r.Persistent).Select(r => FoldForLater(r, record.Size, journaled, through)));
                 continue;
             }
             var node = new BlockNode(record.Name, record.Driver, image, record.Path, record.Uri, record.ReadOnly, record.CreatedAt);
-            foreach (var row in bitmapRows.GetValueOrDefault(record.Name) ?? [])
+            foreach (var row in rows)
             {
                 if (!row.Persistent)
                 {
@@ -131,52 +170,132 @@ public sealed partial class BlockLayer : IAsyncDisposable
                     drop.Add((row.Node, row.Name));
                     continue;
                 }
-                var bitmap = RestoreBitmap(node, row);
+                var bitmap = RestoreBitmap(node, row, journaled.GetValueOrDefault((row.Node, row.Name)) ?? [], recovery);
                 node.AddBitmap(bitmap);
-                save.Add(ToRecord(node, bitmap, inUse: true, content: null));
+                restored.Add((node, bitmap));
             }
             AddNodeUnlocked(node);
         }
         if (drop.Count > 0)
             await Store.DeleteBitmapsAsync(drop, cancellationToken).ConfigureAwait(false);
-        if (save.Count > 0)
-            await Store.SaveBitmapsAsync(save, cancellationToken).ConfigureAwait(false);
+        if (kept.Count > 0)
+            await Store.SaveBitmapsAsync(kept, cancellationToken).ConfigureAwait(false);
+        // No write runs yet, so the snapshot needs no quiesce; the checkpoints cover every recovered entry.
+        await CheckpointUnlockedAsync(restored, cleanStop: false, through, cancellationToken).ConfigureAwait(false);
+        if (_journal is not null)
+            await _journal.StartAsync(through + 1, cancellationToken).ConfigureAwait(false);
     }, cancellationToken);
 
     /// <summary>Problems met while loading (images that could not be reopened).</summary>
     public List<string> LoadFailures { get; } = [];
 
-    private DirtyBitmap RestoreBitmap(BlockNode node, BitmapRecord row)
+    /// <summary>Why each bitmap restored inconsistent at the last load ("node/bitmap: reason").</summary>
+    public List<string> InconsistentAtLoad { get; } = [];
+
+    private DirtyBitmap RestoreBitmap(BlockNode node, BitmapRecord row, IReadOnlyList<JournalEntry> entries, JournalRecovery recovery)
     {
         var bitmap = new DirtyBitmap(row.Name, node.Size, row.Granularity, persistent: true, disabled: row.Disabled) { CreatedAt = row.CreatedAt };
-        if (row.Content is { } content)
-            bitmap.Deserialize(content);
-        var provable = !row.Inconsistent && !row.InUse && row.Content is not null && ImageUnchanged(node, row);
-        if (!provable)
+        var reason = Unprovable(node, row, recovery);
+        if (reason is null)
         {
-            // QEMU: a bitmap found in-use was not stored at a clean close; it cannot be trusted.
+            try
+            {
+                bitmap.Deserialize(row.Content);
+                if (row.JournalSequence is { } after && !BitmapFold.Apply(bitmap, entries, after))
+                    reason = "a journal entry lies outside the bitmap";
+            }
+            catch (ArgumentException)
+            {
+                reason = "the stored content does not fit the image";
+            }
+        }
+        if (reason is not null)
+        {
+            // QEMU: a bitmap that cannot be trusted is kept, disabled, and can only be removed.
+            bitmap.Clear();
             bitmap.Inconsistent = true;
             bitmap.Disabled = true;
+            InconsistentAtLoad.Add($"{node.Name}/{row.Name}: {reason}");
         }
         return bitmap;
     }
 
-    private bool ImageUnchanged(BlockNode node, BitmapRecord row)
+    /// <summary>
+    /// Why a stored persistent bitmap cannot be proven exact for the image as it is now, or null when
+    /// it can. The rule:
+    /// <list type="bullet">
+    /// <item>never: a bitmap already inconsistent, one without stored content, or an image whose size
+    /// or (raw) inode differs from the checkpoint's (resized, or replaced by another file);</item>
+    /// <item>after a clean stop (in-use clear): the image's mtime must equal the one stamped at the
+    /// stop, when the service had flushed and closed it: any later change was made by someone else;</item>
+    /// <item>after a crash (in-use set): the journal proves every granule the service wrote or was
+    /// writing (write-ahead), so the content is checkpoint + journal, provided a journal covered the
+    /// bitmap, and the image was not modified by anyone else since: its mtime must not be older than
+    /// at the checkpoint (a restored older copy) nor newer than the last moment the dead service could
+    /// have written it (its last sign of life + <see cref="FileBitmapJournalOptions.AliveInterval"/> +
+    /// margin). A modification by someone else within that margin of the crash cannot be told from the
+    /// service's own last writes; that is the limit of what mtimes prove.</item>
+    /// </list>
+    /// Remote (nbd) images have no stamp beyond their size: what others do to a remote export is never visible here.
+    /// </summary>
+    private string? Unprovable(BlockNode node, BitmapRecord row, JournalRecovery recovery)
     {
+        if (row.Inconsistent)
+            return "it was inconsistent already";
+        if (row.Content is null)
+            return "no content was stored";
         if (row.ImageSize is { } size && size != node.Size)
-            return false;
-        if (row.ImageMtimeUtc is { } mtime && node.Path is { } path)
+            return "the image changed size";
+        ImageStamp? stamp = null;
+        if (node.Path is { } path)
         {
-            var now = File.GetLastWriteTimeUtc(Root.Resolve(path));
-            if (now != DateTime.SpecifyKind(mtime, DateTimeKind.Utc))
-                return false;
+            stamp = ImageStamp.Read(Root.Resolve(path));
+            if (stamp is null)
+                return "the image cannot be examined";
+            if (row.ImageInode is { } inode && inode != stamp.Value.Inode)
+                return "the image was replaced by another file";
         }
-        return true;
+        if (!row.InUse)
+        {
+            if (stamp is { } s && row.ImageMtimeUtc is { } stopped && s.ModifiedUtc != Utc(stopped))
+                return "the image was modified while the service was stopped";
+            return null;
+        }
+        if (row.JournalSequence is null || _journal is null)
+            return "the service stopped uncleanly and no journal covered the bitmap";
+        if (stamp is not { } now)
+            return null;
+        if (row.ImageMtimeUtc is { } checkpointed && now.ModifiedUtc < Utc(checkpointed))
+            return "the image is older than at the last checkpoint";
+        if (recovery.WroteUntilUtc is not { } until || now.ModifiedUtc > until)
+            return "the image was modified after the service stopped";
+        return null;
+    }
+
+    private static DateTime Utc(DateTime value) => DateTime.SpecifyKind(value, DateTimeKind.Utc);
+
+    /// <summary>
+    /// A row of a node that could not be reopened, with the journal folded into its content (the old
+    /// segments are about to go). After a crash it becomes inconsistent: the journal's sign of life
+    /// bounds writes to images of this run only, and a later run cannot prove what happened meanwhile.
+    /// </summary>
+    private static BitmapRecord FoldForLater(BitmapRecord row, long nodeSize, Dictionary<(string, string), IReadOnlyList<JournalEntry>> journaled, long through)
+    {
+        if (row.Inconsistent || row.JournalSequence is null)
+            return row with { Inconsistent = row.Inconsistent || row.InUse };
+        var entries = journaled.GetValueOrDefault((row.Node, row.Name)) ?? [];
+        var folded = BitmapFold.Fold(row, nodeSize, entries);
+        return row with
+        {
+            Content = folded ?? row.Content,
+            Inconsistent = row.InUse || folded is null,
+            JournalSequence = Math.Max(through, row.JournalSequence.Value),
+        };
     }
 
     /// <summary>
-    /// Clean stop: flush images, store persistent bitmap content with the in-use flag cleared and
-    /// the image's size/mtime, close images. After this no control operation runs.
+    /// Clean stop: with each node's writes quiesced, flush and close its image, then checkpoint its
+    /// persistent bitmaps with the in-use flag cleared and the image's stamp. After this no control operation runs.
     /// </summary>
     public async Task StopAsync(CancellationToken cancellationToken = default)
     {
@@ -186,25 +305,32 @@ public sealed partial class BlockLayer : IAsyncDisposable
             if (_stopped)
                 return;
             _stopped = true;
-            var save = new List<BitmapRecord>();
+            var save = new List<(BlockNode, DirtyBitmap)>();
+            var unflushed = new List<BitmapRecord>();
             foreach (var node in Nodes)
             {
-                try
+                // Released once the image is closed: a write arriving later fails on the closed image, it does not hang.
+                using (await node.Gate.QuiesceAsync(cancellationToken).ConfigureAwait(false))
                 {
-                    if (!node.Image.ReadOnly)
-                        await node.Image.FlushAsync(cancellationToken).ConfigureAwait(false);
+                    try
+                    {
+                        if (!node.Image.ReadOnly)
+                            await node.Image.FlushAsync(cancellationToken).ConfigureAwait(false);
+                    }
+                    catch (IOException)
+                    {
+                        // A failed flush cannot prove the bitmaps (QEMU leaves them in use): inconsistent at next start.
+                        unflushed.AddRange(node.Bitmaps.Where(b => b.Persistent).Select(b =>
+                            ToRecord(node, b, inUse: true, content: null) with { Inconsistent = true }));
+                        continue;
+                    }
+                    await node.Image.DisposeAsync().ConfigureAwait(false);
                 }
-                catch (IOException)
-                {
-                    // A failed flush cannot prove the bitmaps: leave them in use (inconsistent at next start).
-                    continue;
-                }
-                await node.Image.DisposeAsync().ConfigureAwait(false);
-                foreach (var bitmap in node.Bitmaps.Where(b => b.Persistent))
-                    save.Add(ToRecord(node, bitmap, inUse: bitmap.Inconsistent, content: bitmap.Serialize(), withImageStamp: true));
+                save.AddRange(node.Bitmaps.Where(b => b.Persistent).Select(b => (node, b)));
             }
-            if (save.Count > 0)
-                await Store.SaveBitmapsAsync(save, cancellationToken).ConfigureAwait(false);
+            if (unflushed.Count > 0)
+                await Store.SaveBitmapsAsync(unflushed, cancellationToken).ConfigureAwait(false);
+            await CheckpointUnlockedAsync(save, cleanStop: true, _journal?.LastSequence, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -244,6 +370,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
 
     private void AddNodeUnlocked(BlockNode node)
     {
+        if (_durability is { } durability)
+            node.PersistentBitmapMarked = durability.EnsureAsync;
         lock (_nodes)
             _nodes.Add(node.Name, node);
         NodeAdded?.Invoke(node);
@@ -440,13 +568,16 @@ public sealed partial class BlockLayer : IAsyncDisposable
             }
             foreach (var action in prepared)
                 action.Commit(context);
+            // Still quiesced: a checkpoint must see every mark of the writes its journal sequence
+            // covers, and no write may rely on the old durable state of a bitmap cleared here before
+            // the new one is stored (it would skip the journal and be lost with a crash).
+            await PersistAsync(context, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
             foreach (var q in quiesced)
                 q.Dispose();
         }
-        await PersistAsync(context, cancellationToken).ConfigureAwait(false);
         foreach (var action in prepared)
             action.AfterCommit(context);
         return [.. actions.Select(a => a.Result)];
@@ -455,36 +586,150 @@ public sealed partial class BlockLayer : IAsyncDisposable
     private async Task PersistAsync(TransactionContext context, CancellationToken cancellationToken)
     {
         var removed = context.Removed.ToHashSet();
-        var save = context.Touched
+        var touched = context.Touched
             .Where(t => !removed.Contains((t.Node.Name, t.Bitmap.Name)) && t.Node.FindBitmap(t.Bitmap.Name) == t.Bitmap)
-            .Select(t => ToRecord(t.Node, t.Bitmap, inUse: true, content: null))
             .ToList();
         if (context.Removed.Count > 0)
             await Store.DeleteBitmapsAsync(context.Removed, cancellationToken).ConfigureAwait(false);
-        if (save.Count > 0)
-            await Store.SaveBitmapsAsync(save, cancellationToken).ConfigureAwait(false);
+        await CheckpointUnlockedAsync(touched, cleanStop: false, _journal?.LastSequence, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Persists the current flags of a bitmap (jobs call this when they change busy/enabled).</summary>
-    public Task SaveBitmapAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default) =>
-        Store.SaveBitmapsAsync([ToRecord(node, bitmap, inUse: true, content: null)], cancellationToken);
+    /// <summary>
+    /// Persists a bitmap a job changed (flags, and the content it leaves): with the node's writes
+    /// quiesced, checkpoints every persistent bitmap of the node (after a pivot their image changed).
+    /// </summary>
+    public async Task SaveBitmapAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default)
+    {
+        using (await node.Gate.QuiesceAsync(cancellationToken).ConfigureAwait(false))
+        {
+            var bitmaps = node.Bitmaps.Where(b => b.Persistent).Select(b => (node, b)).ToList();
+            if (!bitmap.Persistent || !bitmaps.Any(b => ReferenceEquals(b.b, bitmap)))
+                bitmaps.Add((node, bitmap));
+            await CheckpointUnlockedAsync(bitmaps, cleanStop: false, _journal?.LastSequence, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Stores bitmaps: flags only for non-persistent ones; for persistent ones a checkpoint (full
+    /// content, the journal sequence it covers, the image's stamp) in one transaction. Callers hold the
+    /// control lock and have the nodes' writes quiesced (or there are none), and read
+    /// <paramref name="through"/> under that quiesce: every entry up to it belongs to a write whose
+    /// marks are in the snapshot. A persistent bitmap a running job works from is stored as what is
+    /// already durable of it, not as it is in memory: the job clears bits before their copies are done,
+    /// and only its exit may make that durable.
+    /// </summary>
+    private async Task CheckpointUnlockedAsync(IReadOnlyCollection<(BlockNode Node, DirtyBitmap Bitmap)> bitmaps, bool cleanStop, long? through, CancellationToken cancellationToken)
+    {
+        if (bitmaps.Count == 0)
+            return;
+        var records = new List<BitmapRecord>(bitmaps.Count);
+        var contents = new List<(DirtyBitmap, byte[])>();
+        var stamps = new Dictionary<BlockNode, ImageStamp?>();
+        foreach (var (node, bitmap) in bitmaps)
+        {
+            var jobHeld = node.JobId is { } id && FindJob(id) is MirrorJob job && ReferenceEquals(job.WorkingBitmap, bitmap);
+            var content = !bitmap.Persistent ? null : jobHeld ? _durability?.DurableContent(bitmap) : bitmap.Serialize();
+            // A job's working bitmap is disabled only so that the job, not the node, marks it; it was
+            // enabled (a mirror takes no other), and a crash must not leave it disabled for good.
+            // Without content this is no checkpoint, so it cannot count as a clean stop's either.
+            var record = ToRecord(node, bitmap, inUse: !cleanStop || bitmap.Inconsistent || content is null, content) with { Disabled = bitmap.Disabled && !jobHeld };
+            if (content is null)
+            {
+                records.Add(record);
+                continue;
+            }
+            if (!stamps.TryGetValue(node, out var stamp))
+                stamps[node] = stamp = node.Path is { } path ? ImageStamp.Read(Root.Resolve(path)) : null;
+            records.Add(record with
+            {
+                JournalSequence = _journal is null ? null : through,
+                ImageSize = node.Size,
+                ImageMtimeUtc = stamp?.ModifiedUtc,
+                ImageInode = stamp?.Inode,
+            });
+            if (!bitmap.Inconsistent && !jobHeld)
+                contents.Add((bitmap, content));
+        }
+        await Store.SaveBitmapsAsync(records, cancellationToken).ConfigureAwait(false);
+        // Stored: from now on the journal needs only what this content lacks.
+        foreach (var (bitmap, content) in contents)
+            _durability?.Checkpointed(bitmap, content);
+    }
+
+    // ---- journal folding -----------------------------------------------------------------------
+
+    /// <summary>Folds the sealed journal segments into the checkpoints now (the journal also asks for it when one seals).</summary>
+    public Task FoldJournalAsync(CancellationToken cancellationToken = default) => ControlAsync(async () =>
+    {
+        if (_journal is not null)
+            await FoldUnlockedAsync(_journal).ConfigureAwait(false);
+    }, cancellationToken);
+
+    private void QueueFold()
+    {
+        if (Interlocked.Exchange(ref _foldQueued, 1) == 0)
+            _ = Task.Run(FoldAsync);
+    }
+
+    /// <summary>
+    /// Folds the sealed journal segments into the stored checkpoints and drops them. It works from
+    /// the durable state only (stored content + entries), never from the bitmaps in memory, so it
+    /// changes nothing a crash recovery would find and needs no quiesce; it takes the control lock
+    /// so no checkpoint of the same rows runs meanwhile.
+    /// </summary>
+    private async Task FoldAsync()
+    {
+        await _control.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            Interlocked.Exchange(ref _foldQueued, 0);
+            if (_stopped || _journal is null)
+                return;
+            await FoldUnlockedAsync(_journal).ConfigureAwait(false);
+            LastFoldError = null;
+        }
+        catch (Exception e)
+        {
+            // The segments stay and are folded by the next attempt (or replayed by the next start).
+            LastFoldError = e.Message;
+        }
+        finally
+        {
+            _control.Release();
+        }
+    }
+
+    private async Task FoldUnlockedAsync(IBitmapJournal journal)
+    {
+        if (await journal.ReadSealedAsync().ConfigureAwait(false) is not { } sealedPart)
+            return;
+        var sizes = (await Store.LoadNodesAsync().ConfigureAwait(false)).ToDictionary(n => n.Name, n => n.Size, StringComparer.Ordinal);
+        var byBitmap = sealedPart.Entries.GroupBy(e => (e.Node, e.Bitmap)).ToDictionary(g => g.Key, g => g.ToList());
+        var updates = new List<BitmapRecord>();
+        foreach (var row in await Store.LoadBitmapsAsync().ConfigureAwait(false))
+        {
+            if (!row.Persistent || row.Inconsistent || row.JournalSequence is not { } covered || covered >= sealedPart.Through)
+                continue;
+            if (!byBitmap.TryGetValue((row.Node, row.Name), out var entries) || !entries.Any(e => e.Sequence > covered))
+                continue;
+            if (!sizes.TryGetValue(row.Node, out var size))
+                continue;
+            var folded = BitmapFold.Fold(row, size, entries);
+            updates.Add(folded is null
+                ? row with { Inconsistent = true, JournalSequence = sealedPart.Through }
+                : row with { Content = folded, JournalSequence = sealedPart.Through });
+        }
+        if (updates.Count > 0)
+            await Store.SaveBitmapsAsync(updates).ConfigureAwait(false);
+        await journal.ReleaseSealedAsync(sealedPart.Through).ConfigureAwait(false);
+    }
 
     // ---- records ---------------------------------------------------------------------------
 
     public static NodeRecord ToRecord(BlockNode node) =>
         new(node.Name, node.Driver, node.Path, node.Uri, node.Size, node.ReadOnly, node.CreatedAt);
 
-    private BitmapRecord ToRecord(BlockNode node, DirtyBitmap bitmap, bool inUse, byte[]? content, bool withImageStamp = false)
-    {
-        long? size = null;
-        DateTime? mtime = null;
-        if (withImageStamp)
-        {
-            size = node.Size;
-            if (node.Path is { } path)
-                mtime = File.GetLastWriteTimeUtc(Root.Resolve(path));
-        }
-        return new BitmapRecord(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Persistent, bitmap.Disabled,
-            bitmap.Inconsistent, inUse, content, size, mtime, bitmap.CreatedAt);
-    }
+    private static BitmapRecord ToRecord(BlockNode node, DirtyBitmap bitmap, bool inUse, byte[]? content) =>
+        new(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Persistent, bitmap.Disabled,
+            bitmap.Inconsistent, inUse, content, null, null, bitmap.CreatedAt);
 }

@@ -1,6 +1,10 @@
 namespace BlockMirror.Api.Data;
 
-/// <summary>Row of table <c>bitmaps</c>; content only for persistent bitmaps, written at a clean stop.</summary>
+/// <summary>
+/// Row of table <c>bitmaps</c>. For a persistent bitmap, <see cref="Content"/> is its last checkpoint,
+/// <see cref="JournalSeq"/> the last bitmap-journal entry it covers, and the Image* columns stamp the
+/// image at that checkpoint (see BitmapRecord).
+/// </summary>
 public sealed class BitmapEntity
 {
     public required string Node { get; set; }
@@ -13,5 +17,7 @@ public sealed class BitmapEntity
     public byte[]? Content { get; set; }
     public long? ImageSize { get; set; }
     public DateTime? ImageMtimeUtc { get; set; }
+    public long? ImageInode { get; set; }
+    public long? JournalSeq { get; set; }
     public DateTime CreatedAt { get; set; }
 }

@@ -3,7 +3,7 @@ using Microsoft.EntityFrameworkCore;
 
 namespace BlockMirror.Api.Data;
 
-/// <summary>The block layer's store on SQLite. Each call is one short transaction.</summary>
+/// <summary>The block layer's store on SQLite. Each call is one short transaction (a checkpoint of several bitmaps included).</summary>
 public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory) : IBlockStore
 {
     public async Task<IReadOnlyList<NodeRecord>> LoadNodesAsync(CancellationToken cancellationToken = default)
@@ -19,7 +19,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
         return await db.Bitmaps.AsNoTracking()
             .Select(b => new BitmapRecord(b.Node, b.Name, b.Granularity, b.Persistent, b.Disabled, b.Inconsistent, b.InUse,
-                b.Content, b.ImageSize, b.ImageMtimeUtc, b.CreatedAt))
+                b.Content, b.ImageSize, b.ImageMtimeUtc, b.CreatedAt) { JournalSequence = b.JournalSeq, ImageInode = b.ImageInode })
             .ToListAsync(cancellationToken);
     }
 
@@ -66,18 +66,15 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
             row.Disabled = b.Disabled;
             row.Inconsistent = b.Inconsistent;
             row.InUse = b.InUse;
-            // Content is only written at a clean stop; null means "leave what is stored".
+            // A record with content is a checkpoint: content, the journal sequence it covers and the
+            // image stamp travel together. Null content means "flags only, leave the checkpoint".
             if (b.Content is not null)
+            {
                 row.Content = b.Content;
-            if (b.InUse)
-            {
-                row.ImageSize = null;
-                row.ImageMtimeUtc = null;
-            }
-            else
-            {
+                row.JournalSeq = b.JournalSequence;
                 row.ImageSize = b.ImageSize;
                 row.ImageMtimeUtc = b.ImageMtimeUtc;
+                row.ImageInode = b.ImageInode;
             }
             row.CreatedAt = b.CreatedAt;
         }

@@ -48,6 +48,14 @@ public static class ServiceRegistration
             return new ImageRoot(Path.GetFullPath(storage.Root, builder.Environment.ContentRootPath));
         });
         services.AddSingleton<IBlockStore, EfBlockStore>();
+        // The journal that keeps persistent bitmaps exact across a kill -9 lives beside the database
+        // (its checkpoints are rows of it); a database in memory survives nothing, so it gets none.
+        // Resolved lazily, like the connection string: a test host's settings apply by then. A null
+        // registration makes GetService return null.
+        services.AddSingleton<IBitmapJournal>(sp =>
+            BitmapJournalPrefix(ResolveConnectionString(sp.GetRequiredService<IConfiguration>(), builder.Environment.ContentRootPath)) is { } prefix
+                ? new FileBitmapJournal(prefix, time: sp.GetRequiredService<TimeProvider>())
+                : null!);
         services.AddSingleton<EventHub>();
         services.AddSingleton<IJobStore, EfJobStore>();
         services.AddSingleton<IRemoteImageOpener>(_ => new BlockMirror.Nbd.NbdRemoteImageOpener());
@@ -62,6 +70,7 @@ public static class ServiceRegistration
             sp.GetService<IRemoteImageOpener>())
         {
             JobStore = sp.GetRequiredService<IJobStore>(),
+            Journal = sp.GetService<IBitmapJournal>(),
         });
 
         services.AddEndpointsApiExplorer();
@@ -77,6 +86,19 @@ public static class ServiceRegistration
         // The OpenAPI generators run Program: they must not migrate, open images or listen.
         if (!HostEnvironmentExtensions.IsDocumentGeneration())
             services.AddHostedService<StartupService>();
+    }
+
+    /// <summary>
+    /// The bitmap journal's files for a database: <c>&lt;database file&gt;.bitmaps.*</c> beside it (so
+    /// <c>blockmirror.db*</c> is the whole durable state); null for a database in memory. Whoever copies
+    /// or moves a database must take them along.
+    /// </summary>
+    public static string? BitmapJournalPrefix(string connectionString)
+    {
+        var csb = new SqliteConnectionStringBuilder(connectionString);
+        if (string.IsNullOrEmpty(csb.DataSource) || csb.DataSource == ":memory:" || csb.Mode == SqliteOpenMode.Memory)
+            return null;
+        return csb.DataSource + ".bitmaps";
     }
 
     /// <summary>Resolves a relative SQLite path against the content root (not the process's working directory) and creates its folder.</summary>

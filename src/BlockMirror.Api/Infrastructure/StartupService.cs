@@ -28,18 +28,30 @@ public sealed class StartupService(
         await layer.LoadAsync(cancellationToken);
         foreach (var failure in layer.LoadFailures)
             logger.LogWarning("Not restored: {Failure}", failure);
+        // An operator should know why a persistent bitmap can only be removed now (BlockLayer.Unprovable).
+        foreach (var bitmap in layer.InconsistentAtLoad)
+            logger.LogWarning("Persistent bitmap not proven exact, restored inconsistent: {Bitmap}", bitmap);
         await layer.RecoverJobsAsync(cancellationToken);
         foreach (var p in participants)
             await p.StartAsync(cancellationToken);
     }
 
-    private int _stopped;
+    private readonly Lock _stopLock = new();
+    private Task? _stop;
 
-    public async Task StopAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// A test host stops its hosted services twice, concurrently: WebApplicationFactory's dispose and
+    /// the app's own run loop, which disposes the services as soon as its call returns. The clean stop
+    /// runs once, and the second caller waits for it, or the services would be disposed under it.
+    /// </summary>
+    public Task StopAsync(CancellationToken cancellationToken)
     {
-        // A test host may stop its hosted services twice; the clean stop runs once.
-        if (Interlocked.Exchange(ref _stopped, 1) != 0)
-            return;
+        lock (_stopLock)
+            return _stop ??= StopOnceAsync(cancellationToken);
+    }
+
+    private async Task StopOnceAsync(CancellationToken cancellationToken)
+    {
         foreach (var p in participants.Reverse())
             await p.StopAsync(cancellationToken);
         await layer.ShutdownJobsAsync(cancellationToken);

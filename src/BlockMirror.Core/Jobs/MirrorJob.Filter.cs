@@ -18,9 +18,20 @@ public sealed partial class MirrorJob
 
     private async ValueTask BackgroundWriteAsync(BlockNode node, WriteRequest request, CancellationToken cancellationToken)
     {
+        await JournalAheadAsync(node, request.Offset, request.Length).ConfigureAwait(false);
         await node.ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
         await MarkWrittenAsync(node, request.Offset, request.Length).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// Write-ahead for the caller's persistent bitmap while it is the working bitmap (disabled, so the
+    /// node does not journal it): the range is durable before the source changes, so after a crash it
+    /// is dirty even if the write was never acknowledged or never reached the target.
+    /// </summary>
+    private ValueTask JournalAheadAsync(BlockNode node, long offset, long length) =>
+        ReferenceEquals(_working, _named) && _named.Persistent && node.PersistentBitmapMarked is { } journal
+            ? journal(node, _named, offset, length)
+            : ValueTask.CompletedTask;
 
     /// <summary>Marks a range the target does not have yet: the background copy will bring it.</summary>
     private ValueTask MarkWrittenAsync(BlockNode node, long offset, long length)
@@ -61,6 +72,7 @@ public sealed partial class MirrorJob
         {
             if (earlier is not null)
                 await Task.WhenAll(earlier).ConfigureAwait(false);
+            await JournalAheadAsync(node, request.Offset, request.Length).ConfigureAwait(false);
             await node.ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
             if (CopiesToTarget)
                 await SyncTargetWriteAsync(request).ConfigureAwait(false);

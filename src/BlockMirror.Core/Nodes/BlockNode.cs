@@ -73,7 +73,12 @@ public sealed class BlockNode
         set => _filter = value;
     }
 
-    /// <summary>Called after a persistent bitmap gained newly dirty granules (for the journal). May be null.</summary>
+    /// <summary>
+    /// The journal of persistent bitmaps (null = none): makes a byte range of a persistent bitmap
+    /// durable, completing at once when it already is. Called before the image changes (write-ahead:
+    /// a write applied but never acknowledged must be dirty after a crash too), and again after a
+    /// persistent bitmap gained newly dirty granules (then normally a bit test).
+    /// </summary>
     public Func<BlockNode, DirtyBitmap, long, long, ValueTask>? PersistentBitmapMarked { get; set; }
 
     public DirtyBitmap? FindBitmap(string name)
@@ -157,6 +162,7 @@ public sealed class BlockNode
         await Gate.EnterAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            await JournalAheadAsync(request.Offset, request.Length).ConfigureAwait(false);
             var filter = _filter;
             if (filter is not null)
                 await filter.WriteAsync(this, request, cancellationToken).ConfigureAwait(false);
@@ -180,6 +186,47 @@ public sealed class BlockNode
             WriteKind.WriteZeroes => image.WriteZeroesAsync(request.Offset, request.Length, request.MayUnmap, cancellationToken),
             _ => image.DiscardAsync(request.Offset, request.Length, cancellationToken),
         };
+    }
+
+    /// <summary>
+    /// Write-ahead for every recording persistent bitmap: the range is durable in the journal before
+    /// the image changes. Bitmaps whose range is already durable cost a bit test; the others share one
+    /// group commit (their appends are issued together, then awaited).
+    /// </summary>
+    private ValueTask JournalAheadAsync(long offset, long length)
+    {
+        if (PersistentBitmapMarked is not { } journal)
+            return ValueTask.CompletedTask;
+        ValueTask first = default;
+        var waiting = false;
+        List<Task>? more = null;
+        foreach (var bitmap in Volatile.Read(ref _bitmaps))
+        {
+            if (!bitmap.Persistent || !bitmap.Recording)
+                continue;
+            var durable = journal(this, bitmap, offset, length);
+            if (durable.IsCompletedSuccessfully)
+                continue;
+            if (!waiting)
+            {
+                first = durable;
+                waiting = true;
+            }
+            else
+            {
+                (more ??= []).Add(durable.AsTask());
+            }
+        }
+        if (!waiting)
+            return ValueTask.CompletedTask;
+        return more is null ? first : AwaitAllAsync(first, more);
+    }
+
+    private static ValueTask AwaitAllAsync(ValueTask first, List<Task> more)
+    {
+        // Awaited together, so a failure of one never leaves another's unobserved.
+        more.Add(first.AsTask());
+        return new ValueTask(Task.WhenAll(more));
     }
 
     private ValueTask MarkBitmapsAsync(long offset, long length)

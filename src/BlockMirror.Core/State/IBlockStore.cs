@@ -14,7 +14,11 @@ public interface IBlockStore
 
     Task DeleteNodeAsync(string name, CancellationToken cancellationToken = default);
 
-    /// <summary>Inserts or updates bitmaps (all in one transaction).</summary>
+    /// <summary>
+    /// Inserts or updates bitmaps (all in one transaction). A record with <see cref="BitmapRecord.Content"/>
+    /// is a checkpoint: content, <see cref="BitmapRecord.JournalSequence"/> and the image stamp replace the
+    /// stored ones together. A record without content updates the flags and keeps the stored checkpoint.
+    /// </summary>
     Task SaveBitmapsAsync(IReadOnlyCollection<BitmapRecord> bitmaps, CancellationToken cancellationToken = default);
 
     Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default);

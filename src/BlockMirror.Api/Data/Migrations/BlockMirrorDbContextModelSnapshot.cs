@@ -37,6 +37,9 @@ namespace BlockMirror.Api.Data.Migrations
                     b.Property<int>("Granularity")
                         .HasColumnType("INTEGER");
 
+                    b.Property<long?>("ImageInode")
+                        .HasColumnType("INTEGER");
+
                     b.Property<DateTime?>("ImageMtimeUtc")
                         .HasColumnType("TEXT");
 
@@ -47,6 +50,9 @@ namespace BlockMirror.Api.Data.Migrations
                         .HasColumnType("INTEGER");
 
                     b.Property<bool>("Inconsistent")
+                        .HasColumnType("INTEGER");
+
+                    b.Property<long?>("JournalSeq")
                         .HasColumnType("INTEGER");
 
                     b.Property<bool>("Persistent")

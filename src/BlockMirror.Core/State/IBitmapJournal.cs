@@ -1,0 +1,55 @@
+namespace BlockMirror.Core.State;
+
+/// <summary>
+/// The write-ahead journal of persistent bitmaps. A range of granules that may become dirty in a
+/// persistent bitmap is appended here, and is durable, before the write that dirties it reaches the
+/// image; so after a kill -9 a bitmap's content is its last stored checkpoint plus every entry after
+/// it, and no granule the image may differ in (an acknowledged write's, or one applied but never
+/// acknowledged) is missing.
+/// </summary>
+/// <remarks>
+/// Entries only ever set bits, so they are idempotent: replaying one twice, or one a checkpoint
+/// already holds, is harmless. Each has a <see cref="JournalEntry.Sequence"/>, strictly increasing
+/// across restarts; a checkpoint records the last sequence it covers (<see cref="BitmapRecord.JournalSequence"/>)
+/// so that only later entries are replayed on top of it (an older entry would resurrect bits a clear removed).
+/// </remarks>
+public interface IBitmapJournal : IAsyncDisposable
+{
+    /// <summary>Highest sequence assigned so far, durable or not.</summary>
+    /// <remarks>
+    /// Read with the node's writes quiesced just before a checkpoint takes its snapshot: every entry
+    /// of that bitmap up to it belongs to a write whose marks are in the snapshot, every later one is replayed.
+    /// </remarks>
+    long LastSequence { get; }
+
+    /// <summary>Appends, group commits, and flushes; for benchmarks and tests.</summary>
+    JournalStatistics Statistics { get; }
+
+    /// <summary>Raised, on a thread-pool thread, when a segment filled up: its entries can be folded into the checkpoints.</summary>
+    event Action? SegmentSealed;
+
+    /// <summary>
+    /// Reads what earlier runs left (every entry of the valid prefix of every segment, and the last
+    /// sign of life). Called once, before <see cref="StartAsync"/>; changes nothing.
+    /// </summary>
+    Task<JournalRecovery> RecoverAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Starts this run: the caller has folded every recovered entry into the stored checkpoints, so
+    /// the old segments are dropped; new entries get sequences from <paramref name="nextSequence"/>.
+    /// </summary>
+    Task StartAsync(long nextSequence, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Appends "granules [first, first+count) of <paramref name="bitmap"/> on <paramref name="node"/>
+    /// may be dirty" and completes once it is durable. Concurrent appends share one flush.
+    /// Fails with an <see cref="IOException"/> when the journal cannot be written (then every later append fails too).
+    /// </summary>
+    ValueTask AppendAsync(string node, string bitmap, long firstGranule, long granuleCount);
+
+    /// <summary>The entries of the sealed segments, or null when there is none.</summary>
+    Task<SealedJournal?> ReadSealedAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>Drops the sealed segments whose entries are all at most <paramref name="through"/> (folded into checkpoints).</summary>
+    Task ReleaseSealedAsync(long through, CancellationToken cancellationToken = default);
+}

@@ -1,0 +1,18 @@
+namespace BlockMirror.Core.State;
+
+/// <summary>
+/// What identifies an image file's state without reading it: its size, its inode (a file replaced by
+/// another, e.g. a restored copy or an rsync, has a new one) and its modification time.
+/// </summary>
+public readonly record struct ImageStamp(long Size, long Inode, DateTime ModifiedUtc)
+{
+    /// <summary>The stamp of the file at <paramref name="fullPath"/>, or null when it cannot be read.</summary>
+    public static ImageStamp? Read(string fullPath)
+    {
+        if (StateNative.stat(fullPath, out var st) != 0)
+            return null;
+        // Ticks are 100 ns: the same truncation File.GetLastWriteTimeUtc applies, so stamps stored by either compare equal.
+        var modified = DateTime.UnixEpoch.AddTicks(st.ModifiedSeconds * TimeSpan.TicksPerSecond + st.ModifiedNanoseconds / 100);
+        return new ImageStamp(st.Size, unchecked((long)st.Inode), modified);
+    }
+}

@@ -1,0 +1,271 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Json;
+using System.Security.Cryptography;
+using BlockMirror.Api.Tests.Infrastructure;
+using BlockMirror.Nbd;
+using Xunit.Abstractions;
+
+namespace BlockMirror.Api.Tests.Crash;
+
+/// <summary>
+/// DESIGN.md "Reliability": kill -9 at any moment, then after restart the database is intact, no
+/// job shows as running, persistent bitmaps are exact, and a completed mirror's target equals the
+/// source. The service runs as a child process; each life ends with SIGKILL at a seeded point
+/// (<see cref="KillPoint"/>), the next life checks what the last one acknowledged.
+/// </summary>
+/// <remarks>
+/// Node <c>src</c> (8 MiB) has two persistent bitmaps: <c>p1</c> (64 KiB) is the working bitmap of
+/// every mirror to <c>tgt</c> (bitmapMode always), <c>p2</c> (4 KiB) is cleared by transactions. From
+/// the first write on, p1 holds every granule where tgt may differ from src, so each life starts by
+/// mirroring with whatever p1 survived and proving tgt == src: the resume after a crashed mirror.
+/// An acknowledged write must be dirty in p1 after a crash even if a running write-blocking mirror
+/// had already copied it: a job's clears only become durable at its exit (a stale bit costs a re-copy).
+/// </remarks>
+public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
+{
+    private const long Size = 8L << 20;
+    private const int KillPoints = 20;
+    private readonly string _dir = Directory.CreateTempSubdirectory("blockmirror-crash-").FullName;
+
+    public void Dispose() => BlockMirrorFactory.DeleteDir(_dir);
+
+    [Fact]
+    public async Task Kill_9_at_seeded_points_loses_no_acknowledged_granule_and_no_mirror()
+    {
+        var seed = int.TryParse(Environment.GetEnvironmentVariable("BLOCKMIRROR_CRASH_SEED"), out var s) ? s : 20261126;
+        var random = new Random(seed);
+        var acked = new AckedWrites("p1", "p2");
+        var clock = Stopwatch.StartNew();
+        string? targetHash = null;
+        var existing = new HashSet<string>(StringComparer.Ordinal);
+        var removed = new HashSet<string>(StringComparer.Ordinal);
+        long checks = 0, lost = 0, resumed = 0, targetsChecked = 0;
+        var kills = new Dictionary<KillPoint, int>();
+
+        // One more start than kills: the last life only checks what the last kill left.
+        for (var life = 0; life <= KillPoints; life++)
+        {
+            var lifeClock = Stopwatch.StartNew();
+            await using var child = await ChildService.StartAsync(_dir);
+            var started = lifeClock.Elapsed;
+            var http = child.Http;
+            if (life == 0)
+            {
+                await http.CreateNodeAsync("src", Size);
+                await http.CreateNodeAsync("tgt", Size);
+                await http.AddBitmapAsync("src", "p1", 65536, persistent: true);
+                await http.AddBitmapAsync("src", "p2", 4096, persistent: true);
+            }
+            else
+            {
+                // No job shows as running: the recovery concluded (and, auto-dismiss, removed) them.
+                foreach (var job in (await http.GetJsonAsync("/api/v1/jobs"))["items"]!.AsArray())
+                    Assert.True((string?)job!["status"] == "concluded", $"life {life}: job {job.ToJsonString()}");
+                foreach (var bitmap in new[] { "p1", "p2" })
+                {
+                    var doc = await http.GetJsonAsync($"/api/v1/nodes/src/bitmaps/{bitmap}");
+                    Assert.False((bool)doc["inconsistent"]!, $"life {life}: {bitmap} came back inconsistent\n{child.Log}");
+                    var dirty = ApiClient.Extents(await http.GetJsonAsync($"/api/v1/nodes/src/bitmaps/{bitmap}/extents?offset=0&length={Size}"));
+                    foreach (var write in acked.Of(bitmap))
+                    {
+                        checks++;
+                        if (!Covered(dirty, write.Offset, write.Length))
+                        {
+                            lost++;
+                            output.WriteLine($"life {life}: {bitmap} lost the acknowledged write {write.Offset}+{write.Length}");
+                        }
+                    }
+                }
+                foreach (var name in existing)
+                    Assert.False((bool)(await http.GetJsonAsync($"/api/v1/nodes/src/bitmaps/{name}"))["inconsistent"]!);
+                foreach (var name in removed)
+                {
+                    using var gone = await http.GetAsync($"/api/v1/nodes/src/bitmaps/{name}");
+                    Assert.Equal(HttpStatusCode.NotFound, gone.StatusCode);
+                }
+                if (targetHash is not null)
+                {
+                    // The mirror that concluded before the kill left tgt equal to src as it was then.
+                    Assert.Equal(targetHash, await HashAsync(http, "tgt"));
+                    targetsChecked++;
+                }
+            }
+            Assert.Equal(0, lost);
+            // Whatever an operation that could clear p2 left undecided is settled by now.
+            acked.Resume("p2");
+
+            await using var events = await EventWaiter.StartAsync(http);
+            // Resume: a new mirror with the bitmap that survived brings tgt to src.
+            await StartMirrorAsync(http, $"resume{life}", "background", 0);
+            targetHash = await FinishMirrorAsync(http, events, $"resume{life}", acked);
+            resumed++;
+            var checkedAt = lifeClock.Elapsed;
+            if (life == KillPoints)
+                break;
+
+            var export = await http.PostJsonAsync("/api/v1/exports", new { name = "e", node = "src", writable = true }, HttpStatusCode.Created);
+            await using var nbd = await NbdClient.ConnectAsync(NbdUri.Parse((string)export["uri"]!));
+            var writers = new CrashWriters(child, nbd, "src", Size, acked, seed * 1000 + life);
+            var point = (KillPoint)(life % 5);
+            Func<string> note = () => "";
+            kills[point] = kills.GetValueOrDefault(point) + 1;
+            switch (point)
+            {
+                case KillPoint.DuringWrites:
+                    KillAtAck(child, writers, random.Next(20, 300));
+                    writers.Start(httpWriters: 2, nbdWriters: 2);
+                    break;
+
+                case KillPoint.RightAfterAnAcknowledgedWrite:
+                    KillAtAck(child, writers, random.Next(1, 60));
+                    writers.Start(httpWriters: life % 2, nbdWriters: 1 - life % 2);
+                    break;
+
+                case KillPoint.DuringAMirror:
+                {
+                    // Some megabytes dirty first, so that a mirror limited to 1 MiB/s is still copying
+                    // when the kill comes (unlimited, it is ready within milliseconds).
+                    var dirtied = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    var dirtyAt = random.Next(60, 160);
+                    writers.OnAck = count =>
+                    {
+                        if (count >= dirtyAt)
+                            dirtied.TrySetResult();
+                    };
+                    writers.Start(httpWriters: 2, nbdWriters: 2);
+                    await dirtied.Task.WaitAsync(TimeSpan.FromSeconds(60));
+                    targetHash = null;
+                    await StartMirrorAsync(http, $"m{life}", random.Next(2) == 0 ? "background" : "write-blocking", random.Next(3) == 0 ? 0 : 1L << 20);
+                    KillAtAck(child, writers, writers.Acks + random.Next(5, 200));
+                    var id = $"m{life}";
+                    note = () => events.Events.Any(e => e.Name == "BLOCK_JOB_READY" && (string?)e.Data["id"] == id) ? " (mirror ready)" : " (mirror still copying)";
+                    break;
+                }
+
+                case KillPoint.AfterACompletedMirror:
+                {
+                    writers.Start(httpWriters: 2, nbdWriters: 2);
+                    targetHash = null;
+                    await StartMirrorAsync(http, $"m{life}", random.Next(2) == 0 ? "background" : "write-blocking", 0);
+                    await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == $"m{life}");
+                    await writers.StopAsync();
+                    targetHash = await FinishMirrorAsync(http, events, $"m{life}", acked);
+                    writers = new CrashWriters(child, nbd, "src", Size, acked, seed * 1000 + life + 500);
+                    KillAtAck(child, writers, random.Next(1, 200));
+                    writers.Start(httpWriters: 2, nbdWriters: 2);
+                    break;
+                }
+
+                case KillPoint.DuringATransaction:
+                {
+                    writers.Start(httpWriters: 2, nbdWriters: 2);
+                    var actions = new List<object> { new { type = "bitmap-clear", node = "src", name = "p2" } };
+                    foreach (var b in (await http.GetJsonAsync("/api/v1/nodes/src"))["bitmaps"]!.AsArray().Select(b => (string)b!).Where(b => b.StartsWith('t')))
+                        actions.Add(new { type = "bitmap-remove", node = "src", name = b });
+                    var added = $"t{life}";
+                    actions.Add(new { type = "bitmap-add", node = "src", name = added, granularity = 65536, persistent = true });
+                    // From the moment the clear may run, writes prove nothing about p2 until its answer,
+                    // and which of the t* bitmaps exist is only known from the answer.
+                    acked.Suspend("p2");
+                    var before = existing.ToList();
+                    existing.Clear();
+                    var transaction = http.PostAsJsonAsync("/api/v1/transactions", new { actions });
+                    var killAt = random.Next(0, 8);
+                    if (killAt == 0)
+                        child.Kill();
+                    else
+                        KillAtAck(child, writers, writers.Acks + killAt);
+                    note = () => " (transaction unanswered)";
+                    try
+                    {
+                        using var response = await transaction;
+                        if (response.StatusCode == HttpStatusCode.OK)
+                        {
+                            // Answered: durable, whatever comes next.
+                            note = () => " (transaction answered)";
+                            acked.Resume("p2");
+                            removed.UnionWith(before);
+                            existing.Add(added);
+                            removed.Remove(added);
+                        }
+                        else
+                        {
+                            Assert.True(child.Killed, $"transaction refused: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync()}");
+                        }
+                    }
+                    catch (HttpRequestException) when (child.Killed)
+                    {
+                    }
+                    break;
+                }
+            }
+
+            // The kill comes from the writers' acknowledgements (states, not timers).
+            await child.WaitForKillAsync(TimeSpan.FromSeconds(60));
+            await writers.StopAsync();
+            Assert.Empty(writers.Errors);
+            output.WriteLine($"life {life}: killed {point}{note()} after {writers.Acks} acks; start {started.TotalMilliseconds:F0} ms, checks + resume {(checkedAt - started).TotalMilliseconds:F0} ms, workload {(lifeClock.Elapsed - checkedAt).TotalMilliseconds:F0} ms");
+        }
+
+        var summary = $"crash harness (seed {seed}): {KillPoints} kill points ({string.Join(", ", kills.Select(k => $"{k.Key} {k.Value}"))}), " +
+            $"{acked.Total} acknowledged writes, {checks} write×bitmap checks after restarts, lost = {lost}; " +
+            $"{resumed} mirrors resumed from the surviving bitmap to target == source, {targetsChecked} completed targets intact; {clock.Elapsed.TotalSeconds:F0} s";
+        output.WriteLine(summary);
+        Console.WriteLine(summary);
+        Assert.Equal(0, lost);
+    }
+
+    private static void KillAtAck(ChildService child, CrashWriters writers, int ack) =>
+        writers.OnAck = count =>
+        {
+            if (count >= ack)
+                child.Kill();
+        };
+
+    private static Task StartMirrorAsync(HttpClient http, string id, string copyMode, long speed) =>
+        http.PostJsonAsync("/api/v1/jobs/mirror",
+            new { id, device = "src", target = "tgt", bitmap = "p1", bitmapMode = "always", copyMode, speed },
+            HttpStatusCode.Created);
+
+    /// <summary>
+    /// With no writer running: waits for ready, soft-cancels (a point-in-time copy, no pivot), waits
+    /// for the success, and proves tgt == src; returns that content's hash. p1 is empty after it.
+    /// </summary>
+    private static async Task<string> FinishMirrorAsync(HttpClient http, EventWaiter events, string id, AckedWrites acked)
+    {
+        await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == id);
+        // The success empties p1; until its answer, a crash may or may not have made that durable.
+        acked.Suspend("p1");
+        await http.PostJsonAsync($"/api/v1/jobs/{id}/cancel", new { force = false });
+        var done = await events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == id);
+        Assert.Null(done.Data["error"]);
+        acked.Resume("p1");
+        var source = await HashAsync(http, "src");
+        Assert.Equal(source, await HashAsync(http, "tgt"));
+        return source;
+    }
+
+    private static async Task<string> HashAsync(HttpClient http, string node)
+    {
+        var data = await http.ReadAsync(node, 0, Size);
+        return Convert.ToHexString(SHA256.HashData(data));
+    }
+
+    /// <summary>Whether every byte of [offset, offset+length) lies in a dirty extent (coalesced, in order).</summary>
+    private static bool Covered(List<(long Offset, long Length)> dirty, long offset, long length)
+    {
+        var end = offset + length;
+        foreach (var (o, l) in dirty)
+        {
+            if (o + l <= offset)
+                continue;
+            if (o > offset)
+                return false;
+            offset = o + l;
+            if (offset >= end)
+                return true;
+        }
+        return false;
+    }
+}
