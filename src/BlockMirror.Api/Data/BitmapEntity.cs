@@ -9,7 +9,7 @@ public sealed class BitmapEntity
 {
     public required string Node { get; set; }
     public required string Name { get; set; }
-    public int Granularity { get; set; }
+    public long Granularity { get; set; }
     public bool Persistent { get; set; }
     public bool Disabled { get; set; }
     public bool Inconsistent { get; set; }

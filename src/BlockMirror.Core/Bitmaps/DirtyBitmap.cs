@@ -42,7 +42,7 @@ public sealed class DirtyBitmap
 
     /// <summary>Creates an all-clean bitmap.</summary>
     /// <exception cref="ArgumentException">Granularity is not a power of two of at least 512.</exception>
-    public DirtyBitmap(string name, long size, int granularity, bool persistent = false, bool disabled = false)
+    public DirtyBitmap(string name, long size, long granularity, bool persistent = false, bool disabled = false)
     {
         ArgumentNullException.ThrowIfNull(name);
         ArgumentOutOfRangeException.ThrowIfNegative(size);
@@ -54,7 +54,7 @@ public sealed class DirtyBitmap
         Name = name;
         Size = size;
         Granularity = granularity;
-        _shift = BitOperations.Log2((uint)granularity);
+        _shift = BitOperations.Log2((ulong)granularity);
         _granules = (size >> _shift) + ((size & (granularity - 1)) != 0 ? 1 : 0);
         _lastGranuleBytes = _granules == 0 ? 0 : size - ((_granules - 1) << _shift);
         _bits = new HBitmap(_granules);
@@ -69,7 +69,7 @@ public sealed class DirtyBitmap
     public long Size { get; }
 
     /// <summary>Bytes per bit.</summary>
-    public int Granularity { get; }
+    public long Granularity { get; }
 
     /// <summary>Whether the bitmap is disabled (does not record writes).</summary>
     public bool Disabled

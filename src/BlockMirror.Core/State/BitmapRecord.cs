@@ -13,7 +13,7 @@ namespace BlockMirror.Core.State;
 public sealed record BitmapRecord(
     string Node,
     string Name,
-    int Granularity,
+    long Granularity,
     bool Persistent,
     bool Disabled,
     bool Inconsistent,

@@ -17,7 +17,7 @@ public sealed class BitmapAddAction(string node, string name, long? granularity,
             throw BlockErrors.InvalidGranularity("Granularity must be power of 2 and at least 512 (and at most 2^31)");
         if (_node.FindBitmap(name) is not null)
             throw BlockErrors.BitmapExists(name);
-        _added = new DirtyBitmap(name, _node.Size, checked((int)g), persistent, disabled) { CreatedAt = context.Layer.UtcNow };
+        _added = new DirtyBitmap(name, _node.Size, g, persistent, disabled) { CreatedAt = context.Layer.UtcNow };
         _node.AddBitmap(_added);
         context.Touch(_node, _added);
         Result = _added;

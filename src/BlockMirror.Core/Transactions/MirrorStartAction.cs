@@ -92,7 +92,12 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
     private static int CheckGranularity(MirrorOptions o, DirtyBitmap? named)
     {
         if (named is not null)
-            return named.Granularity;
+        {
+            // The working bitmap's granularity becomes the job's; the copy loop's chunks stay within QEMU's 64 MiB cap.
+            if (named.Granularity > MaxGranularity)
+                throw BlockErrors.InvalidGranularity($"Bitmap granularity {named.Granularity} exceeds the mirror's maximum granularity of 64MB");
+            return (int)named.Granularity;
+        }
         if (o.Granularity is not { } g || g == 0)
             return DirtyBitmap.DefaultGranularity;
         if (g < MinGranularity || g > MaxGranularity)

@@ -54,7 +54,7 @@ public sealed class NbdImageTests
     {
         await using var env = await NbdTestServer.StartAsync();
         var root = Path.Combine(env.Directory, "other");
-        await using var layer = new BlockLayer(new ImageRoot(root), new NbdTestStore(), NullEventSink.Instance, TimeProvider.System, new NbdRemoteImageOpener());
+        await using var layer = new BlockLayer(new ImageRoot(root), new InMemoryBlockStore(), NullEventSink.Instance, TimeProvider.System, new NbdRemoteImageOpener());
         var remote = await layer.CreateNodeAsync(new NodeSpec("remote", "nbd", null, env.UriOf("disk0"), null, false));
         Assert.Equal(NbdTestServer.DiskSize, remote.Size);
         Assert.Equal("nbd", remote.Driver);

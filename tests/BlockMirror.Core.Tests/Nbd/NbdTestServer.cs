@@ -41,7 +41,7 @@ internal sealed class NbdTestServer : IAsyncDisposable
     {
         var directory = Path.Combine(Path.GetTempPath(), "bm-nbd-" + Guid.NewGuid().ToString("N")[..12]);
         System.IO.Directory.CreateDirectory(directory);
-        var layer = new BlockLayer(new ImageRoot(Path.Combine(directory, "images")), new NbdTestStore(), NullEventSink.Instance, TimeProvider.System);
+        var layer = new BlockLayer(new ImageRoot(Path.Combine(directory, "images")), new InMemoryBlockStore(), NullEventSink.Instance, TimeProvider.System);
         await layer.CreateNodeAsync(new NodeSpec("disk0", "raw", "disk0.img", null, DiskSize, false));
         await layer.BitmapActionAsync(new BitmapAddAction("disk0", "b0", Granularity, persistent: false, disabled: false));
         await layer.AddExportAsync("disk0", "disk0", writable: true, ["b0"]);

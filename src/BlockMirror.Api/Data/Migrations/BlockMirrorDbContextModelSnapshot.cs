@@ -34,7 +34,7 @@ namespace BlockMirror.Api.Data.Migrations
                     b.Property<bool>("Disabled")
                         .HasColumnType("INTEGER");
 
-                    b.Property<int>("Granularity")
+                    b.Property<long>("Granularity")
                         .HasColumnType("INTEGER");
 
                     b.Property<long?>("ImageInode")

@@ -1,13 +1,25 @@
 using BlockMirror.Core.State;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Tests.Shared;
 
-/// <summary>An in-memory <see cref="IBlockStore"/> for NBD tests: the block layer writes through to it and nothing else reads it.</summary>
-internal sealed class NbdTestStore : IBlockStore
+/// <summary>An <see cref="IBlockStore"/> in memory, for tests of the block layer without SQLite.</summary>
+public sealed class InMemoryBlockStore : IBlockStore
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<string, NodeRecord> _nodes = new(StringComparer.Ordinal);
     private readonly Dictionary<(string, string), BitmapRecord> _bitmaps = [];
+
+    public IReadOnlyDictionary<string, NodeRecord> NodesSnapshot()
+    {
+        lock (_lock)
+            return new Dictionary<string, NodeRecord>(_nodes);
+    }
+
+    public BitmapRecord? FindBitmap(string node, string name)
+    {
+        lock (_lock)
+            return _bitmaps.GetValueOrDefault((node, name));
+    }
 
     public Task<IReadOnlyList<NodeRecord>> LoadNodesAsync(CancellationToken cancellationToken = default)
     {
@@ -31,7 +43,11 @@ internal sealed class NbdTestStore : IBlockStore
     public Task DeleteNodeAsync(string name, CancellationToken cancellationToken = default)
     {
         lock (_lock)
+        {
             _nodes.Remove(name);
+            foreach (var key in _bitmaps.Keys.Where(k => k.Item1 == name).ToList())
+                _bitmaps.Remove(key);
+        }
         return Task.CompletedTask;
     }
 
