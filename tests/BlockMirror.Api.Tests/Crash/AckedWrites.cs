@@ -11,6 +11,8 @@ internal sealed class AckedWrites
     private readonly Lock _lock = new();
     private readonly Dictionary<string, List<(long Offset, long Length)>> _writes = new(StringComparer.Ordinal);
     private readonly HashSet<string> _suspended = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, long> _resumedAt = new(StringComparer.Ordinal);
+    private long _epoch;
 
     public AckedWrites(params string[] bitmaps)
     {
@@ -20,14 +22,21 @@ internal sealed class AckedWrites
 
     public long Total { get; private set; }
 
-    public void Record(long offset, long length)
+    /// <summary>
+    /// Moves on at every <see cref="Suspend"/> and <see cref="Resume"/>. A writer reads it before it
+    /// sends a write: the write counts for a bitmap only if it was sent after the bitmap's last resume
+    /// (an acknowledgement that arrives after the resume may belong to a write the operation saw).
+    /// </summary>
+    public long Epoch => Interlocked.Read(ref _epoch);
+
+    public void Record(long offset, long length, long sentAtEpoch)
     {
         lock (_lock)
         {
             Total++;
             foreach (var (name, list) in _writes)
             {
-                if (!_suspended.Contains(name))
+                if (!_suspended.Contains(name) && sentAtEpoch >= _resumedAt.GetValueOrDefault(name))
                     list.Add((offset, length));
             }
         }
@@ -40,6 +49,7 @@ internal sealed class AckedWrites
         {
             _writes[bitmap].Clear();
             _suspended.Add(bitmap);
+            Interlocked.Increment(ref _epoch);
         }
     }
 
@@ -47,7 +57,10 @@ internal sealed class AckedWrites
     public void Resume(string bitmap)
     {
         lock (_lock)
+        {
             _suspended.Remove(bitmap);
+            _resumedAt[bitmap] = Interlocked.Increment(ref _epoch);
+        }
     }
 
     public IReadOnlyList<(long Offset, long Length)> Of(string bitmap)

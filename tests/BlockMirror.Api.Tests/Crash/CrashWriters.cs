@@ -70,6 +70,9 @@ internal sealed class CrashWriters(ChildService child, NbdClient? nbd, string no
             if (random.Next(2) == 0)
                 offset &= ~4095L;
             bool ok;
+            // Taken before the write is sent: an acknowledgement says nothing about ordering against an
+            // operation that started while the write was in flight.
+            var epoch = acked.Epoch;
             try
             {
                 ok = await write(random, offset, length);
@@ -86,7 +89,7 @@ internal sealed class CrashWriters(ChildService child, NbdClient? nbd, string no
             }
             if (!ok)
                 return;
-            acked.Record(offset, length);
+            acked.Record(offset, length, epoch);
             OnAck?.Invoke(Interlocked.Increment(ref _acks));
         }
     }
