@@ -77,6 +77,56 @@ public sealed class ServiceInteropTests : IAsyncLifetime
         Assert.Equal(await File.ReadAllBytesAsync(source), await r.Content.ReadAsByteArrayAsync());
     }
 
+    [NbdInteropFact("nbdkit")]
+    public async Task Enospc_on_an_nbdkit_target_stops_the_job_until_space_is_freed()
+    {
+        var source = await SourceWithDataAsync();
+        var socket = Path.Combine(_factory.DataDir, "full.sock");
+        var inject = Path.Combine(_factory.DataDir, "no-space");
+        await File.WriteAllTextAsync(inject, "");
+        // nbdkit's error filter answers every write and zero with ENOSPC while the inject file exists.
+        await using var server = await BackgroundTool.StartAsync("nbdkit", socket, "-f", "-U", socket, "--filter=error", "memory", $"{Size}",
+            "error=ENOSPC", "error-pwrite-rate=100%", "error-zero-rate=100%", $"error-file={inject}");
+        await Post("/api/v1/nodes", new { name = "full", driver = "nbd", uri = $"nbd+unix:///?socket={socket}" });
+        await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "full", onTargetError = "enospc" });
+        var stopped = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["ioStatus"] == "nospace", TimeSpan.FromSeconds(60));
+        Assert.True((bool)stopped["paused"]!);
+
+        // Space is freed: resume retries what failed, the job converges and the copy is exact.
+        File.Delete(inject);
+        await Post("/api/v1/jobs/m/resume", new { }, HttpStatusCode.OK);
+        var ready = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "ready", TimeSpan.FromSeconds(60));
+        Assert.Equal("ok", (string?)ready["ioStatus"]);
+        await Post("/api/v1/jobs/m/cancel", new { }, HttpStatusCode.OK);
+        var done = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
+        Assert.Null(done["error"]);
+        using var r = await _http.GetAsync($"/api/v1/nodes/full/data?offset=0&length={Size}");
+        Assert.Equal(await File.ReadAllBytesAsync(source), await r.Content.ReadAsByteArrayAsync());
+    }
+
+    [NbdInteropFact("nbdkit")]
+    public async Task Eio_on_an_nbdkit_target_fails_a_report_job_and_keeps_the_work_in_its_bitmap()
+    {
+        await SourceWithDataAsync();
+        await Post("/api/v1/nodes/src/bitmaps", new { name = "work", granularity = 65536 });
+        using (var content = new ByteArrayContent(new byte[3 << 20]))
+        using (var w = await _http.PutAsync("/api/v1/nodes/src/data?offset=0", content))
+            Assert.Equal(HttpStatusCode.NoContent, w.StatusCode);
+        var socket = Path.Combine(_factory.DataDir, "eio.sock");
+        await using var server = await BackgroundTool.StartAsync("nbdkit", socket, "-f", "-U", socket, "--filter=error", "memory", $"{Size}",
+            "error=EIO", "error-pwrite-rate=100%", "error-zero-rate=100%");
+        await Post("/api/v1/nodes", new { name = "bad", driver = "nbd", uri = $"nbd+unix:///?socket={socket}" });
+        var before = await ServiceFactory.SendAsync(_http, HttpMethod.Get, "/api/v1/nodes/src/bitmaps/work", null, HttpStatusCode.OK);
+        await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "bad", bitmap = "work", autoDismiss = false });
+        var failed = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
+        Assert.False(string.IsNullOrEmpty((string?)failed["error"]));
+        // Nothing reached the target, so the working bitmap still holds every granule it had.
+        var after = await ServiceFactory.SendAsync(_http, HttpMethod.Get, "/api/v1/nodes/src/bitmaps/work", null, HttpStatusCode.OK);
+        Assert.Equal((long)before["count"]!, (long)after["count"]!);
+        Assert.False((bool)after["busy"]!);
+        Assert.True((bool)after["recording"]!);
+    }
+
     [NbdInteropFact("qemu-io", "nbdinfo")]
     public async Task Qemu_io_through_the_service_export_dirties_exactly_what_it_wrote()
     {
