@@ -127,20 +127,6 @@ public sealed class EventHub : IEventSink, IAsyncDisposable
         }
     }
 
-    /// <summary>Waits until every event published so far is in the database (tests, clean stop).</summary>
-    public async Task FlushAsync()
-    {
-        var target = LastId;
-        while (true)
-        {
-            await using var db = await _factory.CreateDbContextAsync();
-            var max = await db.Events.MaxAsync(e => (long?)e.Id) ?? 0;
-            if (max >= target || _writer is null || _writer.IsCompleted)
-                return;
-            await Task.Delay(10);
-        }
-    }
-
     public async ValueTask DisposeAsync()
     {
         _persist.Writer.TryComplete();
