@@ -78,33 +78,6 @@ public sealed class ServiceInteropTests : IAsyncLifetime
     }
 
     [NbdInteropFact("nbdkit")]
-    public async Task Enospc_on_an_nbdkit_target_stops_the_job_until_space_is_freed()
-    {
-        var source = await SourceWithDataAsync();
-        var socket = Path.Combine(_factory.DataDir, "full.sock");
-        var inject = Path.Combine(_factory.DataDir, "no-space");
-        await File.WriteAllTextAsync(inject, "");
-        // nbdkit's error filter answers every write and zero with ENOSPC while the inject file exists.
-        await using var server = await BackgroundTool.StartAsync("nbdkit", socket, "-f", "-U", socket, "--filter=error", "memory", $"{Size}",
-            "error=ENOSPC", "error-pwrite-rate=100%", "error-zero-rate=100%", $"error-file={inject}");
-        await Post("/api/v1/nodes", new { name = "full", driver = "nbd", uri = $"nbd+unix:///?socket={socket}" });
-        await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "full", onTargetError = "enospc" });
-        var stopped = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["ioStatus"] == "nospace", TimeSpan.FromSeconds(60));
-        Assert.True((bool)stopped["paused"]!);
-
-        // Space is freed: resume retries what failed, the job converges and the copy is exact.
-        File.Delete(inject);
-        await Post("/api/v1/jobs/m/resume", new { }, HttpStatusCode.OK);
-        var ready = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "ready", TimeSpan.FromSeconds(60));
-        Assert.Equal("ok", (string?)ready["ioStatus"]);
-        await Post("/api/v1/jobs/m/cancel", new { }, HttpStatusCode.OK);
-        var done = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
-        Assert.Null(done["error"]);
-        using var r = await _http.GetAsync($"/api/v1/nodes/full/data?offset=0&length={Size}");
-        Assert.Equal(await File.ReadAllBytesAsync(source), await r.Content.ReadAsByteArrayAsync());
-    }
-
-    [NbdInteropFact("nbdkit")]
     public async Task Eio_on_an_nbdkit_target_fails_a_report_job_and_keeps_the_work_in_its_bitmap()
     {
         await SourceWithDataAsync();

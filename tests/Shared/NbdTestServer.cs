@@ -1,3 +1,4 @@
+using BlockMirror.Core;
 using System.Collections.Concurrent;
 using BlockMirror.Core.Events;
 using BlockMirror.Core.Images;
@@ -5,7 +6,7 @@ using BlockMirror.Core.Nodes;
 using BlockMirror.Core.Transactions;
 using BlockMirror.Nbd;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Tests.Shared;
 
 /// <summary>
 /// A block layer in a temp directory with a raw node <c>disk0</c> (bitmap <c>b0</c> at 64 KiB),
@@ -37,12 +38,12 @@ internal sealed class NbdTestServer : IAsyncDisposable
 
     public string ImagePath => Path.Combine(Directory, "images", "disk0.img");
 
-    public static async Task<NbdTestServer> StartAsync(bool unix = false, Action<NbdServerOptions>? configure = null)
+    public static async Task<NbdTestServer> StartAsync(bool unix = false, Action<NbdServerOptions>? configure = null, long diskSize = DiskSize)
     {
         var directory = Path.Combine(Path.GetTempPath(), "bm-nbd-" + Guid.NewGuid().ToString("N")[..12]);
         System.IO.Directory.CreateDirectory(directory);
         var layer = new BlockLayer(new ImageRoot(Path.Combine(directory, "images")), new InMemoryBlockStore(), NullEventSink.Instance, TimeProvider.System);
-        await layer.CreateNodeAsync(new NodeSpec("disk0", "raw", "disk0.img", null, DiskSize, false));
+        await layer.CreateNodeAsync(new NodeSpec("disk0", "raw", "disk0.img", null, diskSize, false));
         await layer.BitmapActionAsync(new BitmapAddAction("disk0", "b0", Granularity, persistent: false, disabled: false));
         await layer.AddExportAsync("disk0", "disk0", writable: true, ["b0"]);
         await layer.AddExportAsync("disk0-ro", "disk0", writable: false, []);
@@ -59,8 +60,11 @@ internal sealed class NbdTestServer : IAsyncDisposable
         return new NbdTestServer(directory, layer, server, log);
     }
 
+    /// <summary>A path for a scratch file in the server's directory (removed with it).</summary>
+    public string TempPath(string name) => Path.Combine(Directory, name);
+
     /// <summary>The URI of an export on this server.</summary>
-    public string UriOf(string export) => Server.LocalEndPoint switch
+    public string UriOf(string export = "disk0") => Server.LocalEndPoint switch
     {
         System.Net.IPEndPoint ip => $"nbd://127.0.0.1:{ip.Port}/{export}",
         _ => $"nbd+unix:///{export}?socket={Server.Options.Listen.SocketPath}",
