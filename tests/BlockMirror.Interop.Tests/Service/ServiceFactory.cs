@@ -59,8 +59,17 @@ public sealed class ServiceFactory : WebApplicationFactory<Program>
                 return job;
             if (DateTime.UtcNow > deadline)
                 throw new TimeoutException($"job {id}: {job.ToJsonString()}");
-            using var cts = new CancellationTokenSource(deadline - DateTime.UtcNow);
-            var line = await reader.ReadLineAsync(cts.Token);
+            using var cts = new CancellationTokenSource(TimeSpan.FromTicks(Math.Max(1, (deadline - DateTime.UtcNow).Ticks)));
+            string? line;
+            try
+            {
+                line = await reader.ReadLineAsync(cts.Token);
+            }
+            catch (OperationCanceledException) when (cts.IsCancellationRequested)
+            {
+                // Say where the job stood, not just that the stream read was cancelled.
+                throw new TimeoutException($"job {id} after {timeout}: {job.ToJsonString()}");
+            }
             if (line is null)
                 throw new IOException("event stream closed");
         }
