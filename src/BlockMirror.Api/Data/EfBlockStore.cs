@@ -4,7 +4,7 @@ using Microsoft.EntityFrameworkCore;
 namespace BlockMirror.Api.Data;
 
 /// <summary>The block layer's store on SQLite. Each call is one short transaction (a checkpoint of several bitmaps included).</summary>
-public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory) : IBlockStore
+public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteGate gate) : IBlockStore
 {
     public async Task<IReadOnlyList<NodeRecord>> LoadNodesAsync(CancellationToken cancellationToken = default)
     {
@@ -38,12 +38,14 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
         row.Size = node.Size;
         row.ReadOnly = node.ReadOnly;
         row.CreatedAt = node.CreatedAt;
-        await db.SaveChangesAsync(cancellationToken);
+        using (await gate.EnterAsync(cancellationToken))
+            await db.SaveChangesAsync(cancellationToken);
     }
 
     public async Task DeleteNodeAsync(string name, CancellationToken cancellationToken = default)
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        using var turn = await gate.EnterAsync(cancellationToken);
         await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
         await db.Bitmaps.Where(b => b.Node == name).ExecuteDeleteAsync(cancellationToken);
         await db.Nodes.Where(n => n.Name == name).ExecuteDeleteAsync(cancellationToken);
@@ -78,12 +80,14 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
             }
             row.CreatedAt = b.CreatedAt;
         }
-        await db.SaveChangesAsync(cancellationToken);
+        using (await gate.EnterAsync(cancellationToken))
+            await db.SaveChangesAsync(cancellationToken);
     }
 
     public async Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        using var turn = await gate.EnterAsync(cancellationToken);
         await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
         foreach (var (node, name) in bitmaps)
             await db.Bitmaps.Where(b => b.Node == node && b.Name == name).ExecuteDeleteAsync(cancellationToken);

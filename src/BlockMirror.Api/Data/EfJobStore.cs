@@ -6,7 +6,7 @@ using Microsoft.EntityFrameworkCore;
 namespace BlockMirror.Api.Data;
 
 /// <summary>Jobs on SQLite: one row per job run, the full snapshot as JSON.</summary>
-public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory) : IJobStore
+public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteGate gate) : IJobStore
 {
     private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
@@ -30,7 +30,8 @@ public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory) 
         row.CreatedAt = job.CreatedAt;
         row.UpdatedAt = job.UpdatedAt;
         row.FinishedAt = job.FinishedAt;
-        await db.SaveChangesAsync(cancellationToken);
+        using (await gate.EnterAsync(cancellationToken))
+            await db.SaveChangesAsync(cancellationToken);
     }
 
     public async Task<IReadOnlyList<JobRecord>> LoadJobsAsync(CancellationToken cancellationToken = default)

@@ -18,6 +18,7 @@ public sealed class EventHub : IEventSink, IAsyncDisposable
     private const int TailCapacity = 16384;
 
     private readonly IDbContextFactory<BlockMirrorDbContext> _factory;
+    private readonly SqliteWriteGate _gate;
     private readonly JsonSerializerOptions _json;
     private readonly TimeProvider _time;
     private readonly Lock _lock = new();
@@ -27,9 +28,10 @@ public sealed class EventHub : IEventSink, IAsyncDisposable
     private Task? _writer;
     private long _lastId;
 
-    public EventHub(IDbContextFactory<BlockMirrorDbContext> factory, JsonSerializerOptions json, TimeProvider time)
+    public EventHub(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteGate gate, JsonSerializerOptions json, TimeProvider time)
     {
         _factory = factory;
+        _gate = gate;
         _json = json;
         _time = time;
     }
@@ -117,7 +119,8 @@ public sealed class EventHub : IEventSink, IAsyncDisposable
             {
                 await using var db = await _factory.CreateDbContextAsync();
                 db.Events.AddRange(batch.Select(m => new EventEntity { Id = m.Id, Name = m.Name, Data = m.Data, Time = m.Time }));
-                await db.SaveChangesAsync();
+                using (await _gate.EnterAsync())
+                    await db.SaveChangesAsync();
             }
             catch (Exception e) when (e is DbUpdateException or InvalidOperationException or Microsoft.Data.Sqlite.SqliteException)
             {

@@ -47,6 +47,7 @@ public static class ServiceRegistration
             var storage = sp.GetRequiredService<IOptions<StorageOptions>>().Value;
             return new ImageRoot(Path.GetFullPath(storage.Root, builder.Environment.ContentRootPath));
         });
+        services.AddSingleton<SqliteWriteGate>();
         services.AddSingleton<IBlockStore, EfBlockStore>();
         // The journal that keeps persistent bitmaps exact across a kill -9 lives beside the database
         // (its checkpoints are rows of it); a database in memory survives nothing, so it gets none.
