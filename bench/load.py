@@ -7,8 +7,15 @@ Everything runs on loopback and in a temp directory that is removed at the end. 
 
     python3 bench/load.py                         # defaults: 16 × 256 MiB, 200 req/s, 120 s
     python3 bench/load.py --mirrors 4 --size 64M --seconds 30 --rate 100   # quick
+    # DESIGN's latency target: 500 req/s while one mirror copies (speed-limited so it copies throughout)
+    python3 bench/load.py --mirrors 1 --size 1G --speed 16M --nbd-writers 0 --rate 500 --readers 4 --seconds 60
+
+Latency is reported twice: as the client saw it (Python, so it includes the client's own
+scheduling on a busy machine) and as the service measured it (ASP.NET Core's
+http.server.request.duration histogram from /metrics, GET /api requests of the window only):
+the share answered within 5 ms and the histogram bucket that holds the 99th percentile.
 """
-import argparse, hashlib, http.client, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, hashlib, http.client, json, os, random, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -59,6 +66,37 @@ class Api:
         return json.loads(text) if text and r.getheader("Content-Type", "").startswith("application/json") else text
 
 
+# Greedy up to the last "} ": route labels contain braces themselves (/api/v1/jobs/{id}).
+BUCKET = re.compile(r'^http_server_request_duration_seconds_bucket\{(?P<labels>.*)\} (?P<value>\S+)', re.M)
+
+
+def server_histogram(api):
+    """Cumulative GET /api request counts per bucket bound (seconds) from one /metrics scrape."""
+    text = api.call("GET", "/metrics")
+    text = text.decode() if isinstance(text, bytes) else text
+    buckets = {}
+    for m in BUCKET.finditer(text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
+        if labels.get("http_request_method") != "GET" or not labels.get("http_route", "").startswith("/api/"):
+            continue
+        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        buckets[le] = buckets.get(le, 0) + float(m["value"])
+    return buckets
+
+
+def server_latency(before, after):
+    """Share of the window's requests within 5 ms, the bucket bounds that hold the p99 and the
+    slowest request (None = beyond the last finite bound), and the request count."""
+    diff = {le: after.get(le, 0) - before.get(le, 0) for le in after}
+    total = diff.get(float("inf"), 0)
+    if not total:
+        return None, None, None, 0
+    within_5ms = diff.get(0.005, 0) / total
+    bound = lambda share: next(le for le in sorted(diff) if diff[le] >= share * total)
+    ms = lambda le: None if le == float("inf") else le * 1000
+    return round(within_5ms * 100, 2), ms(bound(0.99)), ms(bound(1.0)), int(total)
+
+
 def rss_kib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -76,6 +114,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--rate", type=float, default=200, help="API read requests per second")
     ap.add_argument("--nbd-writers", type=int, default=4)
+    ap.add_argument("--readers", type=int, default=1, help="reader threads sharing --rate")
+    ap.add_argument("--speed", default="0", help="speed limit of each mirror in bytes/s (0 = none), e.g. 16M")
     ap.add_argument("--dll", default=None, help="published BlockMirror.Api.dll (default: publish to a temp dir)")
     ap.add_argument("--seed", type=int, default=20261126)
     args = ap.parse_args()
@@ -121,12 +161,14 @@ def main():
         latencies = []
         errors = []
         stop = threading.Event()
+        hist_before = server_histogram(api)
         start = time.monotonic()
         for i in range(args.mirrors):
-            api.call("POST", "/api/v1/jobs/mirror", {"id": f"m{i}", "device": f"src{i}", "target": f"dst{i}", "autoDismiss": False})
+            api.call("POST", "/api/v1/jobs/mirror", {"id": f"m{i}", "device": f"src{i}", "target": f"dst{i}", "autoDismiss": False,
+                                                     "speed": parse_size(args.speed)})
 
         def reader():
-            interval = 1.0 / args.rate
+            interval = args.readers / args.rate
             nxt = time.monotonic()
             paths = ["/api/v1/jobs", "/api/v1/nodes", "/api/v1/nodes/src0/bitmaps/b0", "/api/v1/jobs/m0", "/healthz"]
             k = 0
@@ -159,7 +201,7 @@ def main():
                 rss.append((time.monotonic() - start, rss_kib(proc.pid)))
                 stop.wait(1.0)
 
-        threads = [threading.Thread(target=reader), threading.Thread(target=sampler)]
+        threads = [threading.Thread(target=reader) for _ in range(args.readers)] + [threading.Thread(target=sampler)]
         threads += [threading.Thread(target=nbd_writer, args=(i,)) for i in range(min(args.nbd_writers, args.mirrors))]
         for t in threads:
             t.start()
@@ -173,6 +215,7 @@ def main():
         stop.set()
         for t in threads:
             t.join()
+        server_within_5ms, server_p99_bucket_ms, server_max_bucket_ms, server_requests = server_latency(hist_before, server_histogram(api))
 
         # Soft cancel every job at ready: its target is a point-in-time copy of the source.
         for i in range(args.mirrors):
@@ -203,6 +246,8 @@ def main():
             "mirrors": args.mirrors, "size": size, "seconds": args.seconds, "rate": args.rate,
             "api_requests": len(lat), "api_errors": len(errors), "api_p50_ms": round(pct(0.50), 2),
             "api_p99_ms": round(pct(0.99), 2), "api_max_ms": round(lat[-1] * 1000, 2) if lat else None,
+            "server_requests": server_requests, "server_pct_within_5ms": server_within_5ms,
+            "server_p99_bucket_ms": server_p99_bucket_ms, "server_max_bucket_ms": server_max_bucket_ms,
             "bytes_copied": copied, "copy_mb_s": round(copied / elapsed / 1e6, 1),
             "jobs_ready": len(ready_at), "first_ready_s": round(min(ready_at.values()), 2) if ready_at else None,
             "last_ready_s": round(max(ready_at.values()), 2) if ready_at else None,

@@ -29,6 +29,7 @@ internal sealed partial class NbdServerConnection
                     throw new NbdProtocolException($"bad request magic 0x{magic:x8}");
                 if (type == NbdConstants.CmdDisc)
                     break; // soft disconnect: finish what is in flight, then close
+                _options.RequestReceived?.Invoke(_export?.Name ?? "", NbdConstants.CommandName(type));
 
                 await _slots.WaitAsync(_stopReading.Token).ConfigureAwait(false);
                 var dispatched = false;

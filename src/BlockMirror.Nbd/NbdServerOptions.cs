@@ -24,6 +24,13 @@ public sealed class NbdServerOptions
     /// <summary>How long <see cref="NbdServer.StopAsync"/> lets in-flight requests finish before cutting connections.</summary>
     public TimeSpan StopGracePeriod { get; set; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// Called once per transmission request as it is read (export name, command name such as
+    /// <c>read</c> or <c>block-status</c>), refused ones included; for metrics. Runs on the
+    /// connection's reader, so it must be cheap. Null = not counted.
+    /// </summary>
+    public Action<string, string>? RequestReceived { get; set; }
+
     /// <summary>Diagnostics sink (connection errors, protocol violations); null = silent.</summary>
     public Action<string>? Log { get; set; }
 }

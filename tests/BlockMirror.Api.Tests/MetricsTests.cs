@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Text.RegularExpressions;
 using BlockMirror.Api.Tests.Infrastructure;
+using BlockMirror.Nbd;
 
 namespace BlockMirror.Api.Tests;
 
@@ -86,6 +87,31 @@ public sealed partial class MetricsTests : IAsyncLifetime
 
         // HTTP server metrics from the ASP.NET Core instrumentation, by route.
         Assert.True(scrape.All("http_server_request_duration_seconds_count", ("http_route", "/api/v1/nodes/{node}/data"), ("http_response_status_code", "204")).Sum() >= 3);
+    }
+
+    [Fact]
+    public async Task Nbd_requests_are_counted_by_export_and_command()
+    {
+        await using var factory = new BlockMirrorFactory(settings: new Dictionary<string, string?> { ["Nbd:Listen"] = "127.0.0.1:0" });
+        using var http = factory.CreateClient();
+        var name = $"e-{_suffix}";
+        await http.CreateNodeAsync(name, 4 * MiB);
+        var export = await http.PostJsonAsync("/api/v1/exports", new { name, node = name, writable = true }, HttpStatusCode.Created);
+        await using (var client = await NbdClient.ConnectAsync(NbdUri.Parse((string)export["uri"]!)))
+        {
+            for (var i = 0; i < 3; i++)
+                await client.WriteAsync(i * 65536, ApiClient.Pattern(65536, (byte)i));
+            var buffer = new byte[65536];
+            await client.ReadAsync(0, buffer);
+            await client.FlushAsync();
+            // Out of range: refused by the server, and still a request it received.
+            await Assert.ThrowsAsync<NbdException>(async () => await client.ReadAsync(4 * MiB, buffer));
+        }
+
+        var scrape = new Scrape(await http.GetStringAsync("/metrics"));
+        Assert.Equal(3, scrape.Single("blockmirror_nbd_requests_total", ("export", name), ("command", "write")));
+        Assert.Equal(2, scrape.Single("blockmirror_nbd_requests_total", ("export", name), ("command", "read")));
+        Assert.Equal(1, scrape.Single("blockmirror_nbd_requests_total", ("export", name), ("command", "flush")));
     }
 
     [Fact]

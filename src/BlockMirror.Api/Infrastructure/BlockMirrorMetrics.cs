@@ -41,8 +41,8 @@ public sealed class BlockMirrorMetrics
     }
 
     /// <summary>
-    /// Extension point for the NBD server: add 1 per transmission request it handles, tagged
-    /// <c>export</c> and <c>command</c> (read, write, block-status, …). Nothing increments it yet.
+    /// NBD transmission requests read by the server (refused ones included), tagged <c>export</c>
+    /// and <c>command</c> (read, write, block-status, …); <see cref="NbdHost"/> adds them.
     /// </summary>
     public Counter<long> NbdRequests { get; }
 

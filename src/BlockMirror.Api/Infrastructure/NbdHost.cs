@@ -10,7 +10,7 @@ namespace BlockMirror.Api.Infrastructure;
 /// Runs the NBD server beside the REST API (Nbd:Listen; empty = off). Started after the block
 /// layer is loaded, stopped before it stops, so no export outlives its node.
 /// </summary>
-public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> options, ILogger<NbdHost> logger) : IStartupParticipant
+public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> options, BlockMirrorMetrics metrics, ILogger<NbdHost> logger) : IStartupParticipant
 {
     private NbdServer? _server;
 
@@ -27,7 +27,13 @@ public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> optio
             return;
         if (!NbdListenAddress.TryParse(listen, out var address, out var error))
             throw new InvalidOperationException($"Nbd:Listen '{listen}' is invalid: {error}");
-        var server = new NbdServer(layer, new NbdServerOptions { Listen = address, Log = m => LogNbd(logger, m) });
+        var server = new NbdServer(layer, new NbdServerOptions
+        {
+            Listen = address,
+            Log = m => LogNbd(logger, m),
+            RequestReceived = (export, command) => metrics.NbdRequests.Add(1,
+                new KeyValuePair<string, object?>("export", export), new KeyValuePair<string, object?>("command", command)),
+        });
         await server.StartAsync(cancellationToken);
         _server = server;
         LogListening(logger, server.LocalEndPoint.ToString() ?? listen);

@@ -93,6 +93,20 @@ internal static class NbdConstants
     public const ushort CmdWriteZeroes = 6;
     public const ushort CmdBlockStatus = 7;
 
+    /// <summary>A command's name for logs and metrics (constant strings: naming allocates nothing).</summary>
+    public static string CommandName(ushort type) => type switch
+    {
+        CmdRead => "read",
+        CmdWrite => "write",
+        CmdDisc => "disconnect",
+        CmdFlush => "flush",
+        CmdTrim => "trim",
+        CmdCache => "cache",
+        CmdWriteZeroes => "write-zeroes",
+        CmdBlockStatus => "block-status",
+        _ => "unknown",
+    };
+
     // ---- replies --------------------------------------------------------------------------
 
     public const uint SimpleReplyMagic = 0x67446698;
