@@ -622,6 +622,29 @@ public sealed partial class BlockLayer : IAsyncDisposable
     {
         if (bitmaps.Count == 0)
             return;
+        var (records, contents) = BuildCheckpoint(bitmaps, cleanStop, through);
+        await Store.SaveBitmapsAsync(records, cancellationToken).ConfigureAwait(false);
+        Checkpointed(contents);
+    }
+
+    /// <summary>
+    /// A mirror's pivot, stored whole (the control lock held, the device's writes still quiesced by
+    /// the job): the device's record on its new image, its persistent bitmaps checkpointed with that
+    /// image's stamp, the consumed target gone. Stored in two steps, a crash in between would restart
+    /// the device on the new image with checkpoints stamped for the old one: inconsistent bitmaps.
+    /// </summary>
+    internal async Task SavePivotUnlockedAsync(BlockNode device, string consumedNode, CancellationToken cancellationToken = default)
+    {
+        var bitmaps = device.Bitmaps.Where(b => b.Persistent).Select(b => (device, b)).ToList();
+        var (records, contents) = BuildCheckpoint(bitmaps, cleanStop: false, _journal?.LastSequence);
+        await Store.SavePivotAsync(ToRecord(device), records, consumedNode, cancellationToken).ConfigureAwait(false);
+        Checkpointed(contents);
+    }
+
+    /// <summary>The records of a checkpoint (see <see cref="CheckpointUnlockedAsync"/>), and the contents that become the durable base once stored.</summary>
+    private (List<BitmapRecord> Records, List<(DirtyBitmap, byte[])> Contents) BuildCheckpoint(
+        IReadOnlyCollection<(BlockNode Node, DirtyBitmap Bitmap)> bitmaps, bool cleanStop, long? through)
+    {
         var records = new List<BitmapRecord>(bitmaps.Count);
         var contents = new List<(DirtyBitmap, byte[])>();
         var stamps = new Dictionary<BlockNode, ImageStamp?>();
@@ -650,8 +673,12 @@ public sealed partial class BlockLayer : IAsyncDisposable
             if (!bitmap.Inconsistent && !jobHeld)
                 contents.Add((bitmap, content));
         }
-        await Store.SaveBitmapsAsync(records, cancellationToken).ConfigureAwait(false);
-        // Stored: from now on the journal needs only what this content lacks.
+        return (records, contents);
+    }
+
+    /// <summary>Stored: from now on the journal needs only what these contents lack.</summary>
+    private void Checkpointed(List<(DirtyBitmap, byte[])> contents)
+    {
         foreach (var (bitmap, content) in contents)
             _durability?.Checkpointed(bitmap, content);
     }

@@ -1,5 +1,9 @@
 using System.Net;
+using BlockMirror.Api.Data;
 using BlockMirror.Api.Tests.Infrastructure;
+using BlockMirror.Core.State;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace BlockMirror.Api.Tests;
 
@@ -41,5 +45,33 @@ public sealed class JobRestartTests : IDisposable
         Assert.True((bool)b0["recording"]!);
         Assert.InRange((long)b0["count"]!, 1, 32L << 20);
         await h.PostJsonAsync("/api/v1/jobs/j/dismiss", new { });
+    }
+
+    [Fact]
+    public async Task A_completed_mirror_is_stored_whole_before_any_stop()
+    {
+        await using var service = new BlockMirrorFactory(_dir);
+        var http = service.CreateClient();
+        await using var events = await EventWaiter.StartAsync(service.CreateClient());
+        await http.CreateNodeAsync("disk0", 8L << 20);
+        await http.CreateNodeAsync("copy", 8L << 20);
+        await http.AddBitmapAsync("disk0", "p", persistent: true);
+        await http.AddBitmapAsync("copy", "t", persistent: true);
+        await http.WriteAsync("disk0", 1 << 20, ApiClient.Pattern(65536, 7));
+        await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", device = "disk0", target = "copy", autoDismiss = false }, HttpStatusCode.Created);
+        await events.WaitStatusAsync("j", "ready");
+        await http.PostJsonAsync("/api/v1/jobs/j/complete", new { });
+        await events.WaitStatusAsync("j", "concluded");
+
+        // What a kill -9 now would find: the device on copy.img, its checkpoint stamped with
+        // copy.img's inode (else the restart calls the bitmap inconsistent), the target gone.
+        var factory = service.Services.GetRequiredService<IDbContextFactory<BlockMirrorDbContext>>();
+        await using var db = await factory.CreateDbContextAsync();
+        var device = await db.Nodes.AsNoTracking().SingleAsync(n => n.Name == "disk0");
+        Assert.Equal("copy.img", device.Path);
+        Assert.False(await db.Nodes.AnyAsync(n => n.Name == "copy"));
+        Assert.False(await db.Bitmaps.AnyAsync(b => b.Node == "copy"));
+        var p = await db.Bitmaps.AsNoTracking().SingleAsync(b => b.Node == "disk0" && b.Name == "p");
+        Assert.Equal(ImageStamp.Read(Path.Combine(service.ImageRoot, "copy.img"))!.Value.Inode, p.ImageInode);
     }
 }

@@ -61,6 +61,20 @@ public sealed class InMemoryBlockStore : IBlockStore
         return Task.CompletedTask;
     }
 
+    public Task SavePivotAsync(NodeRecord device, IReadOnlyCollection<BitmapRecord> deviceBitmaps, string consumedNode, CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            _nodes.Remove(consumedNode);
+            foreach (var key in _bitmaps.Keys.Where(k => k.Item1 == consumedNode).ToList())
+                _bitmaps.Remove(key);
+            _nodes[device.Name] = device;
+            foreach (var b in deviceBitmaps)
+                _bitmaps[(b.Node, b.Name)] = b;
+        }
+        return Task.CompletedTask;
+    }
+
     public Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
     {
         lock (_lock)

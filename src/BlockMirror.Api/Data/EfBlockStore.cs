@@ -26,18 +26,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
     public async Task SaveNodeAsync(NodeRecord node, CancellationToken cancellationToken = default)
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
-        var row = await db.Nodes.FindAsync([node.Name], cancellationToken);
-        if (row is null)
-        {
-            row = new NodeEntity { Name = node.Name, Driver = node.Driver };
-            db.Nodes.Add(row);
-        }
-        row.Driver = node.Driver;
-        row.Path = node.Path;
-        row.Uri = node.Uri;
-        row.Size = node.Size;
-        row.ReadOnly = node.ReadOnly;
-        row.CreatedAt = node.CreatedAt;
+        await ApplyNodeAsync(db, node, cancellationToken);
         using (await gate.EnterAsync(cancellationToken))
             await db.SaveChangesAsync(cancellationToken);
     }
@@ -55,6 +44,54 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
     public async Task SaveBitmapsAsync(IReadOnlyCollection<BitmapRecord> bitmaps, CancellationToken cancellationToken = default)
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        await ApplyBitmapsAsync(db, bitmaps, cancellationToken);
+        using (await gate.EnterAsync(cancellationToken))
+            await db.SaveChangesAsync(cancellationToken);
+    }
+
+    public async Task SavePivotAsync(NodeRecord device, IReadOnlyCollection<BitmapRecord> deviceBitmaps, string consumedNode, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        await ApplyNodeAsync(db, device, cancellationToken);
+        await ApplyBitmapsAsync(db, deviceBitmaps, cancellationToken);
+        using var turn = await gate.EnterAsync(cancellationToken);
+        await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
+        await db.Bitmaps.Where(b => b.Node == consumedNode).ExecuteDeleteAsync(cancellationToken);
+        await db.Nodes.Where(n => n.Name == consumedNode).ExecuteDeleteAsync(cancellationToken);
+        await db.SaveChangesAsync(cancellationToken);
+        await tx.CommitAsync(cancellationToken);
+    }
+
+    public async Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        using var turn = await gate.EnterAsync(cancellationToken);
+        await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
+        foreach (var (node, name) in bitmaps)
+            await db.Bitmaps.Where(b => b.Node == node && b.Name == name).ExecuteDeleteAsync(cancellationToken);
+        await tx.CommitAsync(cancellationToken);
+    }
+
+    /// <summary>Tracks the insert or update of a node row (saved by the caller).</summary>
+    private static async Task ApplyNodeAsync(BlockMirrorDbContext db, NodeRecord node, CancellationToken cancellationToken)
+    {
+        var row = await db.Nodes.FindAsync([node.Name], cancellationToken);
+        if (row is null)
+        {
+            row = new NodeEntity { Name = node.Name, Driver = node.Driver };
+            db.Nodes.Add(row);
+        }
+        row.Driver = node.Driver;
+        row.Path = node.Path;
+        row.Uri = node.Uri;
+        row.Size = node.Size;
+        row.ReadOnly = node.ReadOnly;
+        row.CreatedAt = node.CreatedAt;
+    }
+
+    /// <summary>Tracks the insert or update of bitmap rows (saved by the caller).</summary>
+    private static async Task ApplyBitmapsAsync(BlockMirrorDbContext db, IReadOnlyCollection<BitmapRecord> bitmaps, CancellationToken cancellationToken)
+    {
         foreach (var b in bitmaps)
         {
             var row = await db.Bitmaps.FindAsync([b.Node, b.Name], cancellationToken);
@@ -80,17 +117,5 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
             }
             row.CreatedAt = b.CreatedAt;
         }
-        using (await gate.EnterAsync(cancellationToken))
-            await db.SaveChangesAsync(cancellationToken);
-    }
-
-    public async Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
-    {
-        await using var db = await factory.CreateDbContextAsync(cancellationToken);
-        using var turn = await gate.EnterAsync(cancellationToken);
-        await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
-        foreach (var (node, name) in bitmaps)
-            await db.Bitmaps.Where(b => b.Node == node && b.Name == name).ExecuteDeleteAsync(cancellationToken);
-        await tx.CommitAsync(cancellationToken);
     }
 }

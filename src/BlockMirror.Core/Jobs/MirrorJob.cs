@@ -229,11 +229,7 @@ public sealed partial class MirrorJob : Job
         _succeeded = true;
         if (!_pivoted)
             return;
-        await BestEffortAsync(() => Layer.Store.SaveNodeAsync(BlockLayer.ToRecord(_device))).ConfigureAwait(false);
-        var targetBitmaps = _target.Bitmaps.Select(b => (_target.Name, b.Name)).ToList();
-        if (targetBitmaps.Count > 0)
-            await BestEffortAsync(() => Layer.Store.DeleteBitmapsAsync(targetBitmaps)).ConfigureAwait(false);
-        await BestEffortAsync(() => Layer.Store.DeleteNodeAsync(_target.Name)).ConfigureAwait(false);
+        await BestEffortAsync(() => Layer.SavePivotUnlockedAsync(_device, _target.Name)).ConfigureAwait(false);
         // The old source image is no longer attached; the file stays where it was.
         if (_oldImage is not null)
             await BestEffortAsync(() => _oldImage.DisposeAsync().AsTask()).ConfigureAwait(false);

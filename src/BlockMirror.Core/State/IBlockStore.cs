@@ -22,4 +22,12 @@ public interface IBlockStore
     Task SaveBitmapsAsync(IReadOnlyCollection<BitmapRecord> bitmaps, CancellationToken cancellationToken = default);
 
     Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// A mirror's pivot in one transaction: the device's record (now on the target's image), the
+    /// device's bitmaps (checkpoints stamped with that image, as in <see cref="SaveBitmapsAsync"/>),
+    /// and the consumed target node deleted with its bitmaps. A crash finds the pivot whole or not at
+    /// all, never a device on the new image with checkpoints stamped for the old one.
+    /// </summary>
+    Task SavePivotAsync(NodeRecord device, IReadOnlyCollection<BitmapRecord> deviceBitmaps, string consumedNode, CancellationToken cancellationToken = default);
 }

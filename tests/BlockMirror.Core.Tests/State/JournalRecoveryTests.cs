@@ -36,10 +36,10 @@ public sealed class JournalRecoveryTests : IAsyncDisposable
         _dir.Dispose();
     }
 
-    private async Task<BlockLayer> StartLayerAsync(FileBitmapJournalOptions? options = null)
+    private async Task<BlockLayer> StartLayerAsync(FileBitmapJournalOptions? options = null, IEventSink? events = null)
     {
         var journal = new FileBitmapJournal(_dir.PathOf("journal"), options);
-        var layer = new BlockLayer(_root, _store, NullEventSink.Instance, TimeProvider.System) { Journal = journal, JobStore = _jobs };
+        var layer = new BlockLayer(_root, _store, events ?? NullEventSink.Instance, TimeProvider.System) { Journal = journal, JobStore = _jobs };
         _owned.Add(journal);
         _owned.Add(layer);
         await layer.LoadAsync();
@@ -166,5 +166,38 @@ public sealed class JournalRecoveryTests : IAsyncDisposable
         Assert.False(p.Disabled);
         Assert.Equal([(2 * G, G), (20 * G, 2 * G)], p.GetExtents(0, 64 * G));
         Assert.Equal("concluded", second.JobHistory.Concat(second.Jobs).Single(j => j.Id == "j").GetInfo().Status);
+    }
+
+    [Fact]
+    public async Task A_completed_mirror_leaves_the_device_bitmaps_exact_and_consistent_after_a_crash()
+    {
+        var events = new RecordingEventSink();
+        var first = await StartLayerAsync(events: events);
+        var node = await SetUpAsync(first);
+        await first.CreateNodeAsync(new NodeSpec("copy", "raw", "copy.img", null, 64 * G, false));
+        await node.WriteAsync(2 * G, new byte[G]);
+        var job = await first.StartMirrorAsync(new MirrorOptions { Id = "j", Device = "disk0", Target = "copy" });
+        await events.WaitForAsync("BLOCK_JOB_READY", "j");
+        await first.CompleteJobAsync("j");
+        await job.Concluded.WaitAsync(RecordingEventSink.Timeout);
+        Assert.Null(job.Error);
+        // The device now writes to copy.img (another inode): the checkpoints must say so, or the
+        // restart after a crash takes the bitmaps for stale and marks them inconsistent.
+        Assert.Equal("copy.img", node.Path);
+        await node.WriteAsync(30 * G, new byte[1]);
+        var expected = new[] { "p", "q", "off" }.ToDictionary(b => b, b => node.GetBitmap(b).Sha256Hex());
+        await CrashAsync(first);
+
+        var second = await StartLayerAsync();
+        var restored = second.GetNode("disk0");
+        Assert.Equal("copy.img", restored.Path);
+        Assert.Empty(second.InconsistentAtLoad);
+        foreach (var (name, sha) in expected)
+        {
+            Assert.False(restored.GetBitmap(name).Inconsistent, name);
+            Assert.Equal(sha, restored.GetBitmap(name).Sha256Hex());
+        }
+        Assert.Equal([(2 * G, G), (30 * G, G)], restored.GetBitmap("p").GetExtents(0, 64 * G));
+        Assert.DoesNotContain(second.Nodes, n => n.Name == "copy");
     }
 }
