@@ -40,7 +40,8 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
         string? targetHash = null;
         var existing = new HashSet<string>(StringComparer.Ordinal);
         var removed = new HashSet<string>(StringComparer.Ordinal);
-        long checks = 0, lost = 0, resumed = 0, targetsChecked = 0;
+        long checks = 0, lost = 0, resumed = 0, targetsChecked = 0, pivots = 0;
+        string? newTarget = null;
         var kills = new Dictionary<KillPoint, int>();
 
         // One more start than kills: the last life only checks what the last kill left.
@@ -96,6 +97,17 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
             acked.Resume("p2");
 
             await using var events = await EventWaiter.StartAsync(http);
+            if (newTarget is not null)
+            {
+                // A pivot consumed tgt: a fresh one on a new file, given everything first (a full
+                // mirror, soft-cancelled; p1 untouched), since the resume copies only what p1 holds.
+                await http.CreateNodeAsync("tgt", Size, newTarget);
+                await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = $"f{life}", device = "src", target = "tgt" }, HttpStatusCode.Created);
+                await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == $"f{life}");
+                await http.PostJsonAsync($"/api/v1/jobs/f{life}/cancel", new { force = false });
+                Assert.Null((await events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == $"f{life}")).Data["error"]);
+                newTarget = null;
+            }
             // Resume: a new mirror with the bitmap that survived brings tgt to src.
             await StartMirrorAsync(http, $"resume{life}", "background", 0);
             targetHash = await FinishMirrorAsync(http, events, $"resume{life}", acked);
@@ -147,10 +159,30 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                 {
                     writers.Start(httpWriters: 2, nbdWriters: 2);
                     targetHash = null;
-                    await StartMirrorAsync(http, $"m{life}", random.Next(2) == 0 ? "background" : "write-blocking", 0);
+                    // Every other time a mirror without a bitmap, completed with a pivot: src moves onto
+                    // tgt's file and keeps p1/p2 (both just recording), which must come back consistent
+                    // after the kill (checked at the next start); tgt is consumed.
+                    var pivot = life / 5 % 2 == 1;
+                    var copyMode = random.Next(2) == 0 ? "background" : "write-blocking";
+                    if (pivot)
+                        await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = $"m{life}", device = "src", target = "tgt", copyMode }, HttpStatusCode.Created);
+                    else
+                        await StartMirrorAsync(http, $"m{life}", copyMode, 0);
                     await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == $"m{life}");
                     await writers.StopAsync();
-                    targetHash = await FinishMirrorAsync(http, events, $"m{life}", acked);
+                    if (pivot)
+                    {
+                        // Killed with nothing after the pivot but writes: no later checkpoint may hide
+                        // a pivot stored in pieces. The next life gives src a new tgt.
+                        await PivotMirrorAsync(http, events, $"m{life}");
+                        newTarget = $"tgt{life}.img";
+                        pivots++;
+                        note = () => " (after a pivot)";
+                    }
+                    else
+                    {
+                        targetHash = await FinishMirrorAsync(http, events, $"m{life}", acked);
+                    }
                     writers = new CrashWriters(child, nbd, "src", Size, acked, seed * 1000 + life + 500);
                     KillAtAck(child, writers, random.Next(1, 200));
                     writers.Start(httpWriters: 2, nbdWriters: 2);
@@ -210,7 +242,8 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
 
         var summary = $"crash harness (seed {seed}): {KillPoints} kill points ({string.Join(", ", kills.Select(k => $"{k.Key} {k.Value}"))}), " +
             $"{acked.Total} acknowledged writes, {checks} write×bitmap checks after restarts, lost = {lost}; " +
-            $"{resumed} mirrors resumed from the surviving bitmap to target == source, {targetsChecked} completed targets intact; {clock.Elapsed.TotalSeconds:F0} s";
+            $"{resumed} mirrors resumed from the surviving bitmap to target == source, {targetsChecked} completed targets intact, " +
+            $"{pivots} kills after a pivot; {clock.Elapsed.TotalSeconds:F0} s";
         output.WriteLine(summary);
         Console.WriteLine(summary);
         Assert.Equal(0, lost);
@@ -244,6 +277,23 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
         var source = await HashAsync(http, "src");
         Assert.Equal(source, await HashAsync(http, "tgt"));
         return source;
+    }
+
+    /// <summary>
+    /// With no writer running: waits for ready, completes (src now on tgt's file, tgt consumed),
+    /// waits for the success, and checks that src reads as it did before the pivot. The job has no
+    /// bitmap, so p1 and p2 just go on recording.
+    /// </summary>
+    private static async Task PivotMirrorAsync(HttpClient http, EventWaiter events, string id)
+    {
+        await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == id);
+        var before = await HashAsync(http, "src");
+        await http.PostJsonAsync($"/api/v1/jobs/{id}/complete", new { });
+        var done = await events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == id);
+        Assert.Null(done.Data["error"]);
+        Assert.Equal(before, await HashAsync(http, "src"));
+        using var gone = await http.GetAsync("/api/v1/nodes/tgt");
+        Assert.Equal(HttpStatusCode.NotFound, gone.StatusCode);
     }
 
     private static async Task<string> HashAsync(HttpClient http, string node)
