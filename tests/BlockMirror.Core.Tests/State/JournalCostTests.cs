@@ -15,14 +15,18 @@ namespace BlockMirror.Core.Tests.State;
 /// bitmap vs a non-persistent one, one at a time and many at once (group commit). Small by default;
 /// BLOCKMIRROR_JOURNAL_BENCH=1 runs the 10,000-write measurement quoted in bench/README.md.
 /// </summary>
-public sealed class JournalCostTests(ITestOutputHelper output) : IAsyncDisposable
+public sealed class JournalCostTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private const int Granularity = 65536;
     private static readonly bool Full = Environment.GetEnvironmentVariable("BLOCKMIRROR_JOURNAL_BENCH") == "1";
     private readonly TempImageDirectory _dir = new();
     private readonly List<IAsyncDisposable> _owned = [];
 
-    public async ValueTask DisposeAsync()
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    // IAsyncLifetime, not IAsyncDisposable: xunit 2 never calls a test class's DisposeAsync, and the
+    // layers, journals and temp directory leaked with it.
+    public async Task DisposeAsync()
     {
         foreach (var o in Enumerable.Reverse(_owned))
             await o.DisposeAsync();
