@@ -20,6 +20,7 @@ namespace BlockMirror.Core.Images;
 public sealed class RawFileImage : IBlockImage
 {
     private readonly SafeFileHandle _handle;
+    private readonly SemaphoreSlim _writeTurn = new(1, 1);
     private readonly Action _fdatasync;
     private int _disposed;
 
@@ -145,13 +146,32 @@ public sealed class RawFileImage : IBlockImage
         // RandomAccess.WriteAsync already loops until every byte is written.
         return fua
             ? WriteFuaAsync(offset, data, cancellationToken)
-            : RandomAccess.WriteAsync(_handle, data, offset, cancellationToken);
+            : WriteInTurnAsync(offset, data, cancellationToken);
+    }
+
+    /// <summary>
+    /// One pwrite at a time per image. Buffered writes to one file serialize on the inode lock in
+    /// the kernel anyway; concurrent callers only spin there (rwsem_spin_on_owner was 17% of the
+    /// NBD server's CPU with 16 writes in flight). Waiting here is asynchronous and costs no thread.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteInTurnAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        await _writeTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await RandomAccess.WriteAsync(_handle, data, offset, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _writeTurn.Release();
+        }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteFuaAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await RandomAccess.WriteAsync(_handle, data, offset, cancellationToken).ConfigureAwait(false);
+        await WriteInTurnAsync(offset, data, cancellationToken).ConfigureAwait(false);
         // A file has no FUA; like QEMU we emulate it with a flush after the write.
         await Task.Run(_fdatasync, CancellationToken.None).ConfigureAwait(false);
     }
