@@ -103,9 +103,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                 // mirror, soft-cancelled; p1 untouched), since the resume copies only what p1 holds.
                 await http.CreateNodeAsync("tgt", Size, newTarget);
                 await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = $"f{life}", device = "src", target = "tgt" }, HttpStatusCode.Created);
-                await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == $"f{life}");
-                await http.PostJsonAsync($"/api/v1/jobs/f{life}/cancel", new { force = false });
-                Assert.Null((await events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == $"f{life}")).Data["error"]);
+                await FinishMirrorAsync(http, events, $"f{life}", acked);
                 newTarget = null;
             }
             // Resume: a new mirror with the bitmap that survived brings tgt to src.

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net;
+using System.Text.Json.Nodes;
 using BlockMirror.Interop.Tests.Nbd;
 
 namespace BlockMirror.Interop.Tests.Service;
@@ -46,6 +47,30 @@ public sealed class ServiceInteropTests : IAsyncLifetime
         Assert.Null(done["error"]);
     }
 
+    /// <summary>
+    /// Mirror src to <paramref name="target"/> with on-target-error enospc: waits until the job is
+    /// stopped (status paused, io-status nospace; returns that snapshot), frees space, resumes, and
+    /// soft-cancels at ready with no error. It waits for the status, not just the io-status: like
+    /// QEMU's mirror_pause, the job enters paused only once the writes already in flight have
+    /// answered, and a resume before that races them — their ENOSPC stops the job again.
+    /// </summary>
+    private async Task<JsonNode> MirrorStopsOnNoSpaceThenCompletesAsync(string target, Func<Task> freeSpace)
+    {
+        await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target, onTargetError = "enospc" });
+        var stopped = await ServiceFactory.WaitForJobAsync(_http, "m",
+            j => (string?)j["status"] == "paused" && (string?)j["ioStatus"] == "nospace", TimeSpan.FromSeconds(60));
+        Assert.Null(stopped["error"]);
+        await freeSpace();
+        // Resume retries what failed; the job converges.
+        await Post("/api/v1/jobs/m/resume", new { }, HttpStatusCode.OK);
+        var ready = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "ready", TimeSpan.FromSeconds(60));
+        Assert.Equal("ok", (string?)ready["ioStatus"]);
+        await Post("/api/v1/jobs/m/cancel", new { }, HttpStatusCode.OK);
+        var done = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
+        Assert.Null(done["error"]);
+        return stopped;
+    }
+
     [NbdInteropFact("qemu-nbd", "qemu-img")]
     public async Task Mirror_into_a_qemu_nbd_served_file_is_byte_identical()
     {
@@ -89,20 +114,10 @@ public sealed class ServiceInteropTests : IAsyncLifetime
         try
         {
             await Post("/api/v1/nodes", new { name = "dst", driver = "raw", path = "small/dst.img", create = new { size = Size } });
-            await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "dst", onTargetError = "enospc" });
-            var stopped = await ServiceFactory.WaitForJobAsync(_http, "m",
-                j => (string?)j["status"] == "paused" && (string?)j["ioStatus"] == "nospace", TimeSpan.FromSeconds(60));
+            // Space is freed by growing the file system.
+            var stopped = await MirrorStopsOnNoSpaceThenCompletesAsync("dst",
+                () => InteropTools.RunOkAsync("mount", "-o", "remount,size=64m", small));
             Assert.True((long)stopped["remaining"]! > 0);
-            Assert.Null(stopped["error"]);
-
-            // Space is freed (the file system grows): resume retries what failed and the copy is exact.
-            await InteropTools.RunOkAsync("mount", "-o", "remount,size=64m", small);
-            await Post("/api/v1/jobs/m/resume", new { }, HttpStatusCode.OK);
-            var ready = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "ready", TimeSpan.FromSeconds(60));
-            Assert.Equal("ok", (string?)ready["ioStatus"]);
-            await Post("/api/v1/jobs/m/cancel", new { }, HttpStatusCode.OK);
-            var done = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
-            Assert.Null(done["error"]);
             using (var r = await _http.DeleteAsync("/api/v1/nodes/dst"))
                 Assert.Equal(HttpStatusCode.NoContent, r.StatusCode);
             Assert.Equal(await File.ReadAllBytesAsync(source), await File.ReadAllBytesAsync(Path.Combine(small, "dst.img")));
@@ -125,22 +140,13 @@ public sealed class ServiceInteropTests : IAsyncLifetime
         await using var server = await BackgroundTool.StartAsync("nbdkit", socket, "-f", "-U", socket, "--filter=error", "memory", $"{Size}",
             "error=ENOSPC", "error-pwrite-rate=100%", "error-zero-rate=100%", $"error-file={inject}");
         await Post("/api/v1/nodes", new { name = "full", driver = "nbd", uri = $"nbd+unix:///?socket={socket}" });
-        await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "full", onTargetError = "enospc" });
-        // Wait for the status, not just the io-status: like QEMU's mirror_pause, the job enters paused only
-        // once the writes already in flight have answered. A resume before that races them: their ENOSPC
-        // stops the job again (QEMU behaves the same), which is why a script waits for "paused".
-        var stopped = await ServiceFactory.WaitForJobAsync(_http, "m",
-            j => (string?)j["status"] == "paused" && (string?)j["ioStatus"] == "nospace", TimeSpan.FromSeconds(60));
+        // Space is freed by removing the inject file.
+        var stopped = await MirrorStopsOnNoSpaceThenCompletesAsync("full", () =>
+        {
+            File.Delete(inject);
+            return Task.CompletedTask;
+        });
         Assert.True((bool)stopped["paused"]!);
-
-        // Space is freed: resume retries what failed, the job converges and the copy is exact.
-        File.Delete(inject);
-        await Post("/api/v1/jobs/m/resume", new { }, HttpStatusCode.OK);
-        var ready = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "ready", TimeSpan.FromSeconds(60));
-        Assert.Equal("ok", (string?)ready["ioStatus"]);
-        await Post("/api/v1/jobs/m/cancel", new { }, HttpStatusCode.OK);
-        var done = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
-        Assert.Null(done["error"]);
         using var r = await _http.GetAsync($"/api/v1/nodes/full/data?offset=0&length={Size}");
         Assert.Equal(await File.ReadAllBytesAsync(source), await r.Content.ReadAsByteArrayAsync());
     }

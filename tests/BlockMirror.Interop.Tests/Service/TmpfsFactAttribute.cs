@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using BlockMirror.Interop.Tests.Nbd;
 
 namespace BlockMirror.Interop.Tests.Service;
 
@@ -40,19 +40,15 @@ public sealed class TmpfsFactAttribute : FactAttribute
 
     private static string? Run(string tool, params string[] arguments)
     {
-        var info = new ProcessStartInfo(tool) { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var a in arguments)
-            info.ArgumentList.Add(a);
         try
         {
-            using var process = Process.Start(info)!;
-            var stderr = process.StandardError.ReadToEnd();
-            process.WaitForExit();
-            return process.ExitCode == 0 ? null : $"{tool} exited with {process.ExitCode}: {stderr.Trim()}";
+            // Discovery is synchronous; the probe is two short tool runs.
+            var result = InteropTools.RunAsync(tool, arguments, TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
+            return result.ExitCode == 0 ? null : $"{tool} exited with {result.ExitCode}: {result.Stderr.Trim()}";
         }
-        catch (System.ComponentModel.Win32Exception e)
+        catch (InvalidOperationException e)
         {
-            return $"{tool}: {e.Message}";
+            return e.Message; // the tool is not installed
         }
     }
 }
