@@ -33,7 +33,7 @@ internal sealed class BackgroundTool : IAsyncDisposable
         };
         foreach (var a in arguments)
             info.ArgumentList.Add(a);
-        var process = Process.Start(info) ?? throw new InvalidOperationException($"Could not start {tool}");
+        var process = await ToolLauncher.StartAsync(info);
         var started = new BackgroundTool(process, socketPath);
         // Polling for the socket to accept is the one bounded retry the tests allow themselves.
         for (var attempt = 0; attempt < 200; attempt++)

@@ -52,7 +52,7 @@ internal static class InteropTools
         };
         foreach (var a in arguments)
             info.ArgumentList.Add(a);
-        using var process = Process.Start(info) ?? throw new InvalidOperationException($"Could not start {tool}");
+        using var process = await ToolLauncher.StartAsync(info);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();

@@ -206,7 +206,7 @@ public sealed class ServiceInteropTests : IAsyncLifetime
         };
         foreach (var a in new[] { "-f", "raw", uri, "-c", "aio_write -P 0x11 0 256M", "-c", "aio_flush" })
             psi.ArgumentList.Add(a);
-        using (var client = Process.Start(psi)!)
+        using (var client = await ToolLauncher.StartAsync(psi))
         {
             var deadline = DateTime.UtcNow.AddSeconds(60);
             while (true)
