@@ -1,6 +1,8 @@
 using System.Net;
 using System.Net.Sockets;
 using BlockMirror.Core;
+using BlockMirror.Core.Images;
+using BlockMirror.Core.Nodes;
 
 namespace BlockMirror.Nbd;
 
@@ -11,7 +13,7 @@ namespace BlockMirror.Nbd;
 /// record it and an active mirror sees it. Exports are looked up when a client selects one, so
 /// exports added after <see cref="StartAsync"/> are served without restarting.
 /// </summary>
-public sealed class NbdServer : IAsyncDisposable
+public sealed class NbdServer : IExportServer, IAsyncDisposable
 {
     private readonly Lock _lock = new();
     private readonly HashSet<NbdServerConnection> _connections = [];
@@ -88,7 +90,39 @@ public sealed class NbdServer : IAsyncDisposable
         _localEndPoint = listener.LocalEndPoint;
         Log($"NBD server listening on {Describe(_localEndPoint)}");
         _acceptLoop = Task.Run(AcceptLoopAsync, CancellationToken.None);
+        Layer.AttachExportServer(this);
     }
+
+    /// <summary>
+    /// The export an NBD image of this process reaches through this server, recognised by the
+    /// connection's identity (both ends of a TCP connection; the client's unique abstract name on a
+    /// Unix socket), not by its URI, which can name this server in many ways.
+    /// </summary>
+    public string? ExportServing(IBlockImage image)
+    {
+        if (image is not NbdImage nbd || nbd.Client is not { IsClosed: false } client || client.LocalEndPoint is not { } clientEnd)
+            return null;
+        lock (_lock)
+        {
+            foreach (var c in _connections)
+            {
+                if (c.ExportName is { } name && SameEnd(c.RemoteEndPoint, clientEnd)
+                    && (clientEnd is UnixDomainSocketEndPoint || SameEnd(c.LocalEndPoint, client.RemoteEndPoint)))
+                    return name;
+            }
+        }
+        return null;
+    }
+
+    private static bool SameEnd(EndPoint? a, EndPoint? b) => (a, b) switch
+    {
+        (IPEndPoint x, IPEndPoint y) => x.Port == y.Port && Normal(x.Address).Equals(Normal(y.Address)),
+        // An unnamed Unix client has an empty name: never an identity.
+        (UnixDomainSocketEndPoint x, UnixDomainSocketEndPoint y) => x.ToString() is { Length: > 1 } n && n == y.ToString(),
+        _ => false,
+    };
+
+    private static IPAddress Normal(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
 
     /// <summary>
     /// Stops accepting, lets in-flight requests finish (up to <see cref="NbdServerOptions.StopGracePeriod"/>),
@@ -98,6 +132,7 @@ public sealed class NbdServer : IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _state, 2) != 1)
             return;
+        Layer.DetachExportServer(this);
         await _stopping.CancelAsync().ConfigureAwait(false);
         _listener?.Dispose();
         if (_acceptLoop is { } loop)
