@@ -124,8 +124,6 @@ public sealed class NbdClient : IAsyncDisposable
             socket = uri.SocketPath is not null
                 ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
                 : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            if (uri.SocketPath is not null)
-                BindIdentity(socket);
             await socket.ConnectAsync(endPoint, timeout.Token).ConfigureAwait(false);
             client = new NbdClient(uri, socket, options)
             {
@@ -153,25 +151,6 @@ public sealed class NbdClient : IAsyncDisposable
         {
             await DisposeFailedAsync(client, socket).ConfigureAwait(false);
             throw;
-        }
-    }
-
-    /// <summary>
-    /// A Unix client socket has no address of its own, so a server cannot tell its clients apart;
-    /// bound to a unique abstract name (Linux), it can: the NBD server of this process recognises
-    /// its own clients by it (a mirror into its own export is a mirror into itself).
-    /// </summary>
-    private static void BindIdentity(Socket socket)
-    {
-        if (!OperatingSystem.IsLinux())
-            return;
-        try
-        {
-            socket.Bind(new UnixDomainSocketEndPoint("\0blockmirror-nbd-client-" + Guid.NewGuid().ToString("N")));
-        }
-        catch (SocketException)
-        {
-            // Without it the connection works the same; only the identity is missing.
         }
     }
 

@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using BlockMirror.Core;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
+using BlockMirror.Core.State;
 
 namespace BlockMirror.Nbd;
 
@@ -95,32 +96,35 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
 
     /// <summary>
     /// The export an NBD image of this process reaches through this server, recognised by the
-    /// connection's identity (both ends of a TCP connection; the client's unique abstract name on a
-    /// Unix socket), not by its URI, which can name this server in many ways.
+    /// connection, not by its URI, which can name this server in many ways: over TCP both ends of
+    /// the connection match one of ours; over a Unix socket (whose clients have no address) the
+    /// socket file it connected to is our listener's (same inode), and we serve its export.
     /// </summary>
     public string? ExportServing(IBlockImage image)
     {
-        if (image is not NbdImage nbd || nbd.Client is not { IsClosed: false } client || client.LocalEndPoint is not { } clientEnd)
+        if (image is not NbdImage nbd || nbd.Client is not { IsClosed: false } client)
             return null;
         lock (_lock)
         {
             foreach (var c in _connections)
             {
-                if (c.ExportName is { } name && SameEnd(c.RemoteEndPoint, clientEnd)
-                    && (clientEnd is UnixDomainSocketEndPoint || SameEnd(c.LocalEndPoint, client.RemoteEndPoint)))
+                if (c.ExportName is not { } name)
+                    continue;
+                if (client.LocalEndPoint is IPEndPoint && SameEnd(c.RemoteEndPoint, client.LocalEndPoint) && SameEnd(c.LocalEndPoint, client.RemoteEndPoint))
+                    return name;
+                if (client.RemoteEndPoint is UnixDomainSocketEndPoint && name == client.ExportName && IsOurSocket(client.RemoteEndPoint))
                     return name;
             }
         }
         return null;
     }
 
-    private static bool SameEnd(EndPoint? a, EndPoint? b) => (a, b) switch
-    {
-        (IPEndPoint x, IPEndPoint y) => x.Port == y.Port && Normal(x.Address).Equals(Normal(y.Address)),
-        // An unnamed Unix client has an empty name: never an identity.
-        (UnixDomainSocketEndPoint x, UnixDomainSocketEndPoint y) => x.ToString() is { Length: > 1 } n && n == y.ToString(),
-        _ => false,
-    };
+    private static bool SameEnd(EndPoint? a, EndPoint? b) =>
+        a is IPEndPoint x && b is IPEndPoint y && x.Port == y.Port && Normal(x.Address).Equals(Normal(y.Address));
+
+    private bool IsOurSocket(EndPoint connectedTo) =>
+        _unixPath is { } ours && connectedTo.ToString() is { Length: > 0 } path
+        && ImageStamp.Read(Path.GetFullPath(path)) is { } theirs && ImageStamp.Read(ours) is { } mine && theirs.Inode == mine.Inode;
 
     private static IPAddress Normal(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
 
