@@ -59,31 +59,25 @@ public sealed class NbdImage : IBlockImage
     public bool HasZeroInit => false;
 
     /// <inheritdoc />
-    public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+        buffer.Length == 0 ? ValueTask.CompletedTask : RunAsync(c => c.ReadAsync(offset, buffer, cancellationToken), cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
     {
-        if (buffer.Length == 0)
-            return;
-        var client = await ClientAsync(cancellationToken).ConfigureAwait(false);
-        await client.ReadAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
+        ThrowIfReadOnly();
+        return data.Length == 0 ? ValueTask.CompletedTask : RunAsync(c => c.WriteAsync(offset, data, fua && c.CanFua, cancellationToken), cancellationToken);
     }
 
     /// <inheritdoc />
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, CancellationToken cancellationToken = default)
     {
         ThrowIfReadOnly();
-        if (data.Length == 0)
-            return;
-        var client = await ClientAsync(cancellationToken).ConfigureAwait(false);
-        await client.WriteAsync(offset, data, fua && client.CanFua, cancellationToken).ConfigureAwait(false);
+        return length <= 0 ? ValueTask.CompletedTask : RunAsync(c => WriteZeroesAsync(c, offset, length, mayUnmap, cancellationToken), cancellationToken);
     }
 
-    /// <inheritdoc />
-    public async ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, CancellationToken cancellationToken = default)
+    private static async ValueTask WriteZeroesAsync(NbdClient client, long offset, long length, bool mayUnmap, CancellationToken cancellationToken)
     {
-        ThrowIfReadOnly();
-        if (length <= 0)
-            return;
-        var client = await ClientAsync(cancellationToken).ConfigureAwait(false);
         if (client.CanWriteZeroes)
         {
             await client.WriteZeroesAsync(offset, length, noHole: !mayUnmap, cancellationToken: cancellationToken).ConfigureAwait(false);
@@ -100,35 +94,26 @@ public sealed class NbdImage : IBlockImage
     }
 
     /// <inheritdoc />
-    public async ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
+    public ValueTask DiscardAsync(long offset, long length, CancellationToken cancellationToken = default)
     {
         ThrowIfReadOnly();
-        if (length <= 0)
-            return;
-        var client = await ClientAsync(cancellationToken).ConfigureAwait(false);
         // Discard is advisory: a server that cannot trim is allowed to keep the data.
-        if (client.CanTrim)
-            await client.TrimAsync(offset, length, cancellationToken: cancellationToken).ConfigureAwait(false);
+        return length <= 0 ? ValueTask.CompletedTask
+            : RunAsync(c => c.CanTrim ? c.TrimAsync(offset, length, cancellationToken: cancellationToken) : ValueTask.CompletedTask, cancellationToken);
     }
 
     /// <inheritdoc />
-    public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
-    {
-        if (ReadOnly)
-            return;
-        var client = await ClientAsync(cancellationToken).ConfigureAwait(false);
-        if (client.CanFlush)
-            await client.FlushAsync(cancellationToken).ConfigureAwait(false);
-    }
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) =>
+        ReadOnly ? ValueTask.CompletedTask : RunAsync(c => c.CanFlush ? c.FlushAsync(cancellationToken) : ValueTask.CompletedTask, cancellationToken);
 
     /// <inheritdoc />
     public async ValueTask<ImageExtent> GetBlockStatusAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
     {
         if (!_hasAllocation || maxLength <= 0)
             return new ImageExtent(offset, Math.Max(maxLength, 0), ExtentKind.Data);
-        var client = await ClientAsync(cancellationToken).ConfigureAwait(false);
-        var status = await client.BlockStatusAsync(offset, maxLength, requestOne: false, cancellationToken).ConfigureAwait(false);
-        if (!status.TryGetValue(NbdConstants.BaseAllocation, out var extents) || extents.Count == 0)
+        IReadOnlyDictionary<string, IReadOnlyList<NbdExtent>>? status = null;
+        await RunAsync(async c => status = await c.BlockStatusAsync(offset, maxLength, requestOne: false, cancellationToken).ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
+        if (status is null || !status.TryGetValue(NbdConstants.BaseAllocation, out var extents) || extents.Count == 0)
             return new ImageExtent(offset, maxLength, ExtentKind.Data);
         // Only ZERO promises zeroes; a HOLE without ZERO may read as anything, so it is data.
         var kind = KindOf(extents[0].Flags);
@@ -143,6 +128,28 @@ public sealed class NbdImage : IBlockImage
     }
 
     private static ExtentKind KindOf(uint flags) => (flags & NbdConstants.StateZero) != 0 ? ExtentKind.Zero : ExtentKind.Data;
+
+    /// <summary>
+    /// Runs one operation on the current connection. An operation that fails because another
+    /// caller's cancelled request cut the connection under it is run again on a new one: it was
+    /// not cancelled itself, and every NBD command may be repeated (a write of the same bytes to
+    /// the same place, a zero write, a trim, a flush, a read).
+    /// </summary>
+    private async ValueTask RunAsync(Func<NbdClient, ValueTask> operation, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var client = await ClientAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await operation(client).ConfigureAwait(false);
+                return;
+            }
+            catch (IOException) when (client.Abandoned && !cancellationToken.IsCancellationRequested)
+            {
+            }
+        }
+    }
 
     /// <summary>
     /// The connection to use: the current one, or, once a cancelled request abandoned it, a new one
