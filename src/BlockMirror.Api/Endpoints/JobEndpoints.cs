@@ -80,7 +80,7 @@ public static class JobEndpoints
     public static async Task<Ok<JobInfo>> DismissJob(string id, BlockLayer layer, CancellationToken cancellationToken) =>
         TypedResults.Ok((await layer.DismissJobAsync(id, cancellationToken)).GetInfo());
 
-    /// <summary>Before ready: abort. In ready: finish without pivot (a point-in-time copy) unless <c>force</c>.</summary>
+    /// <summary>Outside ready (also in pending): abort. In ready: finish without pivot (a point-in-time copy) unless <c>force</c>. A soft cancel of a paused job is refused.</summary>
     public static async Task<Ok<JobInfo>> CancelJob(string id, BlockLayer layer, CancellationToken cancellationToken, CancelJobRequest? request = null) =>
         TypedResults.Ok((await layer.CancelJobAsync(id, request?.Force ?? false, cancellationToken)).GetInfo());
 
