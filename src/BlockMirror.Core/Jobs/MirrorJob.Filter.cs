@@ -130,12 +130,12 @@ public sealed partial class MirrorJob
             Interlocked.Add(ref _bytesCopied, length);
             _copyRate.Add(length);
         }
-        catch (Exception e) when (e is not OperationCanceledException || IsAbandoned(e))
+        catch (Exception e) when (e is not OperationCanceledException || Abandoning)
         {
             // The guest's write succeeded on the source; the target's copy is still to do. A force
             // cancel abandoning it is not an error of the target.
             _working.MarkDirty(start, end - start);
-            if (!IsAbandoned(e))
+            if (!Abandoning)
                 OnIoError(e, read: false);
         }
     }

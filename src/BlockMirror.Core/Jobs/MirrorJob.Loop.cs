@@ -151,7 +151,8 @@ public sealed partial class MirrorJob
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
-            OnIoError(e, read: false);
+            if (!Abandoning)
+                OnIoError(e, read: false);
             return false;
         }
     }
@@ -362,8 +363,7 @@ public sealed partial class MirrorJob
         {
             // The whole range is still to do, whatever the policy decides.
             _working.MarkDirty(offset, length);
-            // Abandoned by a force cancel: not an error of the image.
-            if (!IsAbandoned(e))
+            if (!Abandoning)
                 OnIoError(e, read);
         }
         finally

@@ -175,7 +175,8 @@ public sealed partial class MirrorJob : Job
     /// <summary>Cancelled once a force cancel abandons the job's I/O.</summary>
     private CancellationToken Abandoned => _abandon.Token;
 
-    private bool IsAbandoned(Exception e) => e is OperationCanceledException && _abandon.IsCancellationRequested;
+    /// <summary>A force cancel abandoned the job's I/O: any failure from now on is its consequence, not an error of an image.</summary>
+    private bool Abandoning => _abandon.IsCancellationRequested;
 
     protected override void OnCompleteLocked()
     {
