@@ -80,19 +80,32 @@ public sealed partial class BlockLayer
 
     /// <summary>block-job-change: only background → write-blocking (<c>copy-mode-change</c> otherwise).</summary>
     public Task<Job> ChangeJobAsync(string id, MirrorCopyMode copyMode, CancellationToken cancellationToken = default) =>
-        JobVerbAsync(id, job => job.Change(copyMode), cancellationToken);
+        JobVerbAsync(id, job => job.Change(null, copyMode), cancellationToken);
+
+    /// <summary>set-speed and block-job-change together (PATCH), all or nothing: a refusal of either changes nothing.</summary>
+    public Task<Job> ChangeJobAsync(string id, long? speed, MirrorCopyMode? copyMode, CancellationToken cancellationToken = default) =>
+        JobVerbAsync(id, job => job.Change(speed, copyMode), cancellationToken);
 
     public Task<Job> DismissJobAsync(string id, CancellationToken cancellationToken = default) =>
         JobVerbAsync(id, job => job.Dismiss(), cancellationToken);
 
-    /// <summary>Cancel: before ready always an abort; in ready a soft cancel converges without pivot unless <paramref name="force"/>.</summary>
-    public Task<Job> CancelJobAsync(string id, bool force, CancellationToken cancellationToken = default) =>
-        ControlAsync(async () =>
+    /// <summary>
+    /// Cancel: outside ready always an abort; in ready a soft cancel converges without pivot unless
+    /// <paramref name="force"/>. A soft cancel of a user-paused job is refused (<c>job-paused</c>).
+    /// A job still in its run is cancelled without the control lock (see <see cref="Job.TryCancelRunning"/>),
+    /// so a force cancel ends it in bounded time even while another operation waits on its I/O.
+    /// </summary>
+    public async Task<Job> CancelJobAsync(string id, bool force, CancellationToken cancellationToken = default)
+    {
+        if (FindJob(id) is { } running && running.TryCancelRunning(force))
+            return running;
+        return await ControlAsync(async () =>
         {
             var job = GetJob(id);
             await job.CancelAsync(force).ConfigureAwait(false);
             return job;
-        }, cancellationToken);
+        }, cancellationToken).ConfigureAwait(false);
+    }
 
     public Task<Job> FinalizeJobAsync(string id, CancellationToken cancellationToken = default) =>
         ControlAsync(async () =>

@@ -19,6 +19,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
     private readonly SemaphoreSlim _control = new(1, 1);
     private readonly Dictionary<string, BlockNode> _nodes = new(StringComparer.Ordinal);
     private readonly Dictionary<string, BlockExport> _exports = new(StringComparer.Ordinal);
+    private readonly List<IExportServer> _exportServers = [];
     private readonly IRemoteImageOpener? _remote;
     private readonly IBitmapJournal? _journal;
     private readonly BitmapDurability? _durability;
@@ -478,6 +479,40 @@ public sealed partial class BlockLayer : IAsyncDisposable
 
     // ---- exports (the NBD server reads this registry) -------------------------------------
 
+    /// <summary>A server of this layer's exports starts: its clients in this process become recognisable.</summary>
+    public void AttachExportServer(IExportServer server)
+    {
+        lock (_exportServers)
+            _exportServers.Add(server);
+    }
+
+    public void DetachExportServer(IExportServer server)
+    {
+        lock (_exportServers)
+            _exportServers.Remove(server);
+    }
+
+    /// <summary>
+    /// The node whose data <paramref name="node"/> really is: a node whose image is a connection to
+    /// one of this service's own exports reads and writes the exported node (followed through any
+    /// number of such hops; a cycle stops where it closes). QEMU's bdrv_skip_filters for this graph.
+    /// </summary>
+    internal BlockNode ResolveLoopback(BlockNode node)
+    {
+        IExportServer[] servers;
+        lock (_exportServers)
+            servers = [.. _exportServers];
+        var seen = new HashSet<BlockNode>();
+        while (seen.Add(node))
+        {
+            var export = servers.Select(s => s.ExportServing(node.Image)).FirstOrDefault(e => e is not null);
+            if (export is null || FindExport(export) is not { } e || FindNode(e.Node) is not { } next)
+                break;
+            node = next;
+        }
+        return node;
+    }
+
     public Task<BlockExport> AddExportAsync(string name, string nodeName, bool writable, IReadOnlyList<string> bitmaps, CancellationToken cancellationToken = default) => ControlAsync(() =>
     {
         Names.Validate("export", name);
@@ -486,10 +521,16 @@ public sealed partial class BlockLayer : IAsyncDisposable
         var node = GetNode(nodeName);
         if (writable && node.ReadOnly)
             throw BlockErrors.NodeReadOnly(nodeName);
+        // nbd_export_create: each listed bitmap in order, all checks of one before the next, so the
+        // refusal names the bitmap QEMU would name.
         var resolved = new List<DirtyBitmap>();
         foreach (var b in bitmaps.Distinct(StringComparer.Ordinal))
         {
             var bitmap = node.FindBitmap(b) ?? throw BlockErrors.NotFound("bitmap-not-found", $"Bitmap '{b}' is not found");
+            // A read-only export promises a view that does not change; a bitmap recording writes to
+            // a writable node would change under its clients.
+            if (!writable && !node.ReadOnly && !bitmap.Disabled)
+                throw BlockErrors.Conflict("bitmap-enabled", $"Enabled bitmap '{b}' incompatible with readonly export");
             bitmap.Check(BitmapCheck.AllowReadOnly);
             resolved.Add(bitmap);
         }

@@ -12,9 +12,11 @@ namespace BlockMirror.Nbd;
 /// NBD_OPT_EXPORT_NAME), structured replies and metadata contexts when the server has them.
 /// Thread-safe: any number of callers may issue requests at once; they are pipelined on the one
 /// connection (up to <see cref="NbdClientOptions.MaxInFlight"/>) and matched to replies by cookie.
-/// A request, once sent, runs to its reply (cancellation only applies while it waits to be sent),
-/// because the reply is read straight into the caller's buffer. If the connection breaks, every
-/// pending and later request fails with an <see cref="IOException"/>.
+/// A request can be cancelled while it waits to be sent; cancelling one already on the wire
+/// abandons the connection (see <see cref="Abandoned"/>): its reply would be read straight into the
+/// caller's buffer, so the only safe way to stop waiting for a server that does not answer is to
+/// cut the connection and wait for the reader to stop. If the connection breaks, every pending and
+/// later request fails with an <see cref="IOException"/>.
 /// </summary>
 public sealed class NbdClient : IAsyncDisposable
 {
@@ -33,10 +35,12 @@ public sealed class NbdClient : IAsyncDisposable
     private Exception? _failure;
     private long _nextCookie;
     private int _disposed;
+    private int _abandoned;
 
     private NbdClient(NbdUri uri, Socket socket, NbdClientOptions options)
     {
         _uri = uri;
+        Options = options;
         _socket = socket;
         _network = new NetworkStream(socket, ownsSocket: false);
         _input = new BufferedStream(_network, 64 * 1024);
@@ -46,6 +50,24 @@ public sealed class NbdClient : IAsyncDisposable
 
     /// <summary>The export this connection serves.</summary>
     public string ExportName { get; }
+
+    /// <summary>The options the connection was made with (a reconnect uses them again).</summary>
+    public NbdClientOptions Options { get; }
+
+    /// <summary>The export's address, as parsed.</summary>
+    public NbdUri Uri => _uri;
+
+    /// <summary>This end of the connection (its identity, with <see cref="RemoteEndPoint"/>).</summary>
+    public System.Net.EndPoint? LocalEndPoint { get; private set; }
+
+    /// <summary>The server's end of the connection.</summary>
+    public System.Net.EndPoint? RemoteEndPoint { get; private set; }
+
+    /// <summary>
+    /// A request on the wire was cancelled, so the connection was cut (see the class remarks): the
+    /// owner may open a new one; this one fails every request.
+    /// </summary>
+    public bool Abandoned => Volatile.Read(ref _abandoned) != 0;
 
     /// <summary>The export's size in bytes.</summary>
     public long Size { get; private set; }
@@ -103,7 +125,11 @@ public sealed class NbdClient : IAsyncDisposable
                 ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
                 : new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
             await socket.ConnectAsync(endPoint, timeout.Token).ConfigureAwait(false);
-            client = new NbdClient(uri, socket, options);
+            client = new NbdClient(uri, socket, options)
+            {
+                LocalEndPoint = socket.LocalEndPoint,
+                RemoteEndPoint = socket.RemoteEndPoint,
+            };
             await client.NegotiateAsync(options, timeout.Token).ConfigureAwait(false);
             client._reader = Task.Run(client.ReadRepliesAsync, CancellationToken.None);
             return client;
@@ -392,7 +418,15 @@ public sealed class NbdClient : IAsyncDisposable
                 _pending.Add(cookie, pending);
             }
             await SendRequestAsync(type, flags, cookie, rawOffset ?? (ulong)offset, length, payload, cancellationToken).ConfigureAwait(false);
-            await pending.Completion.Task.ConfigureAwait(false);
+            try
+            {
+                await pending.Completion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                await AbandonAsync().ConfigureAwait(false);
+                throw;
+            }
             if (pending.Errno != 0)
                 throw new NbdException(pending.Errno, pending.ErrorMessage, operation);
             return pending;
@@ -424,10 +458,16 @@ public sealed class NbdClient : IAsyncDisposable
             }
             try
             {
-                // Not cancellable from here: a half-sent request would desynchronise the stream.
-                await _network.WriteAsync(message.AsMemory(0, NbdConstants.RequestHeaderSize + inline), CancellationToken.None).ConfigureAwait(false);
+                // Cancellable even half-sent (a server that stops reading fills the socket): the
+                // stream is then out of step, so the connection goes.
+                await _network.WriteAsync(message.AsMemory(0, NbdConstants.RequestHeaderSize + inline), ct).ConfigureAwait(false);
                 if (inline == 0 && payload.Length > 0)
-                    await _network.WriteAsync(payload, CancellationToken.None).ConfigureAwait(false);
+                    await _network.WriteAsync(payload, ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                CutConnection();
+                throw;
             }
             catch (Exception e)
             {
@@ -454,6 +494,22 @@ public sealed class NbdClient : IAsyncDisposable
                 return;
         }
         pending.Completion.TrySetResult();
+    }
+
+    /// <summary>Cuts the connection after a cancelled request and waits until the reader has stopped, so no reply lands in a buffer its caller has given up.</summary>
+    private async ValueTask AbandonAsync()
+    {
+        CutConnection();
+        if (_reader is { } reader)
+            await reader.ConfigureAwait(false);
+    }
+
+    private void CutConnection()
+    {
+        Volatile.Write(ref _abandoned, 1);
+        Fail(new OperationCanceledException("a request was abandoned"));
+        // Shutdown wakes a reader blocked on the socket; closing also ends a send blocked on a full buffer.
+        _socket.Close();
     }
 
     private void ThrowIfClosed()

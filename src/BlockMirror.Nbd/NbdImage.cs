@@ -1,3 +1,4 @@
+using BlockMirror.Core;
 using BlockMirror.Core.Images;
 using BlockMirror.Nbd.Protocol;
 
@@ -7,11 +8,16 @@ namespace BlockMirror.Nbd;
 /// The <c>nbd</c> driver: an <see cref="IBlockImage"/> over a remote NBD export, through one
 /// <see cref="NbdClient"/> connection (requests are pipelined on it). Block status comes from
 /// <c>base:allocation</c> when the server offers it; otherwise everything reports as data.
+/// A connection abandoned by a cancelled request (a mirror's force cancel against a server that
+/// stopped answering) is replaced by a new one at the next request, so the node stays usable.
 /// </summary>
 public sealed class NbdImage : IBlockImage
 {
-    private readonly NbdClient _client;
+    private readonly SemaphoreSlim _reconnect = new(1, 1);
+    private readonly NbdUri _uri;
     private readonly bool _hasAllocation;
+    private NbdClient _client;
+    private int _disposed;
 
     /// <summary>Wraps a connected client; the image owns it from now on.</summary>
     public NbdImage(NbdClient client, NbdUri uri, bool readOnly)
@@ -19,7 +25,9 @@ public sealed class NbdImage : IBlockImage
         ArgumentNullException.ThrowIfNull(client);
         ArgumentNullException.ThrowIfNull(uri);
         _client = client;
+        _uri = uri;
         Location = uri.Text;
+        Size = client.Size;
         ReadOnly = readOnly || client.ReadOnly;
         _hasAllocation = client.MetaContexts.ContainsKey(NbdConstants.BaseAllocation);
     }
@@ -32,11 +40,11 @@ public sealed class NbdImage : IBlockImage
         return new NbdImage(client, parsed, readOnly);
     }
 
-    /// <summary>The connection, for diagnostics and tests.</summary>
-    public NbdClient Client => _client;
+    /// <summary>The current connection, for diagnostics, tests and the NBD server's loopback check.</summary>
+    public NbdClient Client => Volatile.Read(ref _client);
 
     /// <inheritdoc />
-    public long Size => _client.Size;
+    public long Size { get; }
 
     /// <inheritdoc />
     public bool ReadOnly { get; }
@@ -52,35 +60,36 @@ public sealed class NbdImage : IBlockImage
 
     /// <inheritdoc />
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default) =>
-        buffer.Length == 0 ? ValueTask.CompletedTask : _client.ReadAsync(offset, buffer, cancellationToken);
+        buffer.Length == 0 ? ValueTask.CompletedTask : RunAsync(c => c.ReadAsync(offset, buffer, cancellationToken), cancellationToken);
 
     /// <inheritdoc />
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
     {
         ThrowIfReadOnly();
-        if (data.Length == 0)
-            return ValueTask.CompletedTask;
-        return _client.WriteAsync(offset, data, fua && _client.CanFua, cancellationToken);
+        return data.Length == 0 ? ValueTask.CompletedTask : RunAsync(c => c.WriteAsync(offset, data, fua && c.CanFua, cancellationToken), cancellationToken);
     }
 
     /// <inheritdoc />
-    public async ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, CancellationToken cancellationToken = default)
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayUnmap, CancellationToken cancellationToken = default)
     {
         ThrowIfReadOnly();
-        if (length <= 0)
-            return;
-        if (_client.CanWriteZeroes)
+        return length <= 0 ? ValueTask.CompletedTask : RunAsync(c => WriteZeroesAsync(c, offset, length, mayUnmap, cancellationToken), cancellationToken);
+    }
+
+    private static async ValueTask WriteZeroesAsync(NbdClient client, long offset, long length, bool mayUnmap, CancellationToken cancellationToken)
+    {
+        if (client.CanWriteZeroes)
         {
-            await _client.WriteZeroesAsync(offset, length, noHole: !mayUnmap, cancellationToken: cancellationToken).ConfigureAwait(false);
+            await client.WriteZeroesAsync(offset, length, noHole: !mayUnmap, cancellationToken: cancellationToken).ConfigureAwait(false);
             return;
         }
         // A server without WRITE_ZEROES gets real zeroes, a bounded buffer at a time.
-        var chunk = (int)Math.Min(length, Math.Min(_client.MaximumBlockSize, 4 * 1024 * 1024));
+        var chunk = (int)Math.Min(length, Math.Min(client.MaximumBlockSize, 4 * 1024 * 1024));
         var zeroes = new byte[chunk];
         for (var done = 0L; done < length; done += chunk)
         {
             var len = (int)Math.Min(chunk, length - done);
-            await _client.WriteAsync(offset + done, zeroes.AsMemory(0, len), cancellationToken: cancellationToken).ConfigureAwait(false);
+            await client.WriteAsync(offset + done, zeroes.AsMemory(0, len), cancellationToken: cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -89,20 +98,22 @@ public sealed class NbdImage : IBlockImage
     {
         ThrowIfReadOnly();
         // Discard is advisory: a server that cannot trim is allowed to keep the data.
-        return length <= 0 || !_client.CanTrim ? ValueTask.CompletedTask : _client.TrimAsync(offset, length, cancellationToken: cancellationToken);
+        return length <= 0 ? ValueTask.CompletedTask
+            : RunAsync(c => c.CanTrim ? c.TrimAsync(offset, length, cancellationToken: cancellationToken) : ValueTask.CompletedTask, cancellationToken);
     }
 
     /// <inheritdoc />
     public ValueTask FlushAsync(CancellationToken cancellationToken = default) =>
-        _client.CanFlush && !ReadOnly ? _client.FlushAsync(cancellationToken) : ValueTask.CompletedTask;
+        ReadOnly ? ValueTask.CompletedTask : RunAsync(c => c.CanFlush ? c.FlushAsync(cancellationToken) : ValueTask.CompletedTask, cancellationToken);
 
     /// <inheritdoc />
     public async ValueTask<ImageExtent> GetBlockStatusAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
     {
         if (!_hasAllocation || maxLength <= 0)
             return new ImageExtent(offset, Math.Max(maxLength, 0), ExtentKind.Data);
-        var status = await _client.BlockStatusAsync(offset, maxLength, requestOne: false, cancellationToken).ConfigureAwait(false);
-        if (!status.TryGetValue(NbdConstants.BaseAllocation, out var extents) || extents.Count == 0)
+        IReadOnlyDictionary<string, IReadOnlyList<NbdExtent>>? status = null;
+        await RunAsync(async c => status = await c.BlockStatusAsync(offset, maxLength, requestOne: false, cancellationToken).ConfigureAwait(false), cancellationToken).ConfigureAwait(false);
+        if (status is null || !status.TryGetValue(NbdConstants.BaseAllocation, out var extents) || extents.Count == 0)
             return new ImageExtent(offset, maxLength, ExtentKind.Data);
         // Only ZERO promises zeroes; a HOLE without ZERO may read as anything, so it is data.
         var kind = KindOf(extents[0].Flags);
@@ -118,6 +129,72 @@ public sealed class NbdImage : IBlockImage
 
     private static ExtentKind KindOf(uint flags) => (flags & NbdConstants.StateZero) != 0 ? ExtentKind.Zero : ExtentKind.Data;
 
+    /// <summary>
+    /// Runs one operation on the current connection. An operation that fails because another
+    /// caller's cancelled request cut the connection under it is run again on a new one: it was
+    /// not cancelled itself, and every NBD command may be repeated (a write of the same bytes to
+    /// the same place, a zero write, a trim, a flush, a read).
+    /// </summary>
+    private async ValueTask RunAsync(Func<NbdClient, ValueTask> operation, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            var client = await ClientAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await operation(client).ConfigureAwait(false);
+                return;
+            }
+            catch (IOException) when (client.Abandoned && !cancellationToken.IsCancellationRequested)
+            {
+            }
+        }
+    }
+
+    /// <summary>
+    /// The connection to use: the current one, or, once a cancelled request abandoned it, a new one
+    /// to the same export (which must still be what was opened: same size, writable if we write).
+    /// A connection that failed for any other reason stays failed, as before.
+    /// </summary>
+    private ValueTask<NbdClient> ClientAsync(CancellationToken cancellationToken)
+    {
+        var client = Volatile.Read(ref _client);
+        return client.Abandoned && Volatile.Read(ref _disposed) == 0 ? ReconnectAsync(cancellationToken) : ValueTask.FromResult(client);
+    }
+
+    private async ValueTask<NbdClient> ReconnectAsync(CancellationToken cancellationToken)
+    {
+        await _reconnect.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            var old = Volatile.Read(ref _client);
+            if (!old.Abandoned)
+                return old;
+            NbdClient fresh;
+            try
+            {
+                fresh = await NbdClient.ConnectAsync(_uri, old.Options, cancellationToken).ConfigureAwait(false);
+            }
+            catch (BlockException e)
+            {
+                // An I/O error of this image, not a refusal of the request.
+                throw new IOException(e.Message, e);
+            }
+            if (fresh.Size != Size || (fresh.ReadOnly && !ReadOnly))
+            {
+                await fresh.DisposeAsync().ConfigureAwait(false);
+                throw new IOException($"NBD export '{_uri}' changed while reconnecting (size {fresh.Size}, read-only {fresh.ReadOnly})");
+            }
+            Volatile.Write(ref _client, fresh);
+            await old.DisposeAsync().ConfigureAwait(false);
+            return fresh;
+        }
+        finally
+        {
+            _reconnect.Release();
+        }
+    }
+
     private void ThrowIfReadOnly()
     {
         if (ReadOnly)
@@ -125,5 +202,19 @@ public sealed class NbdImage : IBlockImage
     }
 
     /// <summary>Disconnects from the server.</summary>
-    public ValueTask DisposeAsync() => _client.DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        // A reconnect in progress finishes first, so its connection is the one closed here.
+        await _reconnect.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            await Volatile.Read(ref _client).DisposeAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _reconnect.Release();
+        }
+    }
 }

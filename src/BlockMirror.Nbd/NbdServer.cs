@@ -1,6 +1,9 @@
 using System.Net;
 using System.Net.Sockets;
 using BlockMirror.Core;
+using BlockMirror.Core.Images;
+using BlockMirror.Core.Nodes;
+using BlockMirror.Core.State;
 
 namespace BlockMirror.Nbd;
 
@@ -11,7 +14,7 @@ namespace BlockMirror.Nbd;
 /// record it and an active mirror sees it. Exports are looked up when a client selects one, so
 /// exports added after <see cref="StartAsync"/> are served without restarting.
 /// </summary>
-public sealed class NbdServer : IAsyncDisposable
+public sealed class NbdServer : IExportServer, IAsyncDisposable
 {
     private readonly Lock _lock = new();
     private readonly HashSet<NbdServerConnection> _connections = [];
@@ -88,7 +91,42 @@ public sealed class NbdServer : IAsyncDisposable
         _localEndPoint = listener.LocalEndPoint;
         Log($"NBD server listening on {Describe(_localEndPoint)}");
         _acceptLoop = Task.Run(AcceptLoopAsync, CancellationToken.None);
+        Layer.AttachExportServer(this);
     }
+
+    /// <summary>
+    /// The export an NBD image of this process reaches through this server, recognised by the
+    /// connection, not by its URI, which can name this server in many ways: over TCP both ends of
+    /// the connection match one of ours; over a Unix socket (whose clients have no address) the
+    /// socket file it connected to is our listener's (same inode), and we serve its export.
+    /// </summary>
+    public string? ExportServing(IBlockImage image)
+    {
+        if (image is not NbdImage nbd || nbd.Client is not { IsClosed: false } client)
+            return null;
+        lock (_lock)
+        {
+            foreach (var c in _connections)
+            {
+                if (c.ExportName is not { } name)
+                    continue;
+                if (client.LocalEndPoint is IPEndPoint && SameEnd(c.RemoteEndPoint, client.LocalEndPoint) && SameEnd(c.LocalEndPoint, client.RemoteEndPoint))
+                    return name;
+                if (client.RemoteEndPoint is UnixDomainSocketEndPoint && name == client.ExportName && IsOurSocket(client.RemoteEndPoint))
+                    return name;
+            }
+        }
+        return null;
+    }
+
+    private static bool SameEnd(EndPoint? a, EndPoint? b) =>
+        a is IPEndPoint x && b is IPEndPoint y && x.Port == y.Port && Normal(x.Address).Equals(Normal(y.Address));
+
+    private bool IsOurSocket(EndPoint connectedTo) =>
+        _unixPath is { } ours && connectedTo.ToString() is { Length: > 0 } path
+        && ImageStamp.Read(Path.GetFullPath(path)) is { } theirs && ImageStamp.Read(ours) is { } mine && theirs.Inode == mine.Inode;
+
+    private static IPAddress Normal(IPAddress address) => address.IsIPv4MappedToIPv6 ? address.MapToIPv4() : address;
 
     /// <summary>
     /// Stops accepting, lets in-flight requests finish (up to <see cref="NbdServerOptions.StopGracePeriod"/>),
@@ -98,6 +136,7 @@ public sealed class NbdServer : IAsyncDisposable
     {
         if (Interlocked.Exchange(ref _state, 2) != 1)
             return;
+        Layer.DetachExportServer(this);
         await _stopping.CancelAsync().ConfigureAwait(false);
         _listener?.Dispose();
         if (_acceptLoop is { } loop)

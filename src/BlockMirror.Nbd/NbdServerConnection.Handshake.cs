@@ -161,8 +161,9 @@ internal sealed partial class NbdServerConnection
         var reply = new byte[_noZeroes ? 10 : 134];
         BinaryPrimitives.WriteUInt64BigEndian(reply, (ulong)node.Size);
         BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags(export, node));
-        await _network.WriteAsync(reply, ct).ConfigureAwait(false);
+        // Bound before the client hears of it: a client in this process may ask at once which export it reached.
         Bind(export, node);
+        await _network.WriteAsync(reply, ct).ConfigureAwait(false);
         return true;
     }
 
@@ -252,11 +253,11 @@ internal sealed partial class NbdServerConnection
         BinaryPrimitives.WriteUInt16BigEndian(exportInfo.AsSpan(10), TransmissionFlags(export, node));
         await SendOptionAsync(option, NbdConstants.RepInfo, exportInfo, ct).ConfigureAwait(false);
 
+        // Bound before the client hears of it: a client in this process may ask at once which export it reached.
+        if (option == NbdConstants.OptGo)
+            Bind(export, node);
         await SendOptionAsync(option, NbdConstants.RepAck, [], ct).ConfigureAwait(false);
-        if (option != NbdConstants.OptGo)
-            return false;
-        Bind(export, node);
-        return true;
+        return option == NbdConstants.OptGo;
     }
 
     /// <summary>

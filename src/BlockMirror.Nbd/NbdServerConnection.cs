@@ -60,7 +60,9 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         _socket = socket;
         if (socket.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
             socket.NoDelay = true; // replies are whole messages; Nagle would only delay them
-        Peer = socket.RemoteEndPoint?.ToString() is { Length: > 0 } remote ? remote : "unix-client";
+        RemoteEndPoint = socket.RemoteEndPoint;
+        LocalEndPoint = socket.LocalEndPoint;
+        Peer = RemoteEndPoint?.ToString() is { Length: > 0 } remote ? remote : "unix-client";
         _network = new NetworkStream(socket, ownsSocket: false);
         // Reads of 28-byte headers come from this buffer; large payload reads bypass it.
         _input = new BufferedStream(_network, 64 * 1024);
@@ -69,6 +71,12 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
 
     /// <summary>The remote address, for diagnostics.</summary>
     public string Peer { get; }
+
+    /// <summary>The client's end of the connection (a Unix client of this process binds a unique abstract name).</summary>
+    public System.Net.EndPoint? RemoteEndPoint { get; }
+
+    /// <summary>The server's end of the connection.</summary>
+    public System.Net.EndPoint? LocalEndPoint { get; }
 
     /// <summary>The export this connection transmits on; null during the handshake.</summary>
     public string? ExportName => _export?.Name;

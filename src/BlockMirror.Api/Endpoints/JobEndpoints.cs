@@ -80,18 +80,16 @@ public static class JobEndpoints
     public static async Task<Ok<JobInfo>> DismissJob(string id, BlockLayer layer, CancellationToken cancellationToken) =>
         TypedResults.Ok((await layer.DismissJobAsync(id, cancellationToken)).GetInfo());
 
-    /// <summary>Before ready: abort. In ready: finish without pivot (a point-in-time copy) unless <c>force</c>.</summary>
+    /// <summary>Outside ready (also in pending): abort. In ready: finish without pivot (a point-in-time copy) unless <c>force</c>. A soft cancel of a paused job is refused.</summary>
     public static async Task<Ok<JobInfo>> CancelJob(string id, BlockLayer layer, CancellationToken cancellationToken, CancelJobRequest? request = null) =>
         TypedResults.Ok((await layer.CancelJobAsync(id, request?.Force ?? false, cancellationToken)).GetInfo());
 
-    /// <summary>set-speed and/or block-job-change (background → write-blocking).</summary>
+    /// <summary>set-speed and/or block-job-change (background → write-blocking), all or nothing.</summary>
     public static async Task<Ok<JobInfo>> ChangeJob(string id, ChangeJobRequest request, BlockLayer layer, CancellationToken cancellationToken)
     {
-        var job = layer.GetJob(id);
-        if (request.Speed is { } speed)
-            job = await layer.SetJobSpeedAsync(id, speed, cancellationToken);
-        if (request.CopyMode is { } mode)
-            job = await layer.ChangeJobAsync(id, mode, cancellationToken);
+        if (request.Speed is null && request.CopyMode is null)
+            return TypedResults.Ok(layer.GetJob(id).GetInfo());
+        var job = await layer.ChangeJobAsync(id, request.Speed, request.CopyMode, cancellationToken);
         return TypedResults.Ok(job.GetInfo());
     }
 }

@@ -49,6 +49,9 @@ public abstract class Job
         /* change:    */ { F, T, T, T, T, T, F, F, F, F, F },
     };
 
+    /// <summary>strerror(ECANCELED): the error of a force-cancelled job.</summary>
+    public const string CanceledError = "Operation canceled";
+
     private readonly TaskCompletionSource _concluded = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private JobStatus _status = JobStatus.Undefined;
     private int _pauseCount;
@@ -289,20 +292,7 @@ public abstract class Job
         Save();
     }
 
-    internal void SetSpeed(long speed)
-    {
-        lock (StateLock)
-        {
-            ApplyVerbLocked(JobVerb.SetSpeed);
-            if (speed < 0)
-                throw BlockErrors.Invalid("invalid-speed", "Parameter 'speed' expects a non-negative value");
-            Interlocked.Exchange(ref _speed, speed);
-            _updatedAt = Layer.UtcNow;
-        }
-        OnSpeedChanged(speed);
-        Wake.Set();
-        Save();
-    }
+    internal void SetSpeed(long speed) => Change(speed, null);
 
     internal void Complete()
     {
@@ -319,22 +309,19 @@ public abstract class Job
     }
 
     /// <summary>
-    /// job_cancel: a paused job is resumed; the driver decides whether a soft cancel is really a
-    /// force one (mirror: before ready). A job already past its run (pending) is aborted now on a
-    /// force cancel; a soft cancel of it is ignored, as in QEMU.
+    /// block-job-cancel: a soft cancel of a job the user paused is refused (qmp_block_job_cancel
+    /// checks this before the verb table: resuming it behind the user's back is not what a soft
+    /// cancel promises). Otherwise job_cancel: a paused job is resumed; the driver decides whether
+    /// a soft cancel is really a force one (mirror: outside ready). A job already past its run
+    /// (waiting, pending) is aborted now on a force cancel; a soft cancel of it is ignored, as in
+    /// QEMU, when the driver keeps it soft.
     /// </summary>
     internal async Task CancelAsync(bool force)
     {
         bool abortNow;
         lock (StateLock)
         {
-            ApplyVerbLocked(JobVerb.Cancel);
-            force = OnCancelLocked(force);
-            if (_userPaused)
-            {
-                _userPaused = false;
-                _pauseCount--;
-            }
+            force = AcceptCancelLocked(force);
             var deferred = _status is JobStatus.Waiting or JobStatus.Pending;
             if (deferred && !force)
                 return;
@@ -343,11 +330,57 @@ public abstract class Job
             abortNow = deferred;
             _updatedAt = Layer.UtcNow;
         }
-        Wake.Set();
+        CancelAccepted(force);
         if (abortNow)
             await AbortUnlockedAsync(null).ConfigureAwait(false);
         else
             Save();
+    }
+
+    /// <summary>
+    /// The cancel of a job whose run is still going (created, running, paused, ready, standby):
+    /// like QEMU's job_cancel_async it only sets the job's flags and wakes the run, so it needs no
+    /// control lock, and must not wait for it: an operation holding that lock can be stuck behind
+    /// the job's own I/O (a quiesce waiting for a write-blocking write to a target that does not
+    /// answer) until this cancel abandons that I/O. Returns false, changing nothing, for any other
+    /// status: the caller then runs <see cref="CancelAsync"/> under the control lock.
+    /// </summary>
+    internal bool TryCancelRunning(bool force)
+    {
+        lock (StateLock)
+        {
+            if (_status is not (JobStatus.Created or JobStatus.Running or JobStatus.Paused or JobStatus.Ready or JobStatus.Standby))
+                return false;
+            force = AcceptCancelLocked(force);
+            _cancelRequested = true;
+            _forceCancel |= force;
+            _updatedAt = Layer.UtcNow;
+        }
+        CancelAccepted(force);
+        Save();
+        return true;
+    }
+
+    /// <summary>The checks and the resume of a cancel; returns whether it is a force cancel.</summary>
+    private bool AcceptCancelLocked(bool force)
+    {
+        if (_userPaused && !force)
+            throw BlockErrors.Conflict("job-paused", $"The block job for device '{Id}' is currently paused");
+        ApplyVerbLocked(JobVerb.Cancel);
+        force = OnCancelLocked(force);
+        if (_userPaused)
+        {
+            _userPaused = false;
+            _pauseCount--;
+        }
+        return force;
+    }
+
+    private void CancelAccepted(bool force)
+    {
+        Wake.Set();
+        if (force)
+            OnForceCancelled();
     }
 
     internal Task FinalizeAsync()
@@ -362,15 +395,32 @@ public abstract class Job
         DismissUnlocked();
     }
 
-    /// <summary>QEMU's block-job-change for the driver; the base checks the verb.</summary>
-    internal void Change(MirrorCopyMode copyMode)
+    /// <summary>
+    /// block-job-set-speed and/or block-job-change in one request, all or nothing: each verb is
+    /// checked against the table before its argument (block_job_set_speed_locked), and the speed is
+    /// applied only once the copy mode change (the driver's, which may refuse) went through.
+    /// </summary>
+    internal void Change(long? speed, MirrorCopyMode? copyMode)
     {
         lock (StateLock)
         {
-            ApplyVerbLocked(JobVerb.Change);
-            OnChangeLocked(copyMode);
+            if (speed is { } s)
+            {
+                ApplyVerbLocked(JobVerb.SetSpeed);
+                if (s < 0)
+                    throw BlockErrors.Invalid("invalid-speed", "Parameter 'speed' expects a non-negative value");
+            }
+            if (copyMode is { } mode)
+            {
+                ApplyVerbLocked(JobVerb.Change);
+                OnChangeLocked(mode);
+            }
+            if (speed is { } newSpeed)
+                Interlocked.Exchange(ref _speed, newSpeed);
             _updatedAt = Layer.UtcNow;
         }
+        if (speed is { } changed)
+            OnSpeedChanged(changed);
         Wake.Set();
         Save();
     }
@@ -393,7 +443,7 @@ public abstract class Job
             _forceCancel = true;
             abortNow = _status is JobStatus.Pending or JobStatus.Waiting;
         }
-        Wake.Set();
+        CancelAccepted(force: true);
         if (abortNow)
             await AbortUnlockedAsync(reason).ConfigureAwait(false);
     }
@@ -417,6 +467,14 @@ public abstract class Job
 
     /// <summary>Maps a cancel request; returns whether it is a force cancel. Called under the state lock.</summary>
     protected virtual bool OnCancelLocked(bool force) => true;
+
+    /// <summary>
+    /// A force cancel was accepted (called outside the state lock): the driver abandons its I/O in
+    /// flight so the run ends in bounded time whatever its nodes do (QEMU's bdrv_cancel_in_flight).
+    /// </summary>
+    protected virtual void OnForceCancelled()
+    {
+    }
 
     /// <summary>The complete verb was accepted by the table. Called under the state lock; throw to refuse.</summary>
     protected virtual void OnCompleteLocked() =>
@@ -454,6 +512,10 @@ public abstract class Job
         try
         {
             await RunAsync().ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ForceCancelled)
+        {
+            // I/O abandoned by the force cancel: the cancel path follows, not a failure.
         }
         catch (Exception e)
         {
@@ -519,14 +581,18 @@ public abstract class Job
         Conclude();
     }
 
-    /// <summary>The abort path: aborting, the driver's abort and clean, then CANCELLED or COMPLETED with the error.</summary>
+    /// <summary>
+    /// The abort path: aborting, the driver's abort and clean, then CANCELLED or COMPLETED with the
+    /// error. No error means a force cancel, which concludes with ECANCELED's sentence as its error,
+    /// as QEMU's job_update_rc does (the CANCELLED event itself carries none).
+    /// </summary>
     private async Task AbortUnlockedAsync(string? error)
     {
         lock (StateLock)
         {
             if (_status is JobStatus.Aborting or JobStatus.Concluded or JobStatus.Null)
                 return;
-            _error = error;
+            _error = error ?? CanceledError;
             TransitionLocked(JobStatus.Aborting);
         }
         await AbortAsync().ConfigureAwait(false);

@@ -117,23 +117,26 @@ public sealed partial class MirrorJob
             {
                 case WriteKind.Write:
                     var data = request.Data.Slice((int)(start - request.Offset), (int)length);
-                    await _target.Image.WriteAsync(start, data, request.Fua).ConfigureAwait(false);
+                    await _target.Image.WriteAsync(start, data, request.Fua, Abandoned).ConfigureAwait(false);
                     break;
                 case WriteKind.WriteZeroes:
-                    await _target.Image.WriteZeroesAsync(start, length, request.MayUnmap && Options.Unmap).ConfigureAwait(false);
+                    await _target.Image.WriteZeroesAsync(start, length, request.MayUnmap && Options.Unmap, Abandoned).ConfigureAwait(false);
                     break;
                 default:
-                    await _target.Image.DiscardAsync(start, length).ConfigureAwait(false);
+                    await _target.Image.DiscardAsync(start, length, Abandoned).ConfigureAwait(false);
                     break;
             }
             Interlocked.Add(ref _currentProgress, length);
             Interlocked.Add(ref _bytesCopied, length);
             _copyRate.Add(length);
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+        catch (Exception e) when (e is not OperationCanceledException || Abandoning)
         {
+            // The guest's write succeeded on the source; the target's copy is still to do. A force
+            // cancel abandoning it is not an error of the target.
             _working.MarkDirty(start, end - start);
-            OnIoError(e, read: false);
+            if (!Abandoning)
+                OnIoError(e, read: false);
         }
     }
 }

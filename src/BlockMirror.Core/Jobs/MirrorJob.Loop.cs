@@ -125,7 +125,7 @@ public sealed partial class MirrorJob
     /// </summary>
     private async Task<bool> TryConvergeAsync()
     {
-        _convergeQuiesce ??= await _device.Gate.QuiesceAsync().ConfigureAwait(false);
+        _convergeQuiesce ??= await _device.Gate.QuiesceAsync(Abandoned).ConfigureAwait(false);
         if (_working.Count != 0 || Volatile.Read(ref _inFlightChunks) != 0)
             return false;
         if (!await FlushTargetAsync().ConfigureAwait(false) || _working.Count != 0)
@@ -146,12 +146,13 @@ public sealed partial class MirrorJob
     {
         try
         {
-            await _target.Image.FlushAsync().ConfigureAwait(false);
+            await _target.Image.FlushAsync(Abandoned).ConfigureAwait(false);
             return true;
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
-            OnIoError(e, read: false);
+            if (!Abandoning)
+                OnIoError(e, read: false);
             return false;
         }
     }
@@ -178,7 +179,7 @@ public sealed partial class MirrorJob
     {
         if (Options.Sync == MirrorSyncMode.None || _named is not null)
             return;
-        await foreach (var extent in ImageExtents.EnumerateAsync(_device.Image, 0, Size).ConfigureAwait(false))
+        await foreach (var extent in ImageExtents.EnumerateAsync(_device.Image, 0, Size, Abandoned).ConfigureAwait(false))
         {
             if (ForceCancelled)
                 return;
@@ -192,7 +193,7 @@ public sealed partial class MirrorJob
 
     private async Task MarkTargetDataAsync(long offset, long length)
     {
-        await foreach (var extent in ImageExtents.EnumerateAsync(_target.Image, offset, length).ConfigureAwait(false))
+        await foreach (var extent in ImageExtents.EnumerateAsync(_target.Image, offset, length, Abandoned).ConfigureAwait(false))
         {
             if (extent.Kind == ExtentKind.Data)
                 _working.MarkDirty(extent.Offset, extent.Length);
@@ -295,7 +296,7 @@ public sealed partial class MirrorJob
         ImageExtent extent;
         try
         {
-            extent = await _device.Image.GetBlockStatusAsync(pos, end - pos).ConfigureAwait(false);
+            extent = await _device.Image.GetBlockStatusAsync(pos, end - pos, Abandoned).ConfigureAwait(false);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {
@@ -340,19 +341,19 @@ public sealed partial class MirrorJob
         {
             if (buffer is null)
             {
-                await _target.Image.WriteZeroesAsync(offset, length, Options.Unmap).ConfigureAwait(false);
+                await _target.Image.WriteZeroesAsync(offset, length, Options.Unmap, Abandoned).ConfigureAwait(false);
             }
             else
             {
                 var data = buffer.AsMemory(0, (int)length);
                 read = true;
-                await _device.Image.ReadAsync(offset, data).ConfigureAwait(false);
+                await _device.Image.ReadAsync(offset, data, Abandoned).ConfigureAwait(false);
                 read = false;
                 // Zeroes never allocate the target: write them as zeroes (a hole where allowed).
                 if (data.Span.IndexOfAnyExcept((byte)0) < 0)
-                    await _target.Image.WriteZeroesAsync(offset, length, Options.Unmap).ConfigureAwait(false);
+                    await _target.Image.WriteZeroesAsync(offset, length, Options.Unmap, Abandoned).ConfigureAwait(false);
                 else
-                    await _target.Image.WriteAsync(offset, data).ConfigureAwait(false);
+                    await _target.Image.WriteAsync(offset, data, cancellationToken: Abandoned).ConfigureAwait(false);
             }
             Interlocked.Add(ref _currentProgress, length);
             Interlocked.Add(ref _bytesCopied, length);
@@ -362,7 +363,8 @@ public sealed partial class MirrorJob
         {
             // The whole range is still to do, whatever the policy decides.
             _working.MarkDirty(offset, length);
-            OnIoError(e, read);
+            if (!Abandoning)
+                OnIoError(e, read);
         }
         finally
         {

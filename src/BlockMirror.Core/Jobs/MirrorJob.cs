@@ -35,6 +35,8 @@ public sealed partial class MirrorJob : Job
     private readonly ChunkBufferPool _buffers;
     private readonly Lock _opsLock = new();
     private readonly List<MirrorOp> _ops = [];
+    // Cancelled by a force cancel: every I/O of the job is abandoned, whatever its nodes do.
+    private readonly CancellationTokenSource _abandon = new();
 
     private int _copyMode;
     private volatile bool _ready;
@@ -152,8 +154,29 @@ public sealed partial class MirrorJob : Job
 
     // ---- verbs --------------------------------------------------------------------------------
 
-    /// <summary>mirror_cancel: before ready every cancel is a force cancel.</summary>
-    protected override bool OnCancelLocked(bool force) => force || !_ready;
+    /// <summary>
+    /// mirror_cancel: only a job in ready (or standby) can be soft-cancelled into a point-in-time
+    /// copy; any other cancel is a force cancel (job_is_ready looks at the status, so a job that
+    /// was ready and now waits in pending after complete is force-cancelled: no pivot).
+    /// </summary>
+    protected override bool OnCancelLocked(bool force) => force || Status is not (JobStatus.Ready or JobStatus.Standby);
+
+    /// <summary>
+    /// bdrv_cancel_in_flight, made unconditional: requests in flight on either image are abandoned
+    /// (an NBD image drops its connection), so the loop and the drain end at once; every range
+    /// not known copied stays dirty in the working bitmap.
+    /// </summary>
+    protected override void OnForceCancelled()
+    {
+        _abandon.Cancel();
+        Wake.Set();
+    }
+
+    /// <summary>Cancelled once a force cancel abandons the job's I/O.</summary>
+    private CancellationToken Abandoned => _abandon.Token;
+
+    /// <summary>A force cancel abandoned the job's I/O: any failure from now on is its consequence, not an error of an image.</summary>
+    private bool Abandoning => _abandon.IsCancellationRequested;
 
     protected override void OnCompleteLocked()
     {

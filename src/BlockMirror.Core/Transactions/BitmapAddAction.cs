@@ -2,7 +2,11 @@ using BlockMirror.Core.Bitmaps;
 
 namespace BlockMirror.Core.Transactions;
 
-/// <summary>block-dirty-bitmap-add: creates the bitmap in prepare, releases it on abort.</summary>
+/// <summary>
+/// block-dirty-bitmap-add: creates the bitmap in prepare, releases it on abort. Checks in
+/// qmp_block_dirty_bitmap_add's order: an empty name, the node, the granularity, a taken name,
+/// then the rest of the naming rule (QEMU checks the length when it creates the bitmap).
+/// </summary>
 public sealed class BitmapAddAction(string node, string name, long? granularity, bool persistent, bool disabled) : TransactionAction
 {
     private DirtyBitmap? _added;
@@ -10,13 +14,15 @@ public sealed class BitmapAddAction(string node, string name, long? granularity,
 
     public override ValueTask PrepareAsync(TransactionContext context)
     {
+        if (string.IsNullOrEmpty(name))
+            Names.Validate("bitmap", name);
         _node = context.Layer.GetNode(node);
-        Names.Validate("bitmap", name);
         var g = granularity ?? DirtyBitmap.DefaultGranularity;
         if (!DirtyBitmap.IsValidGranularity(g))
             throw BlockErrors.InvalidGranularity("Granularity must be power of 2 and at least 512 (and at most 2^31)");
         if (_node.FindBitmap(name) is not null)
             throw BlockErrors.BitmapExists(name);
+        Names.Validate("bitmap", name);
         _added = new DirtyBitmap(name, _node.Size, g, persistent, disabled) { CreatedAt = context.Layer.UtcNow };
         _node.AddBitmap(_added);
         context.Touch(_node, _added);

@@ -4,7 +4,10 @@ namespace BlockMirror.Core.Transactions;
 
 /// <summary>
 /// block-dirty-bitmap-merge: target DEFAULT, each source ALLOW_RO, equal sizes; ORs the sources
-/// in order into the target. Any failure leaves the target as it was (backup restored).
+/// in order into the target. Any failure leaves the target as it was (backup restored). The
+/// checks run in block_dirty_bitmap_merge's order: the target is looked up, then each source is
+/// looked up and checked (state, size) in turn, and only then the target's state, because QEMU
+/// merges the sources into a scratch bitmap first and checks the target when it merges that in.
 /// </summary>
 public sealed class BitmapMergeAction(string node, string target, IReadOnlyList<BitmapSource> sources) : TransactionAction
 {
@@ -15,7 +18,6 @@ public sealed class BitmapMergeAction(string node, string target, IReadOnlyList<
     {
         var n = context.Layer.GetNode(node);
         var t = n.GetBitmap(target);
-        t.Check(BitmapCheck.Default);
         var resolved = new List<DirtyBitmap>(sources.Count);
         foreach (var s in sources)
         {
@@ -26,6 +28,7 @@ public sealed class BitmapMergeAction(string node, string target, IReadOnlyList<
                 throw BlockErrors.SizeMismatch(t.Size, b.Size);
             resolved.Add(b);
         }
+        t.Check(BitmapCheck.Default);
         // Everything is checked before the first merge, so a refusal never leaves a half-merged target;
         // the backup still guards a later action's failure.
         _target = t;

@@ -5,7 +5,7 @@ using BlockMirror.Core.Nodes;
 namespace BlockMirror.Core.Transactions;
 
 /// <summary>
-/// mirror-start: blockdev-mirror as a transaction action. Prepare validates in API.md's order and
+/// mirror-start: blockdev-mirror as a transaction action. Prepare validates in QEMU's order and
 /// attaches the job (nodes busy, write filter in, working bitmap set up) at the transaction's
 /// quiesced instant, so no write escapes it; abort detaches it; commit announces it (created);
 /// after commit the copy loop starts. <see cref="TransactionAction.Result"/> is the <see cref="MirrorJob"/>.
@@ -22,20 +22,32 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
 
     public MirrorOptions Options { get; } = options;
 
+    /// <summary>
+    /// The checks in the order of qmp_blockdev_mirror → blockdev_mirror_common → mirror_start_job,
+    /// so a request with two faults is refused for the one QEMU names: the nodes are looked up;
+    /// the granularity is checked before the nodes' state (busy); the working-bitmap checks of the
+    /// proposed series follow; then buf-size, mirror into itself, job id and speed (mirror_start_job,
+    /// block_job_create); last what QEMU finds on attaching the target (read-only, another user) and
+    /// the size, which QEMU only compares once the job runs.
+    /// </summary>
     public override ValueTask PrepareAsync(TransactionContext context)
     {
         var layer = context.Layer;
         var o = Options;
         var device = layer.GetNode(o.Device);
         var target = layer.GetNode(o.Target);
-        CheckNodes(device, target);
-
+        CheckGranularityArgument(o);
+        CheckNotInJob(device, target);
         var named = CheckBitmap(device, o);
-        var granularity = CheckGranularity(o, named);
+        var granularity = named is null ? (int)(o.Granularity is > 0 ? o.Granularity.Value : DirtyBitmap.DefaultGranularity) : CheckBitmapGranularity(named);
         var bufSize = CheckBufSize(o, granularity);
+        CheckNotIntoItself(layer, device, target);
         var id = CheckId(layer, o, device);
         if (o.Speed < 0)
             throw BlockErrors.Invalid("invalid-speed", "Parameter 'speed' expects a non-negative value");
+        CheckTargetUsable(target);
+        if (device.Size != target.Size)
+            throw BlockErrors.Invalid("size-mismatch", "Source and target image have different sizes");
 
         var mode = named is null ? (BitmapMode?)null : o.BitmapMode ?? BitmapMode.Always;
         _job = new MirrorJob(layer, id, o, device, target, granularity, bufSize, named, mode);
@@ -52,21 +64,39 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
 
     public override void AfterCommit(TransactionContext context) => _job?.Start();
 
-    private static void CheckNodes(BlockNode device, BlockNode target)
+    /// <summary>blockdev_mirror_common's op blockers: a node another job owns.</summary>
+    private static void CheckNotInJob(BlockNode device, BlockNode target)
     {
-        if (ReferenceEquals(device, target))
-            throw BlockErrors.Invalid("mirror-into-itself", "Can't mirror node into itself");
-        if (target.ReadOnly)
-            throw BlockErrors.NodeReadOnly(target.Name);
         foreach (var node in new[] { device, target })
         {
             if (node.JobId is { } job)
                 throw BlockErrors.NodeBusy(node.Name, $"block device is in use by block job: mirror ({job})");
         }
+    }
+
+    /// <summary>
+    /// mirror_start_job: "Can't mirror node into itself", after skipping filters; here a node that is
+    /// a connection to this service's own export of the other is that node (a write-blocking mirror
+    /// into it would wait for itself).
+    /// </summary>
+    private static void CheckNotIntoItself(BlockLayer layer, BlockNode device, BlockNode target)
+    {
+        if (ReferenceEquals(device, target))
+            throw BlockErrors.Invalid("mirror-into-itself", "Can't mirror node into itself");
+        var source = layer.ResolveLoopback(device);
+        var destination = layer.ResolveLoopback(target);
+        if (ReferenceEquals(source, destination))
+            throw BlockErrors.Invalid("mirror-into-itself",
+                $"Can't mirror node into itself: '{device.Name}' and '{target.Name}' reach the same node '{source.Name}' through this service's NBD exports");
+    }
+
+    /// <summary>What QEMU finds when the job takes the target: a read-only node, or another user (an export).</summary>
+    private static void CheckTargetUsable(BlockNode target)
+    {
+        if (target.ReadOnly)
+            throw BlockErrors.NodeReadOnly(target.Name);
         if (target.Exports.Count > 0)
             throw BlockErrors.NodeBusy(target.Name, $"block device is in use by NBD export '{target.Exports.First()}'");
-        if (device.Size != target.Size)
-            throw BlockErrors.Invalid("size-mismatch", "Source and target image have different sizes");
     }
 
     /// <summary>The working-bitmap checks of the proposed QEMU series, then bitmapMode's own.</summary>
@@ -89,22 +119,23 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
         return bitmap;
     }
 
-    private static int CheckGranularity(MirrorOptions o, DirtyBitmap? named)
+    /// <summary>blockdev_mirror_common's first checks: 0 = default, else 512 B … 64 MiB and a power of two.</summary>
+    private static void CheckGranularityArgument(MirrorOptions o)
     {
-        if (named is not null)
-        {
-            // The working bitmap's granularity becomes the job's; the copy loop's chunks stay within QEMU's 64 MiB cap.
-            if (named.Granularity > MaxGranularity)
-                throw BlockErrors.InvalidGranularity($"Bitmap granularity {named.Granularity} exceeds the mirror's maximum granularity of 64MB");
-            return (int)named.Granularity;
-        }
         if (o.Granularity is not { } g || g == 0)
-            return DirtyBitmap.DefaultGranularity;
+            return;
         if (g < MinGranularity || g > MaxGranularity)
             throw BlockErrors.InvalidGranularity("Parameter 'granularity' expects a value in range [512B, 64MB]");
         if ((g & (g - 1)) != 0)
             throw BlockErrors.InvalidGranularity("Parameter 'granularity' expects a power of 2");
-        return (int)g;
+    }
+
+    /// <summary>The working bitmap's granularity becomes the job's; the copy loop's chunks stay within QEMU's 64 MiB cap.</summary>
+    private static int CheckBitmapGranularity(DirtyBitmap named)
+    {
+        if (named.Granularity > MaxGranularity)
+            throw BlockErrors.InvalidGranularity($"Bitmap granularity {named.Granularity} exceeds the mirror's maximum granularity of 64MB");
+        return (int)named.Granularity;
     }
 
     private static long CheckBufSize(MirrorOptions o, int granularity)

@@ -51,8 +51,14 @@ public sealed class MirrorValidationTests : IAsyncLifetime
         { "speed negative", Base with { Speed = -1 }, "invalid-speed" },
         // Order: the first failing check wins.
         { "into itself before read-only", Base with { Device = "ro", Target = "ro" }, "mirror-into-itself" },
-        { "size before bitmap", Base with { Target = "small", Bitmap = "b404" }, "size-mismatch" },
-        { "sync before granularity", Base with { Bitmap = "b0", Sync = MirrorSyncMode.None, Granularity = 3 }, "bitmap-sync-mode" },
+        // QEMU compares the sizes only once the job runs: every synchronous check comes first.
+        { "bitmap before size", Base with { Target = "small", Bitmap = "b404" }, "bitmap-not-found" },
+        { "granularity before bitmap sync", Base with { Bitmap = "b0", Sync = MirrorSyncMode.None, Granularity = 3 }, "invalid-granularity" },
+        { "granularity before into itself", Base with { Target = "src", Granularity = 1000 }, "invalid-granularity" },
+        { "buf-size before into itself", Base with { Target = "src", BufSize = -1 }, "invalid-buf-size" },
+        { "into itself before job id", Base with { Target = "src", Id = "bad id" }, "mirror-into-itself" },
+        { "speed before read-only", Base with { Target = "ro", Speed = -1 }, "invalid-speed" },
+        { "read-only before size", Base with { Target = "ro", Device = "small" }, "node-read-only" },
         { "bitmap before granularity", Base with { Bitmap = "b404", BufSize = -1 }, "bitmap-not-found" },
         { "granularity before buf-size", Base with { Granularity = 3, BufSize = -1 }, "invalid-granularity" },
         { "buf-size before speed", Base with { BufSize = -1, Speed = -1 }, "invalid-buf-size" },
