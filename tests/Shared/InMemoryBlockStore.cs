@@ -75,6 +75,18 @@ public sealed class InMemoryBlockStore : IBlockStore
         return Task.CompletedTask;
     }
 
+    public Task SaveBitmapChangesAsync(IReadOnlyCollection<BitmapRecord> saved, IReadOnlyCollection<(string Node, string Name)> deleted, CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            foreach (var key in deleted)
+                _bitmaps.Remove(key);
+            foreach (var b in saved)
+                _bitmaps[(b.Node, b.Name)] = b;
+        }
+        return Task.CompletedTask;
+    }
+
     public Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
     {
         lock (_lock)
