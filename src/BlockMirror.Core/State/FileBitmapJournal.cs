@@ -287,18 +287,20 @@ public sealed class FileBitmapJournal : IBitmapJournal
             throw e is BitmapJournalException or OperationCanceledException ? e : Failed(e);
         }
         _stopped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _thread = new Thread(Run) { IsBackground = true, Name = "bitmap-journal" };
-        _thread.Start();
         lock (_lock)
         {
-            // A fresh batch: the failed one holds its exception for good.
+            // A fresh batch: the failed one holds its exception for good. Appends stay refused
+            // (failure still set) until the new flusher runs; it must not see the restart flag and leave.
             _batch = NewBatch();
             _pending.Clear();
             _flusherBusy = false;
             _lastSequence = nextSequence - 1;
-            _failure = null;
             _restarting = false;
         }
+        _thread = new Thread(Run) { IsBackground = true, Name = "bitmap-journal" };
+        _thread.Start();
+        lock (_lock)
+            _failure = null;
     }
 
     /// <summary>RestartAsync's file work, with the flusher stopped: every segment deleted, a new one at <paramref name="nextSequence"/>.</summary>
@@ -406,8 +408,9 @@ public sealed class FileBitmapJournal : IBitmapJournal
             _segmentEntries += batch.Count;
             done.TrySetResult();
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (Exception e)
         {
+            // Whatever failed, the writers of this batch must hear it (they would wait forever).
             // After a failed fdatasync the page cache may claim data the disk lost: never retry this
             // segment, fail every later append until RestartAsync replaces the journal by checkpoints.
             MarkFailed(e);
