@@ -1,5 +1,7 @@
 using System.Data.Common;
 using BlockMirror.Api.Infrastructure;
+using Microsoft.Data.Sqlite;
+using Microsoft.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore.Diagnostics;
 
 namespace BlockMirror.Api.Data;
@@ -11,19 +13,19 @@ namespace BlockMirror.Api.Data;
 /// </summary>
 public sealed class DatabaseFailureInterceptor(StorageHealth health) : DbCommandInterceptor, IDbTransactionInterceptor, ISaveChangesInterceptor
 {
-    public override void CommandFailed(DbCommand command, CommandErrorEventData eventData) => Failed(eventData.Exception);
+    public override void CommandFailed(DbCommand command, CommandErrorEventData eventData) => Failed(eventData.Exception, command.Connection);
 
     public override Task CommandFailedAsync(DbCommand command, CommandErrorEventData eventData, CancellationToken cancellationToken = default)
     {
-        Failed(eventData.Exception);
+        Failed(eventData.Exception, command.Connection);
         return Task.CompletedTask;
     }
 
-    public void TransactionFailed(DbTransaction transaction, TransactionErrorEventData eventData) => Failed(eventData.Exception);
+    public void TransactionFailed(DbTransaction transaction, TransactionErrorEventData eventData) => Failed(eventData.Exception, transaction.Connection);
 
     public Task TransactionFailedAsync(DbTransaction transaction, TransactionErrorEventData eventData, CancellationToken cancellationToken = default)
     {
-        Failed(eventData.Exception);
+        Failed(eventData.Exception, transaction.Connection);
         return Task.CompletedTask;
     }
 
@@ -35,11 +37,11 @@ public sealed class DatabaseFailureInterceptor(StorageHealth health) : DbCommand
         return Task.CompletedTask;
     }
 
-    public void SaveChangesFailed(DbContextErrorEventData eventData) => Failed(eventData.Exception);
+    public void SaveChangesFailed(DbContextErrorEventData eventData) => Failed(eventData.Exception, eventData.Context?.Database.GetDbConnection());
 
     public Task SaveChangesFailedAsync(DbContextErrorEventData eventData, CancellationToken cancellationToken = default)
     {
-        Failed(eventData.Exception);
+        Failed(eventData.Exception, eventData.Context?.Database.GetDbConnection());
         return Task.CompletedTask;
     }
 
@@ -62,9 +64,17 @@ public sealed class DatabaseFailureInterceptor(StorageHealth health) : DbCommand
             health.DatabaseWritten();
     }
 
-    private void Failed(Exception exception)
+    /// <summary>
+    /// Records a storage failure and empties the connection pool: SQLite opens a database it may not
+    /// write read-only without a word, and such a pooled connection would refuse every write for good
+    /// after the database became writable again.
+    /// </summary>
+    private void Failed(Exception exception, DbConnection? connection)
     {
-        if (StorageFailures.IsStorageFailure(exception))
-            health.DatabaseFailed(exception);
+        if (!StorageFailures.IsStorageFailure(exception))
+            return;
+        health.DatabaseFailed(exception);
+        if (connection is SqliteConnection sqlite)
+            SqliteConnection.ClearPool(sqlite);
     }
 }
