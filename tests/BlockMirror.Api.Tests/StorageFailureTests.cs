@@ -116,6 +116,8 @@ public sealed class StorageFailureTests : IDisposable
         }, 400, "too-many-actions");
 
         Assert.Equal(["b1"], (await http.GetJsonAsync("/api/v1/nodes/disk"))["bitmaps"]!.AsArray().Select(b => (string)b!));
+        var metrics = await http.GetStringAsync("/metrics");
+        Assert.Contains($"blockmirror_bitmap_memory_bytes{{otel_scope_name=\"BlockMirror\"}} {fine}", metrics);
     }
 
     [ChattrFact]
