@@ -550,7 +550,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
     public Task<IReadOnlyList<object?>> TransactionAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken = default)
     {
         if (actions.Count > MaxTransactionActions)
-            throw BlockErrors.TooManyActions(actions.Count, MaxTransactionActions);
+            return Task.FromException<IReadOnlyList<object?>>(BlockErrors.TooManyActions(actions.Count, MaxTransactionActions));
         return ControlAsync(() => RunTransactionUnlockedAsync(actions, cancellationToken), cancellationToken);
     }
 
