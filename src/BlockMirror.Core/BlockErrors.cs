@@ -54,6 +54,16 @@ public static class BlockErrors
     public static BlockException SizeMismatch(long destination, long source) =>
         Invalid("size-mismatch", $"Bitmaps are of different sizes (destination size is {destination}, source size is {source}) and can't be merged");
 
+    public static BlockException BitmapTooLarge(string message) =>
+        Invalid("bitmap-too-large", message);
+
+    public static BlockException BitmapMemoryExceeded(long needed, long inUse, long budget) =>
+        Conflict("bitmap-memory-exceeded",
+            $"Not enough bitmap memory: the operation needs {needed} bytes, {inUse} of the budget of {budget} bytes are in use (Limits:BitmapMemoryBytes)");
+
+    public static BlockException TooManyActions(int count, int max) =>
+        Invalid("too-many-actions", $"A transaction takes at most {max} actions, got {count} (Limits:MaxTransactionActions)");
+
     /// <summary>Keeps client-supplied text in messages short (a hostile name can be megabytes).</summary>
     public static string Shorten(string text) => text.Length <= 64 ? text : string.Concat(text.AsSpan(0, 61), "...");
 

@@ -55,7 +55,10 @@ public sealed partial class BlockLayer : IAsyncDisposable
             _journal = value;
             _durability = value is null ? null : new BitmapDurability(value);
             if (value is not null)
+            {
                 value.SegmentSealed += QueueFold;
+                value.WriteFailed += QueueJournalRepair;
+            }
         }
     }
 
@@ -362,7 +365,10 @@ public sealed partial class BlockLayer : IAsyncDisposable
         }
         catch
         {
+            // Refused: nothing may remain, not even the image this call created (a retry would find it and get image-exists).
             await image.DisposeAsync().ConfigureAwait(false);
+            if (spec.CreateSize is not null && path is not null)
+                TryDelete(Root.Resolve(path));
             throw;
         }
         AddNodeUnlocked(node);
@@ -459,13 +465,14 @@ public sealed partial class BlockLayer : IAsyncDisposable
             throw BlockErrors.NodeBusy(name, $"block device is in use by block job: mirror ({job})");
         if (node.Exports.Count > 0)
             throw BlockErrors.NodeBusy(name, $"block device is in use by NBD export '{node.Exports.First()}'");
+        // Stored first: a refusal by the store leaves the node as it was, in memory and on disk.
+        await Store.DeleteNodeAsync(name, cancellationToken).ConfigureAwait(false);
         using (await node.Gate.QuiesceAsync(cancellationToken).ConfigureAwait(false))
         {
             lock (_nodes)
                 _nodes.Remove(name);
         }
         await node.Image.DisposeAsync().ConfigureAwait(false);
-        await Store.DeleteNodeAsync(name, cancellationToken).ConfigureAwait(false);
         if (deleteImage && node.Driver == "raw" && node.Path is { } path)
             TryDelete(Root.Resolve(path));
     }, cancellationToken);
@@ -578,12 +585,24 @@ public sealed partial class BlockLayer : IAsyncDisposable
     /// <summary>
     /// Runs actions all or nothing (QEMU's qmp_transaction): under the control lock, with data
     /// writes on every node quiesced, each action prepares in order; the first refusal aborts the
-    /// prepared ones in reverse order and is rethrown with its index.
+    /// prepared ones in reverse order and is rethrown with its index. More than
+    /// <see cref="MaxTransactionActions"/> actions are refused before any runs.
     /// </summary>
-    public Task<IReadOnlyList<object?>> TransactionAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken = default) =>
-        ControlAsync(() => RunTransactionUnlockedAsync(actions, cancellationToken), cancellationToken);
+    public Task<IReadOnlyList<object?>> TransactionAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken = default)
+    {
+        if (actions.Count > MaxTransactionActions)
+            return Task.FromException<IReadOnlyList<object?>>(BlockErrors.TooManyActions(actions.Count, MaxTransactionActions));
+        return ControlAsync(() => RunTransactionUnlockedAsync(actions, cancellationToken), cancellationToken);
+    }
 
-    /// <summary>As <see cref="TransactionAsync"/>, for callers already holding the control lock.</summary>
+    /// <summary>
+    /// As <see cref="TransactionAsync"/>, for callers already holding the control lock. Every action
+    /// prepares, then the whole outcome is stored in one store transaction, and only then do the
+    /// actions commit: any failure before that point (a refusal, any other exception of an action,
+    /// the store's) aborts every prepared action, so a refused transaction changes nothing, in memory
+    /// or on disk. A refusal is rethrown as <see cref="TransactionFailedException"/> with its index;
+    /// anything else as it is (the host maps a store's failure to 503 storage-unavailable).
+    /// </summary>
     public async Task<IReadOnlyList<object?>> RunTransactionUnlockedAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken)
     {
         var context = new TransactionContext(this);
@@ -602,17 +621,29 @@ public sealed partial class BlockLayer : IAsyncDisposable
                 }
                 catch (BlockException e)
                 {
-                    for (var j = prepared.Count - 1; j >= 0; j--)
-                        prepared[j].Abort(context);
+                    AbortPrepared(prepared, context);
                     throw new TransactionFailedException(i, e);
                 }
+                catch
+                {
+                    AbortPrepared(prepared, context);
+                    throw;
+                }
             }
-            foreach (var action in prepared)
-                action.Commit(context);
             // Still quiesced: a checkpoint must see every mark of the writes its journal sequence
             // covers, and no write may rely on the old durable state of a bitmap cleared here before
             // the new one is stored (it would skip the journal and be lost with a crash).
-            await PersistAsync(context, cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await PersistAsync(context, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                AbortPrepared(prepared, context);
+                throw;
+            }
+            foreach (var action in prepared)
+                action.Commit(context);
         }
         finally
         {
@@ -624,15 +655,28 @@ public sealed partial class BlockLayer : IAsyncDisposable
         return [.. actions.Select(a => a.Result)];
     }
 
+    private static void AbortPrepared(List<TransactionAction> prepared, TransactionContext context)
+    {
+        for (var j = prepared.Count - 1; j >= 0; j--)
+            prepared[j].Abort(context);
+    }
+
+    /// <summary>
+    /// Stores a prepared transaction's outcome in one store transaction (before commit: the removed
+    /// bitmaps are still on their nodes, busy): the removed rows deleted, every other touched bitmap
+    /// checkpointed. All of it or nothing reaches the disk.
+    /// </summary>
     private async Task PersistAsync(TransactionContext context, CancellationToken cancellationToken)
     {
         var removed = context.Removed.ToHashSet();
         var touched = context.Touched
             .Where(t => !removed.Contains((t.Node.Name, t.Bitmap.Name)) && t.Node.FindBitmap(t.Bitmap.Name) == t.Bitmap)
             .ToList();
-        if (context.Removed.Count > 0)
-            await Store.DeleteBitmapsAsync(context.Removed, cancellationToken).ConfigureAwait(false);
-        await CheckpointUnlockedAsync(touched, cleanStop: false, _journal?.LastSequence, cancellationToken).ConfigureAwait(false);
+        if (touched.Count == 0 && removed.Count == 0)
+            return;
+        var (records, contents) = BuildCheckpoint(touched, cleanStop: false, _journal?.LastSequence);
+        await Store.SaveBitmapChangesAsync(records, context.Removed, cancellationToken).ConfigureAwait(false);
+        Checkpointed(contents);
     }
 
     /// <summary>

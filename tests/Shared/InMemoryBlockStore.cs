@@ -9,6 +9,9 @@ public sealed class InMemoryBlockStore : IBlockStore
     private readonly Dictionary<string, NodeRecord> _nodes = new(StringComparer.Ordinal);
     private readonly Dictionary<(string, string), BitmapRecord> _bitmaps = [];
 
+    /// <summary>When set, every write throws it and changes nothing (a database that cannot be written).</summary>
+    public Exception? FailWrites { get; set; }
+
     public IReadOnlyDictionary<string, NodeRecord> NodesSnapshot()
     {
         lock (_lock)
@@ -35,6 +38,8 @@ public sealed class InMemoryBlockStore : IBlockStore
 
     public Task SaveNodeAsync(NodeRecord node, CancellationToken cancellationToken = default)
     {
+        if (FailWrites is { } failure)
+            return Task.FromException(failure);
         lock (_lock)
             _nodes[node.Name] = node;
         return Task.CompletedTask;
@@ -42,6 +47,8 @@ public sealed class InMemoryBlockStore : IBlockStore
 
     public Task DeleteNodeAsync(string name, CancellationToken cancellationToken = default)
     {
+        if (FailWrites is { } failure)
+            return Task.FromException(failure);
         lock (_lock)
         {
             _nodes.Remove(name);
@@ -53,6 +60,8 @@ public sealed class InMemoryBlockStore : IBlockStore
 
     public Task SaveBitmapsAsync(IReadOnlyCollection<BitmapRecord> bitmaps, CancellationToken cancellationToken = default)
     {
+        if (FailWrites is { } failure)
+            return Task.FromException(failure);
         lock (_lock)
         {
             foreach (var b in bitmaps)
@@ -63,6 +72,8 @@ public sealed class InMemoryBlockStore : IBlockStore
 
     public Task SavePivotAsync(NodeRecord device, IReadOnlyCollection<BitmapRecord> deviceBitmaps, string consumedNode, CancellationToken cancellationToken = default)
     {
+        if (FailWrites is { } failure)
+            return Task.FromException(failure);
         lock (_lock)
         {
             _nodes.Remove(consumedNode);
@@ -75,8 +86,24 @@ public sealed class InMemoryBlockStore : IBlockStore
         return Task.CompletedTask;
     }
 
+    public Task SaveBitmapChangesAsync(IReadOnlyCollection<BitmapRecord> saved, IReadOnlyCollection<(string Node, string Name)> deleted, CancellationToken cancellationToken = default)
+    {
+        if (FailWrites is { } failure)
+            return Task.FromException(failure);
+        lock (_lock)
+        {
+            foreach (var key in deleted)
+                _bitmaps.Remove(key);
+            foreach (var b in saved)
+                _bitmaps[(b.Node, b.Name)] = b;
+        }
+        return Task.CompletedTask;
+    }
+
     public Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
     {
+        if (FailWrites is { } failure)
+            return Task.FromException(failure);
         lock (_lock)
         {
             foreach (var key in bitmaps)

@@ -72,6 +72,19 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
         await tx.CommitAsync(cancellationToken);
     }
 
+    public async Task SaveBitmapChangesAsync(IReadOnlyCollection<BitmapRecord> saved, IReadOnlyCollection<(string Node, string Name)> deleted, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        var deletedKeys = deleted.ToHashSet();
+        await ApplyBitmapsAsync(db, [.. saved.Where(b => !deletedKeys.Contains((b.Node, b.Name)))], cancellationToken);
+        using var turn = await gate.EnterAsync(cancellationToken);
+        await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
+        foreach (var (node, name) in deleted)
+            await db.Bitmaps.Where(b => b.Node == node && b.Name == name).ExecuteDeleteAsync(cancellationToken);
+        await db.SaveChangesAsync(cancellationToken);
+        await tx.CommitAsync(cancellationToken);
+    }
+
     /// <summary>Tracks the insert or update of a node row (saved by the caller).</summary>
     private static async Task ApplyNodeAsync(BlockMirrorDbContext db, NodeRecord node, CancellationToken cancellationToken)
     {

@@ -9,7 +9,9 @@ namespace BlockMirror.Api.Infrastructure;
 /// <summary>
 /// Turns every exception a handler lets through into a problem document: block-layer refusals
 /// keep their code and QEMU sentence; malformed requests become 400 <c>invalid-request</c>,
-/// oversized bodies 413 <c>body-too-large</c>. Nothing a client sends ends as a bare 500.
+/// oversized bodies 413 <c>body-too-large</c>; a database or bitmap journal that cannot be written
+/// 503 <c>storage-unavailable</c> (the operations that store refuse before anything changes, see
+/// <see cref="StorageFailures"/>). Nothing a client sends ends as a bare 500.
 /// </summary>
 public sealed class BlockExceptionHandler(IProblemDetailsService problems, ILogger<BlockExceptionHandler> logger) : IExceptionHandler
 {
@@ -33,6 +35,11 @@ public sealed class BlockExceptionHandler(IProblemDetailsService problems, ILogg
 
     private static (int Status, string Code, string Detail, Dictionary<string, object?> Extra) Classify(Exception exception)
     {
+        if (StorageFailures.IsStorageFailure(exception))
+        {
+            return (StatusCodes.Status503ServiceUnavailable, "storage-unavailable",
+                $"{StorageFailures.Describe(exception)}; nothing of the request took effect", []);
+        }
         switch (exception)
         {
             case BlockException e:

@@ -35,6 +35,8 @@ public sealed class BlockMirrorMetrics
             description: "Listed (not dismissed) jobs by status.");
         meter.CreateObservableGauge("blockmirror.bitmap.dirty", ObserveDirtyBytes, unit: "By",
             description: "Dirty bytes of each bitmap: the Bitmap's count.");
+        meter.CreateObservableGauge("blockmirror.bitmap.memory", () => _layer.BitmapMemoryInUse, unit: "By",
+            description: "Memory the bitmaps take, as counted against Limits:BitmapMemoryBytes.");
 
         NbdRequests = meter.CreateCounter<long>("blockmirror.nbd.requests", unit: "{request}",
             description: "NBD transmission requests handled by the NBD server.");

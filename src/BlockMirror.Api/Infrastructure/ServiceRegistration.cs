@@ -21,6 +21,7 @@ public static class ServiceRegistration
         services.Configure<StorageOptions>(builder.Configuration.GetSection(StorageOptions.Section));
         services.Configure<NbdOptions>(builder.Configuration.GetSection(NbdOptions.Section));
         services.Configure<AuthOptions>(builder.Configuration.GetSection(AuthOptions.Section));
+        services.Configure<BitmapLimitsOptions>(builder.Configuration.GetSection(BitmapLimitsOptions.Section));
         services.AddSingleton(TimeProvider.System);
 
         services.ConfigureHttpJsonOptions(o => JsonSetup.Configure(o.SerializerOptions));
@@ -35,11 +36,15 @@ public static class ServiceRegistration
         });
         services.AddExceptionHandler<BlockExceptionHandler>();
 
+        services.AddSingleton<StorageHealth>();
+        services.AddSingleton<DatabaseFailureInterceptor>();
         services.AddDbContextFactory<BlockMirrorDbContext>((sp, o) =>
-            o.UseSqlite(ResolveConnectionString(builder.Configuration, builder.Environment.ContentRootPath)));
+            o.UseSqlite(ResolveConnectionString(builder.Configuration, builder.Environment.ContentRootPath))
+                .AddInterceptors(sp.GetRequiredService<DatabaseFailureInterceptor>()));
         services.AddHealthChecks()
             .AddDbContextCheck<BlockMirrorDbContext>("database")
-            .AddCheck<ImageRootHealthCheck>("image-root");
+            .AddCheck<ImageRootHealthCheck>("image-root")
+            .AddCheck<StorageHealthCheck>("storage");
         services.AddBlockMirrorObservability();
 
         services.AddSingleton(sp =>
@@ -63,15 +68,21 @@ public static class ServiceRegistration
         services.AddSingleton<NbdHost>();
         services.AddSingleton<IStartupParticipant>(sp => sp.GetRequiredService<NbdHost>());
         services.AddSingleton<Endpoints.ITransactionActionFactory, Endpoints.MirrorActionFactory>();
-        services.AddSingleton(sp => new BlockLayer(
-            sp.GetRequiredService<ImageRoot>(),
-            sp.GetRequiredService<IBlockStore>(),
-            sp.GetRequiredService<EventHub>(),
-            sp.GetRequiredService<TimeProvider>(),
-            sp.GetService<IRemoteImageOpener>())
+        services.AddSingleton(sp =>
         {
-            JobStore = sp.GetRequiredService<IJobStore>(),
-            Journal = sp.GetService<IBitmapJournal>(),
+            var limits = sp.GetRequiredService<IOptions<BitmapLimitsOptions>>().Value;
+            return new BlockLayer(
+                sp.GetRequiredService<ImageRoot>(),
+                sp.GetRequiredService<IBlockStore>(),
+                sp.GetRequiredService<EventHub>(),
+                sp.GetRequiredService<TimeProvider>(),
+                sp.GetService<IRemoteImageOpener>())
+            {
+                JobStore = sp.GetRequiredService<IJobStore>(),
+                Journal = sp.GetService<IBitmapJournal>(),
+                BitmapMemoryBudget = limits.BitmapMemoryBytes,
+                MaxTransactionActions = limits.MaxTransactionActions,
+            };
         });
 
         services.AddEndpointsApiExplorer();

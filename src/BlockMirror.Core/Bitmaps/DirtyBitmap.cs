@@ -24,6 +24,9 @@ public sealed class DirtyBitmap
     private const long MinGranularity = 512;
     private const long MaxGranularity = 1L << 31;
 
+    /// <summary>Merge buffers up to this many words (8 MiB) are borrowed from the shared pool.</summary>
+    private const int PooledMergeWords = 1 << 20;
+
     private readonly Lock _lock = new();
     private readonly HBitmap _bits;
     private readonly int _shift;
@@ -120,6 +123,25 @@ public sealed class DirtyBitmap
 
     /// <summary>Number of dirty granules (set bits). Lock-free.</summary>
     public long DirtyGranules => Volatile.Read(ref _dirtyGranules);
+
+    /// <summary>Granules (bits) of a bitmap of <paramref name="granularity"/> over <paramref name="size"/> bytes.</summary>
+    public static long GranulesFor(long size, long granularity)
+    {
+        int shift = BitOperations.Log2((ulong)granularity);
+        return (size >> shift) + ((size & (granularity - 1)) != 0 ? 1 : 0);
+    }
+
+    /// <summary>Bytes of memory a bitmap of <paramref name="granules"/> bits takes (budgets count this).</summary>
+    public static long MemoryBytesFor(long granules) => HBitmap.MemoryBytesFor(granules);
+
+    /// <summary>Bytes of the serialized form (a checkpoint's content) of a bitmap of <paramref name="granules"/> bits.</summary>
+    public static long SerializedBytesFor(long granules) => HBitmap.SerializedLengthFor(granules);
+
+    /// <summary>Bytes of memory this bitmap's bits take.</summary>
+    public long MemoryBytes => MemoryBytesFor(_granules);
+
+    /// <summary>Bytes of this bitmap's serialized form.</summary>
+    public long SerializedBytes => SerializedBytesFor(_granules);
 
     /// <summary>True for a power of two in [512, 2^31].</summary>
     public static bool IsValidGranularity(long g) =>
@@ -370,7 +392,11 @@ public sealed class DirtyBitmap
             // would allocate a fresh 2 MiB (1 TiB @ 64 KiB) per merge on the large object
             // heap, which alone cost more than the 2 ms budget once gen2 collections followed.
             int words = _bits.WordCount;
-            ulong[] buffer = ArrayPool<ulong>.Shared.Rent(words);
+            // Past PooledMergeWords the buffer is a plain allocation: the shared pool keeps what it
+            // lends, so every 256 MiB merge (1 TiB @ 512 B) would stay in the process for good,
+            // outside the bitmap memory budget.
+            bool pooled = words <= PooledMergeWords;
+            ulong[] buffer = pooled ? ArrayPool<ulong>.Shared.Rent(words) : GC.AllocateUninitializedArray<ulong>(words);
             try
             {
                 lock (source._lock)
@@ -386,7 +412,10 @@ public sealed class DirtyBitmap
             }
             finally
             {
-                ArrayPool<ulong>.Shared.Return(buffer);
+                if (pooled)
+                {
+                    ArrayPool<ulong>.Shared.Return(buffer);
+                }
             }
 
             return;

@@ -503,6 +503,20 @@ public sealed class HBitmap
 
     internal static long SerializedLengthFor(long length) => ((length + 63) >> BitsPerLevel) * sizeof(ulong);
 
+    /// <summary>Bytes the levels of a bitmap of <paramref name="length"/> bits take (as <see cref="AllocateLevels"/> sizes them).</summary>
+    internal static long MemoryBytesFor(long length)
+    {
+        long words = Math.Max(1, (length + 63) >> BitsPerLevel);
+        long total = words;
+        while (words > 1)
+        {
+            words = (words + 63) >> BitsPerLevel;
+            total += words;
+        }
+
+        return total * sizeof(ulong);
+    }
+
     private void LoadWords(ReadOnlySpan<byte> src)
     {
         Span<ulong> words = _words.AsSpan(0, src.Length / sizeof(ulong));

@@ -25,7 +25,8 @@ public sealed partial class MirrorJob : Job
 
     private readonly BlockNode _device;
     private readonly BlockNode _target;
-    private readonly DirtyBitmap _working;
+    // Replaced by an empty bitmap once the job is over (ReleaseWorkingCopy): concluded and dismissed jobs are kept.
+    private DirtyBitmap _working;
     private readonly DirtyBitmap? _named;
     private readonly MirrorWriteFilter _filter;
     private readonly TargetGuardFilter _guard;
@@ -96,6 +97,16 @@ public sealed partial class MirrorJob : Job
 
     /// <summary>The bitmap the job works from (the caller's in mode always, else a private one).</summary>
     internal DirtyBitmap WorkingBitmap => _working;
+
+    /// <summary>Bytes of the job's private working bitmap, counted in the layer's bitmap memory budget.</summary>
+    internal long WorkingCopyBytes
+    {
+        get
+        {
+            var working = Volatile.Read(ref _working);
+            return ReferenceEquals(working, _named) ? 0 : working.MemoryBytes;
+        }
+    }
 
     private long Size => _device.Size;
 
@@ -240,11 +251,31 @@ public sealed partial class MirrorJob : Job
             // Another user appeared on the target since the start: replacing would change what it sees.
             throw new JobFailedException("Operation not permitted");
         }
-        _oldImage = _device.Image;
+        return PivotAsync();
+    }
+
+    /// <summary>
+    /// The device takes the target's image and the target is consumed, stored first: the pivot is
+    /// reported only once it is durable, or a restart would put the device back on its old image and
+    /// lose every write made after it. A store that fails switches the device back (its writes are still
+    /// quiesced, none went to the new image) and fails the job with the reason; the target stays.
+    /// </summary>
+    private async Task PivotAsync()
+    {
+        var old = (Image: _device.Image, _device.Driver, _device.Path, _device.Uri);
         _device.Pivot(_target.Image, _target.Driver, _target.Path, _target.Uri);
+        try
+        {
+            await Layer.SavePivotUnlockedAsync(_device, _target.Name).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            _device.Pivot(old.Image, old.Driver, old.Path, old.Uri);
+            throw new JobFailedException($"The pivot onto '{_target.Name}' could not be stored, the device stays on its image: {e.Message}", e);
+        }
+        _oldImage = old.Image;
         Layer.ForgetNodeUnlocked(_target.Name);
         _pivoted = true;
-        return Task.CompletedTask;
     }
 
     protected override async Task CommitAsync()
@@ -252,7 +283,6 @@ public sealed partial class MirrorJob : Job
         _succeeded = true;
         if (!_pivoted)
             return;
-        await BestEffortAsync(() => Layer.SavePivotUnlockedAsync(_device, _target.Name)).ConfigureAwait(false);
         // The old source image is no longer attached; the file stays where it was.
         if (_oldImage is not null)
             await BestEffortAsync(() => _oldImage.DisposeAsync().AsTask()).ConfigureAwait(false);
@@ -287,6 +317,18 @@ public sealed partial class MirrorJob : Job
         }
         if (_named is not null && _device.FindBitmap(_named.Name) == _named)
             await BestEffortAsync(() => Layer.SaveBitmapAsync(_device, _named)).ConfigureAwait(false);
+        ReleaseWorkingCopy();
+    }
+
+    /// <summary>
+    /// A private working bitmap is not needed once the job is over (snapshots show the progress frozen
+    /// at exit, the filter is out, the loop has ended): its memory goes back, as the kept job record
+    /// would otherwise hold it until the process ends.
+    /// </summary>
+    private void ReleaseWorkingCopy()
+    {
+        if (!ReferenceEquals(_working, _named))
+            Volatile.Write(ref _working, new DirtyBitmap(_working.Name, 0, Granularity, disabled: true));
     }
 
     /// <summary>The bitmapMode contract at exit (API.md).</summary>

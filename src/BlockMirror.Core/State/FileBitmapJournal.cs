@@ -39,7 +39,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
     private readonly Lock _lock = new();
     private readonly SemaphoreSlim _wake = new(0);
     private readonly List<SegmentFile> _sealed = [];
-    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private List<string> _recovered = [];
     private bool _disposed;
 
@@ -50,6 +50,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
     private bool _flusherBusy;
     private bool _started;
     private bool _stopping;
+    private bool _restarting;
     private long _lastSequence;
     private Exception? _failure;
 
@@ -86,6 +87,17 @@ public sealed class FileBitmapJournal : IBitmapJournal
     public JournalStatistics Statistics => new(Interlocked.Read(ref _appends), Interlocked.Read(ref _flushes), Interlocked.Read(ref _bytes));
 
     public event Action? SegmentSealed;
+
+    public Exception? Failure
+    {
+        get
+        {
+            lock (_lock)
+                return _failure;
+        }
+    }
+
+    public event Action? WriteFailed;
 
     public Task<JournalRecovery> RecoverAsync(CancellationToken cancellationToken = default)
     {
@@ -154,8 +166,8 @@ public sealed class FileBitmapJournal : IBitmapJournal
         {
             if (_failure is { } failure)
                 return ValueTask.FromException(Failed(failure));
-            if (!_started || _stopping)
-                return ValueTask.FromException(new IOException("The bitmap journal is not running"));
+            if (!_started || _stopping || _restarting)
+                return ValueTask.FromException(new BitmapJournalException("The bitmap journal is not running"));
             var sequence = ++_lastSequence;
             _pending.Add(new JournalEntry(sequence, node, bitmap, firstGranule, granuleCount));
             durable = _batch.Task;
@@ -226,6 +238,91 @@ public sealed class FileBitmapJournal : IBitmapJournal
         _alive?.Dispose();
     }
 
+    // ---- failure and restart -------------------------------------------------------------------
+
+    /// <summary>Appends fail from now on; the first failure is announced (the block layer starts repairing).</summary>
+    private void MarkFailed(Exception e)
+    {
+        bool first;
+        lock (_lock)
+        {
+            first = _failure is null;
+            _failure ??= e;
+        }
+        if (first)
+            ThreadPool.QueueUserWorkItem(_ => WriteFailed?.Invoke());
+    }
+
+    /// <summary>
+    /// Replaces a failed journal by a fresh one, as <see cref="StartAsync"/> does at load: the flusher
+    /// stops, every segment goes (the caller has checkpointed every persistent bitmap through
+    /// <paramref name="nextSequence"/> - 1, with writes quiesced, so the checkpoints cover whatever the
+    /// segments held), and a new segment starts at <paramref name="nextSequence"/>. The failed segment
+    /// is never written again: after a failed write or fdatasync its pages cannot be trusted. When the
+    /// new segment cannot be created (the disk is still full) the journal stays failed and this can be
+    /// called again.
+    /// </summary>
+    public async Task RestartAsync(long nextSequence, CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+        {
+            if (!_started || _stopping || _restarting)
+                throw new BitmapJournalException("The bitmap journal is not running");
+            if (_failure is null)
+                return;
+            ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(nextSequence, _lastSequence);
+            // The flusher leaves once nothing is pending; nothing is, since appends fail while failed.
+            _restarting = true;
+        }
+        try
+        {
+            _wake.Release();
+            await _stopped.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
+            ReplaceSegments(nextSequence);
+        }
+        catch (Exception e)
+        {
+            lock (_lock)
+                _restarting = false;
+            throw e is BitmapJournalException or OperationCanceledException ? e : Failed(e);
+        }
+        _stopped = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_lock)
+        {
+            // A fresh batch: the failed one holds its exception for good. Appends stay refused
+            // (failure still set) until the new flusher runs; it must not see the restart flag and leave.
+            _batch = NewBatch();
+            _pending.Clear();
+            _flusherBusy = false;
+            _lastSequence = nextSequence - 1;
+            _restarting = false;
+        }
+        _thread = new Thread(Run) { IsBackground = true, Name = "bitmap-journal" };
+        _thread.Start();
+        lock (_lock)
+            _failure = null;
+    }
+
+    /// <summary>RestartAsync's file work, with the flusher stopped: every segment deleted, a new one at <paramref name="nextSequence"/>.</summary>
+    private void ReplaceSegments(long nextSequence)
+    {
+        _segment?.Dispose();
+        _segment = null;
+        List<string> paths;
+        lock (_sealed)
+        {
+            paths = [.. _sealed.Select(s => s.Path)];
+            _sealed.Clear();
+        }
+        if (_current.Path is { } current)
+            paths.Add(current);
+        foreach (var path in paths.Concat(ListSegments().Select(s => s.Path)).Distinct(StringComparer.Ordinal))
+            File.Delete(path);
+        StateNative.FsyncDirectory(_directory);
+        _lastFlushed = nextSequence - 1;
+        OpenSegment(nextSequence);
+    }
+
     // ---- the flusher thread ------------------------------------------------------------------
 
     private void Run()
@@ -245,7 +342,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
                 }
                 lock (_lock)
                 {
-                    if (_stopping && _pending.Count == 0)
+                    if ((_stopping || _restarting) && _pending.Count == 0)
                         return;
                 }
             }
@@ -254,9 +351,9 @@ public sealed class FileBitmapJournal : IBitmapJournal
         {
             // Nothing may wait forever on a flush that will never come: fail the collected batch and every later append.
             TaskCompletionSource batch;
+            MarkFailed(e);
             lock (_lock)
             {
-                _failure ??= e;
                 batch = _batch;
                 _pending.Clear();
             }
@@ -311,11 +408,12 @@ public sealed class FileBitmapJournal : IBitmapJournal
             _segmentEntries += batch.Count;
             done.TrySetResult();
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (Exception e)
         {
-            // After a failed fdatasync the page cache may claim data the disk lost: never retry, fail every later append.
-            lock (_lock)
-                _failure ??= e;
+            // Whatever failed, the writers of this batch must hear it (they would wait forever).
+            // After a failed fdatasync the page cache may claim data the disk lost: never retry this
+            // segment, fail every later append until RestartAsync replaces the journal by checkpoints.
+            MarkFailed(e);
             done.TrySetException(Failed(e));
             return;
         }
@@ -337,8 +435,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            lock (_lock)
-                _failure ??= e;
+            MarkFailed(e);
         }
     }
 
@@ -459,8 +556,8 @@ public sealed class FileBitmapJournal : IBitmapJournal
         }
     }
 
-    private static IOException Failed(Exception cause) =>
-        new($"The bitmap journal cannot be written: {cause.Message}", cause);
+    private static BitmapJournalException Failed(Exception cause) =>
+        cause as BitmapJournalException ?? new($"The bitmap journal cannot be written: {cause.Message}", cause);
 
     private static TaskCompletionSource NewBatch() => new(TaskCreationOptions.RunContinuationsAsynchronously);
 }

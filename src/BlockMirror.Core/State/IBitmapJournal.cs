@@ -28,6 +28,12 @@ public interface IBitmapJournal : IAsyncDisposable
     /// <summary>Raised, on a thread-pool thread, when a segment filled up: its entries can be folded into the checkpoints.</summary>
     event Action? SegmentSealed;
 
+    /// <summary>Why appends fail (the journal could not be written), or null while it works.</summary>
+    Exception? Failure { get; }
+
+    /// <summary>Raised, on a thread-pool thread, when appends start failing (<see cref="Failure"/> set): the owner repairs with <see cref="RestartAsync"/>.</summary>
+    event Action? WriteFailed;
+
     /// <summary>
     /// Reads what earlier runs left (every entry of the valid prefix of every segment, and the last
     /// sign of life). Called once, before <see cref="StartAsync"/>; changes nothing.
@@ -43,9 +49,18 @@ public interface IBitmapJournal : IAsyncDisposable
     /// <summary>
     /// Appends "granules [first, first+count) of <paramref name="bitmap"/> on <paramref name="node"/>
     /// may be dirty" and completes once it is durable. Concurrent appends share one flush.
-    /// Fails with an <see cref="IOException"/> when the journal cannot be written (then every later append fails too).
+    /// Fails with a <see cref="BitmapJournalException"/> when the journal cannot be written (then every
+    /// later append fails too, until <see cref="RestartAsync"/>).
     /// </summary>
     ValueTask AppendAsync(string node, string bitmap, long firstGranule, long granuleCount);
+
+    /// <summary>
+    /// Repairs a failed journal (no-op when it works): the caller has checkpointed every persistent
+    /// bitmap through <paramref name="nextSequence"/> - 1 with every node's writes quiesced, so every
+    /// segment is dropped and new entries start at <paramref name="nextSequence"/> in a fresh one, as
+    /// after <see cref="StartAsync"/>. Fails, and the journal stays failed, while it still cannot be written.
+    /// </summary>
+    Task RestartAsync(long nextSequence, CancellationToken cancellationToken = default);
 
     /// <summary>The entries of the sealed segments, or null when there is none.</summary>
     Task<SealedJournal?> ReadSealedAsync(CancellationToken cancellationToken = default);

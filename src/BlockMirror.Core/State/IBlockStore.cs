@@ -24,6 +24,13 @@ public interface IBlockStore
     Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default);
 
     /// <summary>
+    /// A bitmap transaction's outcome in one store transaction: <paramref name="deleted"/> removed,
+    /// <paramref name="saved"/> inserted or updated (as in <see cref="SaveBitmapsAsync"/>). A failure
+    /// leaves the store as it was, so the block layer can abort the transaction whole.
+    /// </summary>
+    Task SaveBitmapChangesAsync(IReadOnlyCollection<BitmapRecord> saved, IReadOnlyCollection<(string Node, string Name)> deleted, CancellationToken cancellationToken = default);
+
+    /// <summary>
     /// A mirror's pivot in one transaction: the device's record (now on the target's image), the
     /// device's bitmaps (checkpoints stamped with that image, as in <see cref="SaveBitmapsAsync"/>),
     /// and the consumed target node deleted with its bitmaps. A crash finds the pivot whole or not at

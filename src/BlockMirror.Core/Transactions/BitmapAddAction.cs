@@ -23,6 +23,12 @@ public sealed class BitmapAddAction(string node, string name, long? granularity,
         if (_node.FindBitmap(name) is not null)
             throw BlockErrors.BitmapExists(name);
         Names.Validate("bitmap", name);
+        // Refused before anything is allocated: a bitmap that cannot exist, cannot be stored, or does not fit the memory budget.
+        context.Layer.CheckBitmapSize(_node.Size, g, persistent);
+        var granules = DirtyBitmap.GranulesFor(_node.Size, g);
+        context.ReserveBitmapMemory(
+            context.Layer.LastingBytes(DirtyBitmap.MemoryBytesFor(granules), persistent),
+            persistent ? DirtyBitmap.SerializedBytesFor(granules) : 0);
         _added = new DirtyBitmap(name, _node.Size, g, persistent, disabled) { CreatedAt = context.Layer.UtcNow };
         _node.AddBitmap(_added);
         context.Touch(_node, _added);

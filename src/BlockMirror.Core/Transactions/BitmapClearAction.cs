@@ -13,6 +13,7 @@ public sealed class BitmapClearAction(string node, string name) : TransactionAct
         var n = context.Layer.GetNode(node);
         _bitmap = n.GetBitmap(name);
         _bitmap.Check(BitmapCheck.Default);
+        context.ReserveBitmapMemory(0, _bitmap.MemoryBytes, _bitmap);
         _backup = _bitmap.SnapshotBits();
         _bitmap.Clear();
         context.Touch(n, _bitmap);

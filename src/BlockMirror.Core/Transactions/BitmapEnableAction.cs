@@ -13,6 +13,7 @@ public sealed class BitmapEnableAction(string node, string name, bool enable) : 
         var n = context.Layer.GetNode(node);
         _bitmap = n.GetBitmap(name);
         _bitmap.Check(BitmapCheck.AllowReadOnly);
+        context.ReserveBitmapMemory(0, 0, _bitmap);
         _wasDisabled = _bitmap.Disabled;
         _bitmap.Disabled = !enable;
         context.Touch(n, _bitmap);

@@ -29,12 +29,25 @@ public sealed class BitmapMergeAction(string node, string target, IReadOnlyList<
             resolved.Add(b);
         }
         t.Check(BitmapCheck.Default);
+        // The backup, and the largest copy one merge makes (the source's words, or its whole
+        // hierarchy when granularities differ), are held while the transaction runs.
+        var mergeCopy = resolved.Count == 0 ? 0 : resolved.Max(b => b.Granularity == t.Granularity ? b.SerializedBytes : b.MemoryBytes);
+        context.ReserveBitmapMemory(0, t.MemoryBytes + mergeCopy, t);
         // Everything is checked before the first merge, so a refusal never leaves a half-merged target;
         // the backup still guards a later action's failure.
         _target = t;
         _backup = t.SnapshotBits();
-        foreach (var b in resolved)
-            t.MergeFrom(b);
+        try
+        {
+            foreach (var b in resolved)
+                t.MergeFrom(b);
+        }
+        catch
+        {
+            // This action's own abort is not called when its prepare fails: undo a partial merge here.
+            t.RestoreBits(_backup);
+            throw;
+        }
         context.Touch(n, t);
         Result = t;
         return ValueTask.CompletedTask;

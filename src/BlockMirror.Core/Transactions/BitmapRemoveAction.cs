@@ -5,7 +5,8 @@ namespace BlockMirror.Core.Transactions;
 
 /// <summary>
 /// block-dirty-bitmap-remove: checks busy and read-only (an inconsistent bitmap can always be
-/// removed), marks it busy in prepare so later actions cannot use it, releases it on commit.
+/// removed), marks it busy in prepare so later actions cannot use it (its row is deleted with the
+/// transaction's store, before commit), releases it on commit.
 /// </summary>
 public sealed class BitmapRemoveAction(string node, string name) : TransactionAction
 {
@@ -18,6 +19,7 @@ public sealed class BitmapRemoveAction(string node, string name) : TransactionAc
         _bitmap = _node.GetBitmap(name);
         _bitmap.Check(BitmapCheck.Busy | BitmapCheck.ReadOnly);
         _bitmap.Busy = true;
+        context.Removed.Add((_node.Name, _bitmap.Name));
         return ValueTask.CompletedTask;
     }
 
@@ -25,7 +27,6 @@ public sealed class BitmapRemoveAction(string node, string name) : TransactionAc
     {
         _bitmap!.Busy = false;
         _node!.RemoveBitmap(_bitmap);
-        context.Removed.Add((_node.Name, _bitmap.Name));
     }
 
     public override void Abort(TransactionContext context)

@@ -50,6 +50,7 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
             throw BlockErrors.Invalid("size-mismatch", "Source and target image have different sizes");
 
         var mode = named is null ? (BitmapMode?)null : o.BitmapMode ?? BitmapMode.Always;
+        ReserveWorkingBitmap(context, device, granularity, named, mode);
         _job = new MirrorJob(layer, id, o, device, target, granularity, bufSize, named, mode);
         _job.Attach();
         if (named is not null && mode == BitmapMode.Always)
@@ -63,6 +64,24 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
     public override void Abort(TransactionContext context) => _job?.Detach();
 
     public override void AfterCommit(TransactionContext context) => _job?.Start();
+
+    /// <summary>
+    /// The job's private working bitmap (all modes but a caller bitmap in mode always) must exist and
+    /// fit the bitmap memory budget; it is counted for as long as the job runs. A caller bitmap taken
+    /// over (mode always) is stored with the transaction.
+    /// </summary>
+    private static void ReserveWorkingBitmap(TransactionContext context, BlockNode device, int granularity, DirtyBitmap? named, BitmapMode? mode)
+    {
+        if (named is not null && mode == BitmapMode.Always)
+        {
+            context.ReserveBitmapMemory(0, 0, named);
+            return;
+        }
+        context.Layer.CheckBitmapSize(device.Size, granularity, persistent: false);
+        var working = DirtyBitmap.MemoryBytesFor(DirtyBitmap.GranulesFor(device.Size, granularity));
+        // Seeding it from the caller's bitmap copies that bitmap's words once.
+        context.ReserveBitmapMemory(working, named?.SerializedBytes ?? 0);
+    }
 
     /// <summary>blockdev_mirror_common's op blockers: a node another job owns.</summary>
     private static void CheckNotInJob(BlockNode device, BlockNode target)

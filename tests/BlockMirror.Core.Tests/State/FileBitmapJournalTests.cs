@@ -138,8 +138,8 @@ public sealed class FileBitmapJournalTests(ITestOutputHelper output) : IDisposab
     {
         var journal = await StartAsync();
         await journal.DisposeAsync();
-        await Assert.ThrowsAsync<IOException>(async () => await journal.AppendAsync("disk0", "b0", 0, 1));
+        await Assert.ThrowsAsync<BitmapJournalException>(async () => await journal.AppendAsync("disk0", "b0", 0, 1));
         await using var never = new FileBitmapJournal(_dir.PathOf("never"));
-        await Assert.ThrowsAsync<IOException>(async () => await never.AppendAsync("disk0", "b0", 0, 1));
+        await Assert.ThrowsAsync<BitmapJournalException>(async () => await never.AppendAsync("disk0", "b0", 0, 1));
     }
 }
