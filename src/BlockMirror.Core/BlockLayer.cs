@@ -405,40 +405,70 @@ public sealed partial class BlockLayer : IAsyncDisposable
         var full = Root.Resolve(path);
         if (Directory.Exists(full))
             throw BlockErrors.Invalid("path-outside-root", $"Path '{path}' is a directory");
-        if (createSize is { } size)
-        {
-            if (size < 0 || size % 512 != 0)
-                throw BlockErrors.Invalid("invalid-size", $"Image size {size} must be a non-negative multiple of 512");
-            if (File.Exists(full) || new FileInfo(full).LinkTarget is not null)
-                throw BlockErrors.Conflict("image-exists", $"Image '{path}' already exists");
-            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-            try
-            {
-                return RawFileImage.Create(full, size);
-            }
-            catch (IOException e) when (File.Exists(full) && e.HResult != 0 && !IsTooLarge(e))
-            {
-                throw BlockErrors.Conflict("image-exists", $"Image '{path}' already exists");
-            }
-            catch (IOException e)
-            {
-                TryDelete(full);
-                throw BlockErrors.Invalid("invalid-size", $"Could not create an image of {size} bytes: {e.Message}");
-            }
-        }
-        if (!File.Exists(full))
-            throw BlockErrors.NotFound("image-not-found", $"Could not open '{path}': No such file or directory");
         try
         {
-            return RawFileImage.Open(full, readOnly);
+            if (createSize is { } size)
+            {
+                if (size < 0 || size % 512 != 0)
+                    throw BlockErrors.Invalid("invalid-size", $"Image size {size} must be a non-negative multiple of 512");
+                if (File.Exists(full) || new FileInfo(full).LinkTarget is not null)
+                    throw ImageExists(path);
+                CreateParentDirectory(full, path);
+                return RawFileImage.Create(full, size, path);
+            }
+            if (!File.Exists(full))
+                throw ImageNotFound(path);
+            return RawFileImage.Open(full, readOnly, path, Root.AllowHardLinks);
+        }
+        catch (FileNotFoundException)
+        {
+            throw ImageNotFound(path);
         }
         catch (UnauthorizedAccessException e)
         {
             throw BlockErrors.Conflict("image-not-accessible", $"Could not open '{path}': {e.Message}");
         }
+        catch (IOException e) when (OpenErrorOf(e) is { } errno)
+        {
+            // By errno, never by message text: the file system said what is wrong with the path.
+            throw errno switch
+            {
+                LibC.EEXIST => ImageExists(path),
+                LibC.ENOENT => ImageNotFound(path),
+                _ => BlockErrors.Invalid("invalid-path", $"Could not open '{path}': {e.Message}"),
+            };
+        }
     }
 
-    private static bool IsTooLarge(IOException e) => e.Message.Contains("too large", StringComparison.OrdinalIgnoreCase);
+    /// <summary>
+    /// The errno of a failed open or mkdir that says something about the path (HResult carries it,
+    /// see <see cref="LibC.ErrnoException"/>; .NET's own PathTooLongException is ENAMETOOLONG), or null.
+    /// </summary>
+    private static int? OpenErrorOf(IOException e) => e switch
+    {
+        PathTooLongException => LibC.ENAMETOOLONG,
+        _ when e.HResult is LibC.EEXIST or LibC.ENOENT or LibC.ENOTDIR or LibC.ENAMETOOLONG or LibC.ELOOP or LibC.EISDIR => e.HResult,
+        _ => null,
+    };
+
+    private static void CreateParentDirectory(string full, string path)
+    {
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        }
+        catch (IOException e) when (e is DirectoryNotFoundException || e.HResult is LibC.EEXIST or LibC.ENOTDIR)
+        {
+            // mkdir met a file where a directory should be.
+            throw BlockErrors.Invalid("invalid-path", $"Could not create '{path}': a component of the path is not a directory");
+        }
+    }
+
+    private static BlockException ImageExists(string path) =>
+        BlockErrors.Conflict("image-exists", $"Image '{path}' already exists");
+
+    private static BlockException ImageNotFound(string path) =>
+        BlockErrors.NotFound("image-not-found", $"Could not open '{path}': No such file or directory");
 
     private static void TryDelete(string path)
     {

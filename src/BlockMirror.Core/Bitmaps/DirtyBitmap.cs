@@ -42,6 +42,7 @@ public sealed class DirtyBitmap
 
     /// <summary>Creates an all-clean bitmap.</summary>
     /// <exception cref="ArgumentException">Granularity is not a power of two of at least 512.</exception>
+    /// <exception cref="BlockException"><c>bitmap-too-large</c>: more granules than a bitmap can hold.</exception>
     public DirtyBitmap(string name, long size, long granularity, bool persistent = false, bool disabled = false)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -56,6 +57,8 @@ public sealed class DirtyBitmap
         Granularity = granularity;
         _shift = BitOperations.Log2((ulong)granularity);
         _granules = (size >> _shift) + ((size & (granularity - 1)) != 0 ? 1 : 0);
+        if (_granules > HBitmap.MaxLength)
+            throw TooLarge(size, granularity, _granules);
         _lastGranuleBytes = _granules == 0 ? 0 : size - ((_granules - 1) << _shift);
         _bits = new HBitmap(_granules);
         _persistent = persistent;
@@ -120,6 +123,19 @@ public sealed class DirtyBitmap
 
     /// <summary>Number of dirty granules (set bits). Lock-free.</summary>
     public long DirtyGranules => Volatile.Read(ref _dirtyGranules);
+
+    /// <summary>
+    /// <c>bitmap-too-large</c>: more granules than <see cref="HBitmap"/> holds (a default-granularity
+    /// bitmap on a node of an exabyte). A client error, not a crash: the granularity can be raised.
+    /// </summary>
+    private static BlockException TooLarge(long size, long granularity, long granules)
+    {
+        var fitting = MinGranularity;
+        while (fitting < MaxGranularity && ((size - 1) / fitting) + 1 > HBitmap.MaxLength)
+            fitting <<= 1;
+        return BlockErrors.Invalid("bitmap-too-large",
+            $"A bitmap with granularity {granularity} on a node of {size} bytes would have {granules} granules, more than the {HBitmap.MaxLength} supported; use a granularity of at least {fitting}");
+    }
 
     /// <summary>True for a power of two in [512, 2^31].</summary>
     public static bool IsValidGranularity(long g) =>
