@@ -133,6 +133,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
     public Task LoadAsync(CancellationToken cancellationToken = default) => ControlAsync(async () =>
     {
         var recovery = _journal is null ? JournalRecovery.Empty : await _journal.RecoverAsync(cancellationToken).ConfigureAwait(false);
+        foreach (var damage in recovery.Damage)
+            LoadFailures.Add($"bitmap journal: {damage.Description}");
         var journaled = recovery.Entries
             .GroupBy(e => (e.Node, e.Bitmap))
             .ToDictionary(g => g.Key, g => (IReadOnlyList<JournalEntry>)[.. g]);
@@ -213,7 +215,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
         {
             // QEMU: a bitmap that cannot be trusted is kept, disabled, and can only be removed.
             bitmap.Clear();
-            bitmap.Inconsistent = true;
+            bitmap.MarkInconsistent(reason);
             bitmap.Disabled = true;
             InconsistentAtLoad.Add($"{node.Name}/{row.Name}: {reason}");
         }
@@ -234,14 +236,16 @@ public sealed partial class BlockLayer : IAsyncDisposable
     /// at the checkpoint (a restored older copy) nor newer than the last moment the dead service could
     /// have written it (its last sign of life + <see cref="FileBitmapJournalOptions.AliveInterval"/> +
     /// margin). A modification by someone else within that margin of the crash cannot be told from the
-    /// service's own last writes; that is the limit of what mtimes prove.</item>
+    /// service's own last writes; that is the limit of what mtimes prove. And the journal must be
+    /// whole above the checkpoint: a damaged or missing segment (<see cref="JournalRecovery.Damage"/>)
+    /// may have held entries of any bitmap whose checkpoint covers less.</item>
     /// </list>
     /// Remote (nbd) images have no stamp beyond their size: what others do to a remote export is never visible here.
     /// </summary>
     private string? Unprovable(BlockNode node, BitmapRecord row, JournalRecovery recovery)
     {
         if (row.Inconsistent)
-            return "it was inconsistent already";
+            return row.InconsistentReason ?? "it was inconsistent already";
         if (row.Content is null)
             return "no content was stored";
         if (row.ImageSize is { } size && size != node.Size)
@@ -263,6 +267,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
         }
         if (row.JournalSequence is null || _journal is null)
             return "the service stopped uncleanly and no journal covered the bitmap";
+        if (recovery.DamageAfter(row.JournalSequence.Value) is { } damage)
+            return $"the bitmap journal is damaged: {damage.Description}";
         if (stamp is not { } now)
             return null;
         if (row.ImageMtimeUtc is { } checkpointed && now.ModifiedUtc < Utc(checkpointed))
@@ -281,14 +287,16 @@ public sealed partial class BlockLayer : IAsyncDisposable
     /// </summary>
     private static BitmapRecord FoldForLater(BitmapRecord row, long nodeSize, Dictionary<(string, string), IReadOnlyList<JournalEntry>> journaled, long through)
     {
+        const string NotReopened = "the image could not be reopened at a restart after an unclean stop";
         if (row.Inconsistent || row.JournalSequence is null)
-            return row with { Inconsistent = row.Inconsistent || row.InUse };
+            return row.Inconsistent || !row.InUse ? row : row with { Inconsistent = true, InconsistentReason = NotReopened };
         var entries = journaled.GetValueOrDefault((row.Node, row.Name)) ?? [];
         var folded = BitmapFold.Fold(row, nodeSize, entries);
         return row with
         {
             Content = folded ?? row.Content,
             Inconsistent = row.InUse || folded is null,
+            InconsistentReason = folded is null ? "a journal entry lies outside the bitmap" : row.InUse ? NotReopened : null,
             JournalSequence = Math.Max(through, row.JournalSequence.Value),
         };
     }
@@ -321,7 +329,11 @@ public sealed partial class BlockLayer : IAsyncDisposable
                     {
                         // A failed flush cannot prove the bitmaps (QEMU leaves them in use): inconsistent at next start.
                         unflushed.AddRange(node.Bitmaps.Where(b => b.Persistent).Select(b =>
-                            ToRecord(node, b, inUse: true, content: null) with { Inconsistent = true }));
+                            ToRecord(node, b, inUse: true, content: null) with
+                            {
+                                Inconsistent = true,
+                                InconsistentReason = b.InconsistentReason ?? "the image could not be flushed at the clean stop",
+                            }));
                         continue;
                     }
                     await node.Image.DisposeAsync().ConfigureAwait(false);
@@ -773,7 +785,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
                 continue;
             var folded = BitmapFold.Fold(row, size, entries);
             updates.Add(folded is null
-                ? row with { Inconsistent = true, JournalSequence = sealedPart.Through }
+                ? row with { Inconsistent = true, InconsistentReason = "a journal entry lies outside the bitmap", JournalSequence = sealedPart.Through }
                 : row with { Content = folded, JournalSequence = sealedPart.Through });
         }
         if (updates.Count > 0)
@@ -788,5 +800,5 @@ public sealed partial class BlockLayer : IAsyncDisposable
 
     private static BitmapRecord ToRecord(BlockNode node, DirtyBitmap bitmap, bool inUse, byte[]? content) =>
         new(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Persistent, bitmap.Disabled,
-            bitmap.Inconsistent, inUse, content, null, null, bitmap.CreatedAt);
+            bitmap.Inconsistent, inUse, content, null, null, bitmap.CreatedAt) { InconsistentReason = bitmap.InconsistentReason };
 }

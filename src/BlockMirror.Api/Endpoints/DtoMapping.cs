@@ -23,5 +23,6 @@ public static class DtoMapping
     }
 
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>
-        new(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Count, bitmap.Recording, bitmap.Busy, bitmap.Persistent, bitmap.Inconsistent);
+        new(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Count, bitmap.Recording, bitmap.Busy, bitmap.Persistent, bitmap.Inconsistent,
+            bitmap.Inconsistent ? bitmap.InconsistentReason : null);
 }

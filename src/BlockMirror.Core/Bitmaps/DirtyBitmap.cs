@@ -39,6 +39,7 @@ public sealed class DirtyBitmap
     private bool _readOnly;
     private bool _persistent;
     private bool _inconsistent;
+    private string? _inconsistentReason;
 
     /// <summary>Creates an all-clean bitmap.</summary>
     /// <exception cref="ArgumentException">Granularity is not a power of two of at least 512.</exception>
@@ -110,6 +111,24 @@ public sealed class DirtyBitmap
     {
         get { lock (_lock) { return _inconsistent; } }
         set { lock (_lock) { _inconsistent = value; } }
+    }
+
+    /// <summary>Why the bitmap is <see cref="Inconsistent"/> (API.md v1.1 <c>inconsistentReason</c>); null when it is not, or no reason is known.</summary>
+    public string? InconsistentReason
+    {
+        get { lock (_lock) { return _inconsistent ? _inconsistentReason : null; } }
+        set { lock (_lock) { _inconsistentReason = value; } }
+    }
+
+    /// <summary>Marks the bitmap inconsistent with <paramref name="reason"/>; a reason already given is kept (the first cause is the one to fix).</summary>
+    public void MarkInconsistent(string reason)
+    {
+        lock (_lock)
+        {
+            if (!_inconsistent || _inconsistentReason is null)
+                _inconsistentReason = reason;
+            _inconsistent = true;
+        }
     }
 
     /// <summary>When the bitmap was added (orders a node's bitmaps across restarts).</summary>
