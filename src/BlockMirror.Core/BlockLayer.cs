@@ -186,6 +186,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
         await CheckpointUnlockedAsync(restored, cleanStop: false, through, cancellationToken).ConfigureAwait(false);
         if (_journal is not null)
             await _journal.StartAsync(through + 1, cancellationToken).ConfigureAwait(false);
+        StartImageChecks();
     }, cancellationToken);
 
     /// <summary>Problems met while loading (images that could not be reopened).</summary>
@@ -251,9 +252,10 @@ public sealed partial class BlockLayer : IAsyncDisposable
         if (row.ImageSize is { } size && size != node.Size)
             return "the image changed size";
         ImageStamp? stamp = null;
-        if (node.Path is { } path)
+        if (node.Path is not null)
         {
-            stamp = ImageStamp.Read(Root.Resolve(path));
+            // The file just opened (fstat), which is what the node will read and write.
+            stamp = ImageStamp.Of(node.Image);
             if (stamp is null)
                 return "the image cannot be examined";
             if (row.ImageInode is { } inode && inode != stamp.Value.Inode)
@@ -307,6 +309,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
     /// </summary>
     public async Task StopAsync(CancellationToken cancellationToken = default)
     {
+        await _imageChecksStop.CancelAsync().ConfigureAwait(false);
         await _control.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -500,6 +503,14 @@ public sealed partial class BlockLayer : IAsyncDisposable
             throw BlockErrors.NodeBusy(name, $"block device is in use by block job: mirror ({job})");
         if (node.Exports.Count > 0)
             throw BlockErrors.NodeBusy(name, $"block device is in use by NBD export '{node.Exports.First()}'");
+        // Everything that can refuse comes first, so a refusal changes nothing: the file to delete
+        // must still be the node's own and its path must still resolve inside the root.
+        string? imageFile = null;
+        if (deleteImage && node.Driver == "raw" && node.Path is { } path)
+        {
+            ThrowIfImageReplacedUnlocked(node);
+            imageFile = Root.Resolve(path);
+        }
         using (await node.Gate.QuiesceAsync(cancellationToken).ConfigureAwait(false))
         {
             lock (_nodes)
@@ -507,8 +518,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
         }
         await node.Image.DisposeAsync().ConfigureAwait(false);
         await Store.DeleteNodeAsync(name, cancellationToken).ConfigureAwait(false);
-        if (deleteImage && node.Driver == "raw" && node.Path is { } path)
-            TryDelete(Root.Resolve(path));
+        if (imageFile is not null)
+            TryDelete(imageFile);
     }, cancellationToken);
 
     /// <summary>Removes a node from the registry without touching its image (the mirror pivot consumes the target).</summary>
@@ -528,6 +539,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
         var node = GetNode(nodeName);
         if (writable && node.ReadOnly)
             throw BlockErrors.NodeReadOnly(nodeName);
+        ThrowIfImageReplacedUnlocked(node);
         var resolved = new List<DirtyBitmap>();
         foreach (var b in bitmaps.Distinct(StringComparer.Ordinal))
         {
@@ -582,7 +594,12 @@ public sealed partial class BlockLayer : IAsyncDisposable
     /// prepared ones in reverse order and is rethrown with its index.
     /// </summary>
     public Task<IReadOnlyList<object?>> TransactionAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken = default) =>
-        ControlAsync(() => RunTransactionUnlockedAsync(actions, cancellationToken), cancellationToken);
+        ControlAsync(async () =>
+        {
+            // Before anything is prepared: an action refused for a replaced image must change nothing.
+            await CheckImagesUnlockedAsync(Nodes, cancellationToken).ConfigureAwait(false);
+            return await RunTransactionUnlockedAsync(actions, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
 
     /// <summary>As <see cref="TransactionAsync"/>, for callers already holding the control lock.</summary>
     public async Task<IReadOnlyList<object?>> RunTransactionUnlockedAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken)
@@ -690,6 +707,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
         var records = new List<BitmapRecord>(bitmaps.Count);
         var contents = new List<(DirtyBitmap, byte[])>();
         var stamps = new Dictionary<BlockNode, ImageStamp?>();
+        foreach (var node in bitmaps.Select(b => b.Node).Distinct())
+            DetectReplacementUnlocked(node);
         foreach (var (node, bitmap) in bitmaps)
         {
             var jobHeld = node.JobId is { } id && FindJob(id) is MirrorJob job && ReferenceEquals(job.WorkingBitmap, bitmap);
@@ -704,7 +723,11 @@ public sealed partial class BlockLayer : IAsyncDisposable
                 continue;
             }
             if (!stamps.TryGetValue(node, out var stamp))
-                stamps[node] = stamp = node.Path is { } path ? ImageStamp.Read(Root.Resolve(path)) : null;
+            {
+                // The open file's stamp (fstat), never the path's: a file renamed over the path is not
+                // the one these bitmaps describe, and the path may not even resolve any more.
+                stamps[node] = stamp = node.Path is null ? null : ImageStamp.Of(node.Image);
+            }
             records.Add(record with
             {
                 JournalSequence = _journal is null ? null : through,

@@ -72,6 +72,7 @@ public static class ServiceRegistration
         {
             JobStore = sp.GetRequiredService<IJobStore>(),
             Journal = sp.GetService<IBitmapJournal>(),
+            ImageCheckInterval = sp.GetRequiredService<IOptions<StorageOptions>>().Value.ImageCheckInterval,
         });
 
         services.AddEndpointsApiExplorer();

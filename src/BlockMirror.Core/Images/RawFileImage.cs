@@ -256,7 +256,7 @@ public sealed class RawFileImage : IBlockImage
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
         {
             // A clean stop checkpoints after closing: the stamp must still describe this file.
-            _closedStat = TryStat();
+            _closedStat = FStat();
             _handle.Dispose(); // closing the open file description releases its OFD locks
         }
         return ValueTask.CompletedTask;
@@ -270,6 +270,11 @@ public sealed class RawFileImage : IBlockImage
     {
         if (Volatile.Read(ref _disposed) != 0)
             return _closedStat;
+        return FStat() ?? (Volatile.Read(ref _disposed) != 0 ? _closedStat : null);
+    }
+
+    private StatBuffer? FStat()
+    {
         try
         {
             using var lease = new FileDescriptorLease(_handle);
@@ -277,7 +282,7 @@ public sealed class RawFileImage : IBlockImage
         }
         catch (ObjectDisposedException)
         {
-            return _closedStat;
+            return null;
         }
     }
 

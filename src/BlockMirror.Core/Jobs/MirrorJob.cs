@@ -217,6 +217,11 @@ public sealed partial class MirrorJob : Job
             // Another user appeared on the target since the start: replacing would change what it sees.
             throw new JobFailedException("Operation not permitted");
         }
+        if (Layer.IsImageReplacedUnlocked(_target))
+        {
+            // The device would switch to a file no longer under the target's path.
+            throw new JobFailedException($"Cannot pivot: {_target.ImageReplacedReason}");
+        }
         _oldImage = _device.Image;
         _device.Pivot(_target.Image, _target.Driver, _target.Path, _target.Uri);
         Layer.ForgetNodeUnlocked(_target.Name);

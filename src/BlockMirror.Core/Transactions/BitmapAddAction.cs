@@ -17,6 +17,9 @@ public sealed class BitmapAddAction(string node, string name, long? granularity,
             throw BlockErrors.InvalidGranularity("Granularity must be power of 2 and at least 512 (and at most 2^31)");
         if (_node.FindBitmap(name) is not null)
             throw BlockErrors.BitmapExists(name);
+        // A new bitmap would record writes the node refuses, for a file no longer under its path.
+        if (_node.ImageReplacedReason is { } replaced)
+            throw BlockErrors.ImageReplaced(_node.Name, replaced);
         _added = new DirtyBitmap(name, _node.Size, g, persistent, disabled) { CreatedAt = context.Layer.UtcNow };
         _node.AddBitmap(_added);
         context.Touch(_node, _added);

@@ -56,6 +56,12 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
     {
         if (ReferenceEquals(device, target))
             throw BlockErrors.Invalid("mirror-into-itself", "Can't mirror node into itself");
+        foreach (var node in new[] { device, target })
+        {
+            // A copy from or to a file no longer under its node's path would be a copy nobody can use.
+            if (node.ImageReplacedReason is { } replaced)
+                throw BlockErrors.ImageReplaced(node.Name, replaced);
+        }
         if (target.ReadOnly)
             throw BlockErrors.NodeReadOnly(target.Name);
         foreach (var node in new[] { device, target })

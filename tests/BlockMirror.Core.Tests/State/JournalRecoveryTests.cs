@@ -281,4 +281,27 @@ public sealed class JournalRecoveryTests : IAsyncLifetime
         Assert.Empty(second.InconsistentAtLoad);
         Assert.Equal(sha, second.GetNode("disk0").GetBitmap("p").Sha256Hex());
     }
+
+    [Fact]
+    public async Task An_image_renamed_over_while_open_is_never_stamped_as_the_bitmaps_file()
+    {
+        var first = await StartLayerAsync();
+        var node = await SetUpAsync(first);
+        await node.WriteAsync(7 * G, new byte[1]);
+        // mv other.img disk0.img: same size, a new inode; the node keeps the old one open. No control
+        // operation runs before the stop: the clean stop's own checkpoint must notice.
+        var other = _dir.PathOf("root/other.img");
+        await File.WriteAllBytesAsync(other, new byte[64 * G]);
+        File.Move(other, _dir.PathOf("root/disk0.img"), overwrite: true);
+        await first.StopAsync();
+        Assert.True(node.ImageReplaced);
+        await Assert.ThrowsAsync<BlockException>(async () => await node.WriteAsync(0, new byte[1]));
+        await first.Journal!.DisposeAsync();
+
+        var second = await StartLayerAsync();
+        var p = second.GetNode("disk0").GetBitmap("p");
+        Assert.True(p.Inconsistent);
+        Assert.Contains("replaced by another file", p.InconsistentReason, StringComparison.Ordinal);
+        Assert.False(second.GetNode("disk0").ImageReplaced);
+    }
 }
