@@ -275,7 +275,9 @@ public sealed partial class BlockLayer : IAsyncDisposable
             return null;
         if (row.ImageMtimeUtc is { } checkpointed && now.ModifiedUtc < Utc(checkpointed))
             return "the image is older than at the last checkpoint";
-        if (recovery.WroteUntilUtc is not { } until || now.ModifiedUtc > until)
+        if (recovery.WroteUntilUtc is not { } until)
+            return "the bitmap journal's files are missing (the last run left no sign of life)";
+        if (now.ModifiedUtc > until)
             return "the image was modified after the service stopped";
         return null;
     }
