@@ -27,6 +27,9 @@ public static class BlockErrors
     public static BlockException NodeReadOnly(string node) =>
         Conflict("node-read-only", $"Node '{node}' is read-only");
 
+    public static BlockException ImageReplaced(string node, string reason) =>
+        Conflict("image-replaced", $"Node '{node}' cannot be used: {reason}; remove the node and add it again");
+
     public static BlockException BitmapNotFound(string name) =>
         NotFound("bitmap-not-found", $"Dirty bitmap '{name}' not found");
 

@@ -137,6 +137,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
     public Task LoadAsync(CancellationToken cancellationToken = default) => ControlAsync(async () =>
     {
         var recovery = _journal is null ? JournalRecovery.Empty : await _journal.RecoverAsync(cancellationToken).ConfigureAwait(false);
+        foreach (var damage in recovery.Damage)
+            LoadFailures.Add($"bitmap journal: {damage.Description}");
         var journaled = recovery.Entries
             .GroupBy(e => (e.Node, e.Bitmap))
             .ToDictionary(g => g.Key, g => (IReadOnlyList<JournalEntry>)[.. g]);
@@ -188,6 +190,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
         await CheckpointUnlockedAsync(restored, cleanStop: false, through, cancellationToken).ConfigureAwait(false);
         if (_journal is not null)
             await _journal.StartAsync(through + 1, cancellationToken).ConfigureAwait(false);
+        StartImageChecks();
     }, cancellationToken);
 
     /// <summary>Problems met while loading (images that could not be reopened).</summary>
@@ -217,7 +220,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
         {
             // QEMU: a bitmap that cannot be trusted is kept, disabled, and can only be removed.
             bitmap.Clear();
-            bitmap.Inconsistent = true;
+            bitmap.MarkInconsistent(reason);
             bitmap.Disabled = true;
             InconsistentAtLoad.Add($"{node.Name}/{row.Name}: {reason}");
         }
@@ -238,22 +241,25 @@ public sealed partial class BlockLayer : IAsyncDisposable
     /// at the checkpoint (a restored older copy) nor newer than the last moment the dead service could
     /// have written it (its last sign of life + <see cref="FileBitmapJournalOptions.AliveInterval"/> +
     /// margin). A modification by someone else within that margin of the crash cannot be told from the
-    /// service's own last writes; that is the limit of what mtimes prove.</item>
+    /// service's own last writes; that is the limit of what mtimes prove. And the journal must be
+    /// whole above the checkpoint: a damaged or missing segment (<see cref="JournalRecovery.Damage"/>)
+    /// may have held entries of any bitmap whose checkpoint covers less.</item>
     /// </list>
     /// Remote (nbd) images have no stamp beyond their size: what others do to a remote export is never visible here.
     /// </summary>
     private string? Unprovable(BlockNode node, BitmapRecord row, JournalRecovery recovery)
     {
         if (row.Inconsistent)
-            return "it was inconsistent already";
+            return row.InconsistentReason ?? "it was inconsistent already";
         if (row.Content is null)
             return "no content was stored";
         if (row.ImageSize is { } size && size != node.Size)
             return "the image changed size";
         ImageStamp? stamp = null;
-        if (node.Path is { } path)
+        if (node.Path is not null)
         {
-            stamp = ImageStamp.Read(Root.Resolve(path));
+            // The file just opened (fstat), which is what the node will read and write.
+            stamp = ImageStamp.Of(node.Image);
             if (stamp is null)
                 return "the image cannot be examined";
             if (row.ImageInode is { } inode && inode != stamp.Value.Inode)
@@ -267,11 +273,15 @@ public sealed partial class BlockLayer : IAsyncDisposable
         }
         if (row.JournalSequence is null || _journal is null)
             return "the service stopped uncleanly and no journal covered the bitmap";
+        if (recovery.DamageAfter(row.JournalSequence.Value) is { } damage)
+            return $"the bitmap journal is damaged: {damage.Description}";
         if (stamp is not { } now)
             return null;
         if (row.ImageMtimeUtc is { } checkpointed && now.ModifiedUtc < Utc(checkpointed))
             return "the image is older than at the last checkpoint";
-        if (recovery.WroteUntilUtc is not { } until || now.ModifiedUtc > until)
+        if (recovery.WroteUntilUtc is not { } until)
+            return "the bitmap journal's files are missing (the last run left no sign of life)";
+        if (now.ModifiedUtc > until)
             return "the image was modified after the service stopped";
         return null;
     }
@@ -285,14 +295,16 @@ public sealed partial class BlockLayer : IAsyncDisposable
     /// </summary>
     private static BitmapRecord FoldForLater(BitmapRecord row, long nodeSize, Dictionary<(string, string), IReadOnlyList<JournalEntry>> journaled, long through)
     {
+        const string NotReopened = "the image could not be reopened at a restart after an unclean stop";
         if (row.Inconsistent || row.JournalSequence is null)
-            return row with { Inconsistent = row.Inconsistent || row.InUse };
+            return row.Inconsistent || !row.InUse ? row : row with { Inconsistent = true, InconsistentReason = NotReopened };
         var entries = journaled.GetValueOrDefault((row.Node, row.Name)) ?? [];
         var folded = BitmapFold.Fold(row, nodeSize, entries);
         return row with
         {
             Content = folded ?? row.Content,
             Inconsistent = row.InUse || folded is null,
+            InconsistentReason = folded is null ? "a journal entry lies outside the bitmap" : row.InUse ? NotReopened : null,
             JournalSequence = Math.Max(through, row.JournalSequence.Value),
         };
     }
@@ -303,6 +315,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
     /// </summary>
     public async Task StopAsync(CancellationToken cancellationToken = default)
     {
+        await _imageChecksStop.CancelAsync().ConfigureAwait(false);
         await _control.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -325,7 +338,11 @@ public sealed partial class BlockLayer : IAsyncDisposable
                     {
                         // A failed flush cannot prove the bitmaps (QEMU leaves them in use): inconsistent at next start.
                         unflushed.AddRange(node.Bitmaps.Where(b => b.Persistent).Select(b =>
-                            ToRecord(node, b, inUse: true, content: null) with { Inconsistent = true }));
+                            ToRecord(node, b, inUse: true, content: null) with
+                            {
+                                Inconsistent = true,
+                                InconsistentReason = b.InconsistentReason ?? "the image could not be flushed at the clean stop",
+                            }));
                         continue;
                     }
                     await node.Image.DisposeAsync().ConfigureAwait(false);
@@ -412,40 +429,70 @@ public sealed partial class BlockLayer : IAsyncDisposable
         var full = Root.Resolve(path);
         if (Directory.Exists(full))
             throw BlockErrors.Invalid("path-outside-root", $"Path '{path}' is a directory");
-        if (createSize is { } size)
-        {
-            if (size < 0 || size % 512 != 0)
-                throw BlockErrors.Invalid("invalid-size", $"Image size {size} must be a non-negative multiple of 512");
-            if (File.Exists(full) || new FileInfo(full).LinkTarget is not null)
-                throw BlockErrors.Conflict("image-exists", $"Image '{path}' already exists");
-            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-            try
-            {
-                return RawFileImage.Create(full, size);
-            }
-            catch (IOException e) when (File.Exists(full) && e.HResult != 0 && !IsTooLarge(e))
-            {
-                throw BlockErrors.Conflict("image-exists", $"Image '{path}' already exists");
-            }
-            catch (IOException e)
-            {
-                TryDelete(full);
-                throw BlockErrors.Invalid("invalid-size", $"Could not create an image of {size} bytes: {e.Message}");
-            }
-        }
-        if (!File.Exists(full))
-            throw BlockErrors.NotFound("image-not-found", $"Could not open '{path}': No such file or directory");
         try
         {
-            return RawFileImage.Open(full, readOnly);
+            if (createSize is { } size)
+            {
+                if (size < 0 || size % 512 != 0)
+                    throw BlockErrors.Invalid("invalid-size", $"Image size {size} must be a non-negative multiple of 512");
+                if (File.Exists(full) || new FileInfo(full).LinkTarget is not null)
+                    throw ImageExists(path);
+                CreateParentDirectory(full, path);
+                return RawFileImage.Create(full, size, path);
+            }
+            if (!File.Exists(full))
+                throw ImageNotFound(path);
+            return RawFileImage.Open(full, readOnly, path, Root.AllowHardLinks);
+        }
+        catch (FileNotFoundException)
+        {
+            throw ImageNotFound(path);
         }
         catch (UnauthorizedAccessException e)
         {
             throw BlockErrors.Conflict("image-not-accessible", $"Could not open '{path}': {e.Message}");
         }
+        catch (IOException e) when (OpenErrorOf(e) is { } errno)
+        {
+            // By errno, never by message text: the file system said what is wrong with the path.
+            throw errno switch
+            {
+                LibC.EEXIST => ImageExists(path),
+                LibC.ENOENT => ImageNotFound(path),
+                _ => BlockErrors.Invalid("invalid-path", $"Could not open '{path}': {e.Message}"),
+            };
+        }
     }
 
-    private static bool IsTooLarge(IOException e) => e.Message.Contains("too large", StringComparison.OrdinalIgnoreCase);
+    /// <summary>
+    /// The errno of a failed open or mkdir that says something about the path (HResult carries it,
+    /// see <see cref="LibC.ErrnoException"/>; .NET's own PathTooLongException is ENAMETOOLONG), or null.
+    /// </summary>
+    private static int? OpenErrorOf(IOException e) => e switch
+    {
+        PathTooLongException => LibC.ENAMETOOLONG,
+        _ when e.HResult is LibC.EEXIST or LibC.ENOENT or LibC.ENOTDIR or LibC.ENAMETOOLONG or LibC.ELOOP or LibC.EISDIR => e.HResult,
+        _ => null,
+    };
+
+    private static void CreateParentDirectory(string full, string path)
+    {
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+        }
+        catch (IOException e) when (e is DirectoryNotFoundException || e.HResult is LibC.EEXIST or LibC.ENOTDIR)
+        {
+            // mkdir met a file where a directory should be.
+            throw BlockErrors.Invalid("invalid-path", $"Could not create '{path}': a component of the path is not a directory");
+        }
+    }
+
+    private static BlockException ImageExists(string path) =>
+        BlockErrors.Conflict("image-exists", $"Image '{path}' already exists");
+
+    private static BlockException ImageNotFound(string path) =>
+        BlockErrors.NotFound("image-not-found", $"Could not open '{path}': No such file or directory");
 
     private static void TryDelete(string path)
     {
@@ -465,6 +512,14 @@ public sealed partial class BlockLayer : IAsyncDisposable
             throw BlockErrors.NodeBusy(name, $"block device is in use by block job: mirror ({job})");
         if (node.Exports.Count > 0)
             throw BlockErrors.NodeBusy(name, $"block device is in use by NBD export '{node.Exports.First()}'");
+        // Everything that can refuse comes first, so a refusal changes nothing: the file to delete
+        // must still be the node's own and its path must still resolve inside the root.
+        string? imageFile = null;
+        if (deleteImage && node.Driver == "raw" && node.Path is { } path)
+        {
+            ThrowIfImageReplacedUnlocked(node);
+            imageFile = Root.Resolve(path);
+        }
         // Stored first: a refusal by the store leaves the node as it was, in memory and on disk.
         await Store.DeleteNodeAsync(name, cancellationToken).ConfigureAwait(false);
         using (await node.Gate.QuiesceAsync(cancellationToken).ConfigureAwait(false))
@@ -473,8 +528,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
                 _nodes.Remove(name);
         }
         await node.Image.DisposeAsync().ConfigureAwait(false);
-        if (deleteImage && node.Driver == "raw" && node.Path is { } path)
-            TryDelete(Root.Resolve(path));
+        if (imageFile is not null)
+            TryDelete(imageFile);
     }, cancellationToken);
 
     /// <summary>Removes a node from the registry without touching its image (the mirror pivot consumes the target).</summary>
@@ -528,6 +583,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
         var node = GetNode(nodeName);
         if (writable && node.ReadOnly)
             throw BlockErrors.NodeReadOnly(nodeName);
+        ThrowIfImageReplacedUnlocked(node);
         // nbd_export_create: each listed bitmap in order, all checks of one before the next, so the
         // refusal names the bitmap QEMU would name.
         var resolved = new List<DirtyBitmap>();
@@ -592,7 +648,12 @@ public sealed partial class BlockLayer : IAsyncDisposable
     {
         if (actions.Count > MaxTransactionActions)
             return Task.FromException<IReadOnlyList<object?>>(BlockErrors.TooManyActions(actions.Count, MaxTransactionActions));
-        return ControlAsync(() => RunTransactionUnlockedAsync(actions, cancellationToken), cancellationToken);
+        return ControlAsync(async () =>
+        {
+            // Before anything is prepared: an action refused for a replaced image must change nothing.
+            await CheckImagesUnlockedAsync(Nodes, cancellationToken).ConfigureAwait(false);
+            return await RunTransactionUnlockedAsync(actions, cancellationToken).ConfigureAwait(false);
+        }, cancellationToken);
     }
 
     /// <summary>
@@ -733,6 +794,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
         var records = new List<BitmapRecord>(bitmaps.Count);
         var contents = new List<(DirtyBitmap, byte[])>();
         var stamps = new Dictionary<BlockNode, ImageStamp?>();
+        foreach (var node in bitmaps.Select(b => b.Node).Distinct())
+            DetectReplacementUnlocked(node);
         foreach (var (node, bitmap) in bitmaps)
         {
             var jobHeld = node.JobId is { } id && FindJob(id) is MirrorJob job && ReferenceEquals(job.WorkingBitmap, bitmap);
@@ -747,7 +810,11 @@ public sealed partial class BlockLayer : IAsyncDisposable
                 continue;
             }
             if (!stamps.TryGetValue(node, out var stamp))
-                stamps[node] = stamp = node.Path is { } path ? ImageStamp.Read(Root.Resolve(path)) : null;
+            {
+                // The open file's stamp (fstat), never the path's: a file renamed over the path is not
+                // the one these bitmaps describe, and the path may not even resolve any more.
+                stamps[node] = stamp = node.Path is null ? null : ImageStamp.Of(node.Image);
+            }
             records.Add(record with
             {
                 JournalSequence = _journal is null ? null : through,
@@ -828,7 +895,7 @@ public sealed partial class BlockLayer : IAsyncDisposable
                 continue;
             var folded = BitmapFold.Fold(row, size, entries);
             updates.Add(folded is null
-                ? row with { Inconsistent = true, JournalSequence = sealedPart.Through }
+                ? row with { Inconsistent = true, InconsistentReason = "a journal entry lies outside the bitmap", JournalSequence = sealedPart.Through }
                 : row with { Content = folded, JournalSequence = sealedPart.Through });
         }
         if (updates.Count > 0)
@@ -843,5 +910,5 @@ public sealed partial class BlockLayer : IAsyncDisposable
 
     private static BitmapRecord ToRecord(BlockNode node, DirtyBitmap bitmap, bool inUse, byte[]? content) =>
         new(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Persistent, bitmap.Disabled,
-            bitmap.Inconsistent, inUse, content, null, null, bitmap.CreatedAt);
+            bitmap.Inconsistent, inUse, content, null, null, bitmap.CreatedAt) { InconsistentReason = bitmap.InconsistentReason };
 }

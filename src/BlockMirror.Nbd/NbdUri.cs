@@ -37,6 +37,9 @@ public sealed class NbdUri
     /// <summary>The export name (may be empty: the server's default export).</summary>
     public string ExportName { get; }
 
+    /// <summary>The longest Unix socket path Linux can connect to, in bytes (sun_path without its NUL).</summary>
+    private const int MaxSocketPathBytes = 107;
+
     /// <summary>Parses <paramref name="uri"/>; throws <see cref="BlockException"/> <c>invalid-uri</c>.</summary>
     public static NbdUri Parse(string uri)
     {
@@ -83,6 +86,9 @@ public sealed class NbdUri
                         throw Invalid(uri, "nbd+unix needs ?socket=/path");
                     if (parameters.Count > 1)
                         throw Invalid(uri, $"unknown parameter '{parameters.Keys.First(k => k != "socket")}'");
+                    // sockaddr_un.sun_path holds 108 bytes with the terminating NUL; a longer path cannot be connected to.
+                    if (System.Text.Encoding.UTF8.GetByteCount(socket) > MaxSocketPathBytes || socket.Contains('\0', StringComparison.Ordinal))
+                        throw Invalid(uri, $"the socket path is longer than {MaxSocketPathBytes} bytes or contains NUL");
                     return new NbdUri(uri, null, 0, socket, exportName);
                 }
             case "nbds":
@@ -209,5 +215,5 @@ public sealed class NbdUri
     }
 
     private static BlockException Invalid(string uri, string why) =>
-        BlockErrors.Invalid("invalid-uri", $"Invalid NBD URI '{uri}': {why}");
+        BlockErrors.Invalid("invalid-uri", $"Invalid NBD URI '{BlockErrors.Shorten(uri)}': {why}");
 }

@@ -33,6 +33,7 @@ public sealed class RestartTests : IDisposable
             Assert.Equal(["keep", "off"], node["bitmaps"]!.AsArray().Select(b => (string)b!).ToArray());
             var keep = await http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/keep");
             Assert.False((bool)keep["inconsistent"]!);
+            Assert.Null(keep["inconsistentReason"]);
             Assert.True((bool)keep["recording"]!);
             Assert.True((bool)keep["persistent"]!);
             Assert.Equal(4096, (long)keep["granularity"]!);
@@ -76,6 +77,45 @@ public sealed class RestartTests : IDisposable
         await h.WriteAsync("disk0", 50 * G, new byte[1]);
         Assert.True((long)(await h.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/p"))["count"]! == 5 * G);
         Assert.Equal(0, (long)(await h.PostJsonAsync("/api/v1/nodes/disk0/bitmaps/p/clear", new { }))["count"]!);
+    }
+
+    [Theory]
+    [InlineData("flipped byte")]
+    [InlineData("segment deleted")]
+    public async Task After_an_unclean_stop_a_damaged_journal_makes_bitmaps_inconsistent_and_says_why_across_restarts(string damage)
+    {
+        await using (var first = new BlockMirrorFactory(_dir))
+        {
+            await CrashWorkloadAsync(first.CreateClient());
+            SimulateCrash(_dir, CrashDir);
+        }
+        MoveImage();
+        var segment = Directory.GetFiles(CrashDir, "blockmirror.db.bitmaps.*.seg").Single();
+        if (damage == "segment deleted")
+        {
+            File.Delete(segment);
+        }
+        else
+        {
+            // A byte in the middle of the records (past the 24-byte header), not the torn tail a crash leaves.
+            var bytes = await File.ReadAllBytesAsync(segment);
+            bytes[24 + ((bytes.Length - 24) / 2)] ^= 0x01;
+            await File.WriteAllBytesAsync(segment, bytes);
+        }
+
+        string reason;
+        await using (var second = new BlockMirrorFactory(CrashDir))
+        {
+            var p = await second.CreateClient().GetJsonAsync("/api/v1/nodes/disk0/bitmaps/p");
+            Assert.True((bool)p["inconsistent"]!);
+            Assert.False((bool)p["recording"]!);
+            reason = (string)p["inconsistentReason"]!;
+            Assert.StartsWith("the bitmap journal is damaged", reason, StringComparison.Ordinal);
+        }
+        await using var third = new BlockMirrorFactory(CrashDir);
+        var again = await third.CreateClient().GetJsonAsync("/api/v1/nodes/disk0/bitmaps/p");
+        Assert.True((bool)again["inconsistent"]!);
+        Assert.Equal(reason, (string?)again["inconsistentReason"]);
     }
 
     [Fact]

@@ -9,7 +9,9 @@ public sealed record CreateBitmapRequest(string? Name, long? Granularity, bool? 
 
 /// <summary>A dirty bitmap.</summary>
 /// <param name="Count">Dirty bytes: dirty granules × granularity, the last one clipped to the node size.</param>
-public sealed record BitmapDto(string Node, string Name, long Granularity, long Count, bool Recording, bool Busy, bool Persistent, bool Inconsistent);
+/// <param name="Inconsistent">The bitmap could not be proven complete (after an unclean stop, a damaged journal, a replaced image): it can only be removed.</param>
+/// <param name="InconsistentReason">Why it is inconsistent; null when it is not.</param>
+public sealed record BitmapDto(string Node, string Name, long Granularity, long Count, bool Recording, bool Busy, bool Persistent, bool Inconsistent, string? InconsistentReason);
 
 /// <summary>Body of POST .../bitmaps/{name}/merge.</summary>
 public sealed record MergeBitmapsRequest(IReadOnlyList<BitmapSourceDto>? Sources);

@@ -14,6 +14,12 @@ public sealed record CreateNodeRequest(string? Name, string? Driver, string? Pat
 public sealed record CreateImageSpec(long? Size);
 
 /// <summary>A node: an image the service owns.</summary>
+/// <param name="ImageReplaced">
+/// The node's path no longer names the file it has open (the file was renamed over or removed, or a
+/// directory on the path became a symbolic link leading outside the image root): writes are refused
+/// with <c>image-replaced</c> and its persistent bitmaps are inconsistent. Remove the node and add it again.
+/// </param>
+/// <param name="ImageReplacedReason">What was found; null while <c>imageReplaced</c> is false.</param>
 public sealed record NodeDto(
     string Name,
     string Driver,
@@ -26,7 +32,9 @@ public sealed record NodeDto(
     string? JobId,
     IReadOnlyList<string> Bitmaps,
     IReadOnlyList<string> Exports,
-    DateTime CreatedAt);
+    DateTime CreatedAt,
+    bool ImageReplaced,
+    string? ImageReplacedReason);
 
 /// <summary>Body of POST /api/v1/nodes/{node}/zero.</summary>
 public sealed record ZeroRequest(long? Offset, long? Length, bool? MayUnmap);

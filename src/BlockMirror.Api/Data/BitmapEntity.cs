@@ -13,6 +13,7 @@ public sealed class BitmapEntity
     public bool Persistent { get; set; }
     public bool Disabled { get; set; }
     public bool Inconsistent { get; set; }
+    public string? InconsistentReason { get; set; }
     public bool InUse { get; set; }
     public byte[]? Content { get; set; }
     public long? ImageSize { get; set; }

@@ -19,7 +19,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
         return await db.Bitmaps.AsNoTracking()
             .Select(b => new BitmapRecord(b.Node, b.Name, b.Granularity, b.Persistent, b.Disabled, b.Inconsistent, b.InUse,
-                b.Content, b.ImageSize, b.ImageMtimeUtc, b.CreatedAt) { JournalSequence = b.JournalSeq, ImageInode = b.ImageInode })
+                b.Content, b.ImageSize, b.ImageMtimeUtc, b.CreatedAt) { JournalSequence = b.JournalSeq, ImageInode = b.ImageInode, InconsistentReason = b.InconsistentReason })
             .ToListAsync(cancellationToken);
     }
 
@@ -117,6 +117,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
             row.Persistent = b.Persistent;
             row.Disabled = b.Disabled;
             row.Inconsistent = b.Inconsistent;
+            row.InconsistentReason = b.Inconsistent ? b.InconsistentReason : null;
             row.InUse = b.InUse;
             // A record with content is a checkpoint: content, the journal sequence it covers and the
             // image stamp travel together. Null content means "flags only, leave the checkpoint".

@@ -19,9 +19,10 @@ public static class DtoMapping
             allocated = 0;
         }
         return new NodeDto(node.Name, node.Driver, node.Path, node.Uri, node.Size, allocated, node.ReadOnly, node.Busy, node.JobId,
-            [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt);
+            [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason);
     }
 
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>
-        new(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Count, bitmap.Recording, bitmap.Busy, bitmap.Persistent, bitmap.Inconsistent);
+        new(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Count, bitmap.Recording, bitmap.Busy, bitmap.Persistent, bitmap.Inconsistent,
+            bitmap.Inconsistent ? bitmap.InconsistentReason : null);
 }

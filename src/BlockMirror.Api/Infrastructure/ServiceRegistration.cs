@@ -50,7 +50,7 @@ public static class ServiceRegistration
         services.AddSingleton(sp =>
         {
             var storage = sp.GetRequiredService<IOptions<StorageOptions>>().Value;
-            return new ImageRoot(Path.GetFullPath(storage.Root, builder.Environment.ContentRootPath));
+            return new ImageRoot(Path.GetFullPath(storage.Root, builder.Environment.ContentRootPath)) { AllowHardLinks = storage.AllowHardLinks };
         });
         services.AddSingleton<SqliteWriteGate>();
         services.AddSingleton<IBlockStore, EfBlockStore>();
@@ -82,6 +82,7 @@ public static class ServiceRegistration
                 Journal = sp.GetService<IBitmapJournal>(),
                 BitmapMemoryBudget = limits.BitmapMemoryBytes,
                 MaxTransactionActions = limits.MaxTransactionActions,
+                ImageCheckInterval = sp.GetRequiredService<IOptions<StorageOptions>>().Value.ImageCheckInterval,
             };
         });
 

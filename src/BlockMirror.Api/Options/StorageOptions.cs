@@ -10,4 +10,17 @@ public sealed class StorageOptions
 
     /// <summary>Largest body accepted by PUT /nodes/{node}/data, in bytes.</summary>
     public long MaxDataBodyBytes { get; set; } = 64L << 20;
+
+    /// <summary>
+    /// Whether an image file with more than one hard link may be opened. Off by default: a hard link
+    /// inside the root to a file outside it would pass every path check (refused with <c>image-hard-linked</c>).
+    /// </summary>
+    public bool AllowHardLinks { get; set; }
+
+    /// <summary>
+    /// How often every node's open image is compared with the file at its path (a file renamed over
+    /// it, removed, or a directory on the path swapped for a symlink out of the root); zero = only at
+    /// control operations and checkpoints.
+    /// </summary>
+    public TimeSpan ImageCheckInterval { get; set; } = TimeSpan.FromSeconds(2);
 }

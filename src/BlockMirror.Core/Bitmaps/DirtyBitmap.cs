@@ -42,9 +42,11 @@ public sealed class DirtyBitmap
     private bool _readOnly;
     private bool _persistent;
     private bool _inconsistent;
+    private string? _inconsistentReason;
 
     /// <summary>Creates an all-clean bitmap.</summary>
     /// <exception cref="ArgumentException">Granularity is not a power of two of at least 512.</exception>
+    /// <exception cref="BlockException"><c>bitmap-too-large</c>: more granules than a bitmap can hold.</exception>
     public DirtyBitmap(string name, long size, long granularity, bool persistent = false, bool disabled = false)
     {
         ArgumentNullException.ThrowIfNull(name);
@@ -59,6 +61,9 @@ public sealed class DirtyBitmap
         Granularity = granularity;
         _shift = BitOperations.Log2((ulong)granularity);
         _granules = (size >> _shift) + ((size & (granularity - 1)) != 0 ? 1 : 0);
+        if (_granules > HBitmap.MaxLength)
+            // The last guard (BlockLayer.CheckBitmapSize refuses earlier, naming a granularity that fits).
+            throw BlockErrors.BitmapTooLarge($"A bitmap with granularity {granularity} on a node of {size} bytes would have {_granules} granules, more than the {HBitmap.MaxLength} supported");
         _lastGranuleBytes = _granules == 0 ? 0 : size - ((_granules - 1) << _shift);
         _bits = new HBitmap(_granules);
         _persistent = persistent;
@@ -110,6 +115,24 @@ public sealed class DirtyBitmap
     {
         get { lock (_lock) { return _inconsistent; } }
         set { lock (_lock) { _inconsistent = value; } }
+    }
+
+    /// <summary>Why the bitmap is <see cref="Inconsistent"/> (API.md v1.1 <c>inconsistentReason</c>); null when it is not, or no reason is known.</summary>
+    public string? InconsistentReason
+    {
+        get { lock (_lock) { return _inconsistent ? _inconsistentReason : null; } }
+        set { lock (_lock) { _inconsistentReason = value; } }
+    }
+
+    /// <summary>Marks the bitmap inconsistent with <paramref name="reason"/>; a reason already given is kept (the first cause is the one to fix).</summary>
+    public void MarkInconsistent(string reason)
+    {
+        lock (_lock)
+        {
+            if (!_inconsistent || _inconsistentReason is null)
+                _inconsistentReason = reason;
+            _inconsistent = true;
+        }
     }
 
     /// <summary>When the bitmap was added (orders a node's bitmaps across restarts).</summary>

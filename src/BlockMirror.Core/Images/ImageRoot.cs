@@ -1,3 +1,5 @@
+using System.Text;
+
 namespace BlockMirror.Core.Images;
 
 /// <summary>
@@ -7,6 +9,12 @@ namespace BlockMirror.Core.Images;
 /// </summary>
 public sealed partial class ImageRoot
 {
+    /// <summary>NAME_MAX: the longest name of one directory entry, in bytes.</summary>
+    private const int MaxNameBytes = 255;
+
+    /// <summary>PATH_MAX: the longest path a system call takes, in bytes with its NUL.</summary>
+    private const int MaxPathBytes = 4096;
+
     public ImageRoot(string fullPath)
     {
         FullPath = Path.TrimEndingDirectorySeparator(Path.GetFullPath(fullPath));
@@ -16,6 +24,13 @@ public sealed partial class ImageRoot
     }
 
     public string FullPath { get; }
+
+    /// <summary>
+    /// Whether an image file with more than one hard link may be opened (<c>Storage:AllowHardLinks</c>).
+    /// Off by default: a hard link inside the root to a file outside it passes every path check
+    /// (its name is inside), and needs no permission on the target's directory to make.
+    /// </summary>
+    public bool AllowHardLinks { get; init; }
 
     private string RealPath { get; }
 
@@ -31,12 +46,17 @@ public sealed partial class ImageRoot
         var segments = relative.Split('/', '\\');
         if (segments.Any(s => s == ".."))
             throw Outside(relative, "'..' segments are not allowed");
+        // The kernel's limits (NAME_MAX, PATH_MAX), checked before any system call meets them.
+        if (segments.FirstOrDefault(s => Encoding.UTF8.GetByteCount(s) > MaxNameBytes) is { } longName)
+            throw InvalidPath(relative, $"the name '{BlockErrors.Shorten(longName)}' is longer than {MaxNameBytes} bytes");
         if (segments.Length == 0 || segments[^1].Length == 0 || segments[^1] == ".")
             throw Outside(relative, "the path names a directory");
 
         var full = Path.GetFullPath(Path.Combine(FullPath, relative));
         if (!IsUnder(full, FullPath))
             throw Outside(relative, "it resolves outside the image root");
+        if (Encoding.UTF8.GetByteCount(full) >= MaxPathBytes)
+            throw InvalidPath(relative, $"the full path is longer than {MaxPathBytes - 1} bytes");
 
         // Follow symlinks on every existing component: the deepest existing ancestor (or the file) must
         // really live under the root.
@@ -105,5 +125,8 @@ public sealed partial class ImageRoot
         && path[root.Length] == Path.DirectorySeparatorChar;
 
     private static BlockException Outside(string path, string why) =>
-        BlockErrors.Invalid("path-outside-root", $"Path '{path}' is not allowed: {why}");
+        BlockErrors.Invalid("path-outside-root", $"Path '{BlockErrors.Shorten(path)}' is not allowed: {why}");
+
+    private static BlockException InvalidPath(string path, string why) =>
+        BlockErrors.Invalid("invalid-path", $"Path '{BlockErrors.Shorten(path)}' is not valid: {why}");
 }

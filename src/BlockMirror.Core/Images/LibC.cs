@@ -27,16 +27,39 @@ internal static partial class LibC
     internal const short F_UNLCK = 2;
     internal const short SEEK_SET = 0;
 
+    // open(2) flags (asm-generic values, shared by x86_64 and arm64; O_DIRECTORY and O_NOFOLLOW
+    // differ between them and are not used).
+    internal const int O_RDONLY = 0;
+    internal const int O_RDWR = 2;
+    internal const int O_CREAT = 0x40;
+    internal const int O_EXCL = 0x80;
+    internal const int O_NOCTTY = 0x100;
+    internal const int O_NONBLOCK = 0x800;
+    internal const int O_CLOEXEC = 0x80000;
+
+    // fcntl commands for the file status flags.
+    internal const int F_GETFL = 3;
+    internal const int F_SETFL = 4;
+
     // errno values (asm-generic, shared by x86_64 and arm64).
+    internal const int EPERM = 1;
+    internal const int ENOENT = 2;
     internal const int EINTR = 4;
     internal const int ENXIO = 6;
     internal const int EAGAIN = 11;
     internal const int EACCES = 13;
+    internal const int EEXIST = 17;
     internal const int ENODEV = 19;
+    internal const int ENOTDIR = 20;
+    internal const int EISDIR = 21;
     internal const int EINVAL = 22;
     internal const int ENOTTY = 25;
+    internal const int EFBIG = 27;
     internal const int ENOSPC = 28;
+    internal const int EROFS = 30;
+    internal const int ENAMETOOLONG = 36;
     internal const int ENOSYS = 38;
+    internal const int ELOOP = 40;
     internal const int EOPNOTSUPP = 95;
 
     [LibraryImport("libc", SetLastError = true)]
@@ -49,6 +72,20 @@ internal static partial class LibC
     // non-variadic call, so binding the F_OFD_* form with a fixed signature is safe.
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
     internal static partial int fcntl(int fd, int cmd, ref Flock lk);
+
+    // fcntl with an int argument (F_GETFL / F_SETFL); see above for why a fixed signature is safe.
+    [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int fcntl(int fd, int cmd, int arg);
+
+    // open is variadic too; the mode is passed the same way as a fixed third argument on x86_64 and arm64 Linux.
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int open(string path, int flags, uint mode);
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial int close(int fd);
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial int ftruncate(int fd, long length);
 
     [LibraryImport("libc", SetLastError = true)]
     internal static partial int fsync(int fd);

@@ -23,6 +23,7 @@ public sealed class RawFileImage : IBlockImage
     private readonly SemaphoreSlim _writeTurn = new(1, 1);
     private readonly Action _fdatasync;
     private int _disposed;
+    private StatBuffer? _closedStat;
 
     // Set once the filesystem said a fallocate mode is unsupported, so we stop asking on every request.
     private volatile bool _noPunchHole;
@@ -68,14 +69,18 @@ public sealed class RawFileImage : IBlockImage
     internal SafeFileHandle Handle => _handle;
 
     /// <summary>
-    /// Opens an existing file and locks it (shared "write" refused to others when read-write).
-    /// Throws <see cref="FileNotFoundException"/> when missing and <see cref="BlockException"/>
-    /// <c>image-locked</c> when another opener conflicts.
+    /// Opens an existing regular file and locks it (shared "write" refused to others when read-write).
+    /// Throws <see cref="FileNotFoundException"/> when missing, <see cref="UnauthorizedAccessException"/>
+    /// when not permitted, <see cref="BlockException"/> <c>image-locked</c> when another opener
+    /// conflicts, <c>not-a-regular-file</c> / <c>device-not-allowed</c> for anything but a regular
+    /// file, <c>image-hard-linked</c> for a file with more than one name unless
+    /// <paramref name="allowHardLinks"/>, and <see cref="IOException"/> with the errno as HResult otherwise.
     /// </summary>
-    public static RawFileImage Open(string path, bool readOnly)
+    /// <param name="displayPath">How messages name the file (the client's relative path); the full path when null.</param>
+    public static RawFileImage Open(string path, bool readOnly, string? displayPath = null, bool allowHardLinks = true)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        var handle = OpenHandle(path, FileMode.Open, readOnly ? FileAccess.Read : FileAccess.ReadWrite);
+        var handle = OpenRegularFile(path, readOnly ? LibC.O_RDONLY : LibC.O_RDWR, displayPath ?? path, allowHardLinks);
         try
         {
             ImageLock.Acquire(handle, readOnly, path);
@@ -90,24 +95,26 @@ public sealed class RawFileImage : IBlockImage
 
     /// <summary>
     /// Creates a new sparse file of <paramref name="size"/> bytes and opens it read-write.
-    /// Throws <see cref="IOException"/> if the file exists (callers check first for a nicer error).
+    /// Throws <see cref="IOException"/> (HResult EEXIST) if the file exists (callers check first for a
+    /// nicer error), and <see cref="BlockException"/> <c>invalid-size</c> when the file system cannot
+    /// hold a file that large (EFBIG / EINVAL from ftruncate: ext4 stops at 16 TiB).
     /// </summary>
-    public static RawFileImage Create(string path, long size)
+    public static RawFileImage Create(string path, long size, string? displayPath = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentOutOfRangeException.ThrowIfNegative(size);
-        var handle = OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite);
+        var handle = OpenRegularFile(path, LibC.O_RDWR | LibC.O_CREAT | LibC.O_EXCL, displayPath ?? path, allowHardLinks: true);
         try
         {
             ImageLock.Acquire(handle, readOnly: false, path);
             // ftruncate: extends with a hole, so the new image allocates nothing and reads as zeroes.
-            RandomAccess.SetLength(handle, size);
+            SetLength(handle, size, path, displayPath ?? path);
             return new RawFileImage(handle, path, size, readOnly: false);
         }
         catch
         {
             handle.Dispose();
-            // CreateNew guarantees the file is ours; do not leave a half-made image behind.
+            // O_EXCL guarantees the file is ours; do not leave a half-made image behind.
             TryDelete(path);
             throw;
         }
@@ -247,8 +254,36 @@ public sealed class RawFileImage : IBlockImage
     public ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
+            // A clean stop checkpoints after closing: the stamp must still describe this file.
+            _closedStat = FStat();
             _handle.Dispose(); // closing the open file description releases its OFD locks
+        }
         return ValueTask.CompletedTask;
+    }
+
+    /// <summary>
+    /// fstat of the open file, or (once disposed) as it was when it was closed; null when that
+    /// failed. The open descriptor, not the path: a file renamed over the path is another file.
+    /// </summary>
+    internal StatBuffer? TryStat()
+    {
+        if (Volatile.Read(ref _disposed) != 0)
+            return _closedStat;
+        return FStat() ?? (Volatile.Read(ref _disposed) != 0 ? _closedStat : null);
+    }
+
+    private StatBuffer? FStat()
+    {
+        try
+        {
+            using var lease = new FileDescriptorLease(_handle);
+            return LibC.fstat(lease.Fd, out var st) == 0 ? st : null;
+        }
+        catch (ObjectDisposedException)
+        {
+            return null;
+        }
     }
 
     private ImageExtent BlockStatus(long offset, long maxLength)
@@ -352,10 +387,95 @@ public sealed class RawFileImage : IBlockImage
             throw new InvalidOperationException($"Image '{Location}' is open read-only");
     }
 
-    private static SafeFileHandle OpenHandle(string path, FileMode mode, FileAccess access) =>
-        // FileShare.ReadWrite keeps .NET's own flock(LOCK_SH) from excluding anyone: the OFD lock
-        // bytes, which QEMU also understands, are the only exclusion.
-        File.OpenHandle(path, mode, access, FileShare.ReadWrite | FileShare.Delete, FileOptions.None);
+    /// <summary>
+    /// open(2) with O_NONBLOCK, so that a FIFO opened for reading returns at once instead of waiting
+    /// for a writer (it would hold the control lock forever), then fstat on the descriptor, not the
+    /// path (what was opened is what is checked): only a regular file is an image. O_NONBLOCK is then
+    /// cleared again (it means nothing for a regular file on a local file system, but a network or
+    /// FUSE one may honour it). No flock: the OFD lock bytes, which QEMU understands, are the only exclusion.
+    /// </summary>
+    private static SafeFileHandle OpenRegularFile(string path, int flags, string displayPath, bool allowHardLinks)
+    {
+        const uint CreateMode = 0x1B6; // 0666 & ~umask, as open(2) and .NET create files
+        int fd;
+        do
+        {
+            fd = LibC.open(path, flags | LibC.O_NONBLOCK | LibC.O_CLOEXEC | LibC.O_NOCTTY, CreateMode);
+        }
+        while (fd < 0 && LibC.LastErrno == LibC.EINTR);
+        if (fd < 0)
+            throw OpenFailed(LibC.LastErrno, path);
+        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        try
+        {
+            if (LibC.fstat(fd, out var st) != 0)
+                throw LibC.ErrnoException(LibC.LastErrno, path, "fstat");
+            CheckRegularFile(st, displayPath, allowHardLinks);
+            var status = LibC.fcntl(fd, LibC.F_GETFL, 0);
+            if (status < 0 || LibC.fcntl(fd, LibC.F_SETFL, status & ~LibC.O_NONBLOCK) != 0)
+                throw LibC.ErrnoException(LibC.LastErrno, path, "fcntl");
+            return handle;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Refuses what is not a regular file, and a regular file with other names unless allowed.</summary>
+    private static void CheckRegularFile(in StatBuffer st, string displayPath, bool allowHardLinks)
+    {
+        switch (st.FileType)
+        {
+            case StatBuffer.RegularFile:
+                break;
+            case StatBuffer.BlockDevice:
+                throw BlockErrors.Invalid("device-not-allowed", $"Could not open '{displayPath}': it is a block device, and block devices are not allowed as images");
+            default:
+                throw BlockErrors.Invalid("not-a-regular-file", $"Could not open '{displayPath}': it is {Describe(st.FileType)}, not a regular file");
+        }
+        // A second name of the same file may live outside the image root (a hard link needs no
+        // permission on its target's directory), so writes through this one would reach a file the
+        // operator never put under the root.
+        if (!allowHardLinks && st.LinkCount > 1)
+        {
+            throw BlockErrors.Conflict("image-hard-linked",
+                $"Could not open '{displayPath}': the file has {st.LinkCount} hard links, and images with more than one are refused (Storage:AllowHardLinks)");
+        }
+    }
+
+    private static string Describe(uint fileType) => fileType switch
+    {
+        StatBuffer.Directory => "a directory",
+        StatBuffer.Fifo => "a FIFO",
+        StatBuffer.Socket => "a socket",
+        StatBuffer.CharacterDevice => "a character device",
+        _ => "a special file",
+    };
+
+    /// <summary>The exceptions callers already expect from an open, from the errno (never from message text).</summary>
+    private static Exception OpenFailed(int errno, string path) => errno switch
+    {
+        LibC.ENOENT => new FileNotFoundException($"Could not find file '{path}'", path),
+        LibC.EACCES or LibC.EPERM or LibC.EROFS => new UnauthorizedAccessException(LibC.ErrnoException(errno, path, "open").Message),
+        _ => LibC.ErrnoException(errno, path, "open"),
+    };
+
+    private static void SetLength(SafeFileHandle handle, long size, string path, string displayPath)
+    {
+        using var lease = new FileDescriptorLease(handle);
+        int errno;
+        do
+        {
+            errno = LibC.ftruncate(lease.Fd, size) == 0 ? 0 : LibC.LastErrno;
+        }
+        while (errno == LibC.EINTR);
+        if (errno is LibC.EFBIG or LibC.EINVAL)
+            throw BlockErrors.Invalid("invalid-size", $"Could not create '{displayPath}' with {size} bytes: the file system's maximum file size is smaller");
+        if (errno != 0)
+            throw LibC.ErrnoException(errno, path, "ftruncate");
+    }
 
     private static void TryDelete(string path)
     {

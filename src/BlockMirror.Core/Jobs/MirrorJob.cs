@@ -251,6 +251,11 @@ public sealed partial class MirrorJob : Job
             // Another user appeared on the target since the start: replacing would change what it sees.
             throw new JobFailedException("Operation not permitted");
         }
+        if (Layer.IsImageReplacedUnlocked(_target))
+        {
+            // The device would switch to a file no longer under the target's path.
+            throw new JobFailedException($"Cannot pivot: {_target.ImageReplacedReason}");
+        }
         return PivotAsync();
     }
 

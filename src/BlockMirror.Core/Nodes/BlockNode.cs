@@ -16,6 +16,7 @@ public sealed class BlockNode
     private DirtyBitmap[] _bitmaps = [];
     private IBlockImage _image;
     private volatile IWriteFilter? _filter;
+    private volatile string? _imageReplaced;
     private readonly HashSet<string> _exports = new(StringComparer.Ordinal);
 
     public BlockNode(string name, string driver, IBlockImage image, string? path, string? uri, bool readOnly, DateTime createdAt)
@@ -64,6 +65,20 @@ public sealed class BlockNode
     }
 
     public bool Busy => JobId is not null;
+
+    /// <summary>
+    /// Why the node's path no longer names the file it has open (renamed over, removed, or a directory
+    /// on the path swapped for a symbolic link leading outside the image root), or null while it does.
+    /// Writes are refused from then on (<c>image-replaced</c>): they would go to a file nobody can see
+    /// under that path any more. Set by <see cref="BlockLayer"/>, which checks in the background and
+    /// before control operations.
+    /// </summary>
+    public string? ImageReplacedReason => _imageReplaced;
+
+    public bool ImageReplaced => _imageReplaced is not null;
+
+    /// <summary>Records the replacement (the first reason found stays); true when it was not recorded yet.</summary>
+    internal bool MarkImageReplaced(string reason) => Interlocked.CompareExchange(ref _imageReplaced, reason, null) is null;
 
     public IReadOnlyList<DirtyBitmap> Bitmaps => Volatile.Read(ref _bitmaps);
 
@@ -121,6 +136,8 @@ public sealed class BlockNode
     internal void Pivot(IBlockImage image, string driver, string? path, string? uri)
     {
         Volatile.Write(ref _image, image);
+        // The target's image was checked before the pivot; whatever happened to the old one is behind us.
+        _imageReplaced = null;
         Driver = driver;
         Path = path;
         Uri = uri;
@@ -156,6 +173,8 @@ public sealed class BlockNode
         CheckRange(request.Offset, request.Length);
         if (ReadOnly)
             throw BlockErrors.NodeReadOnly(Name);
+        if (_imageReplaced is { } replaced)
+            throw BlockErrors.ImageReplaced(Name, replaced);
         if (request.Length == 0)
             return;
 

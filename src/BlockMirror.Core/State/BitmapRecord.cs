@@ -32,4 +32,7 @@ public sealed record BitmapRecord(
 
     /// <summary>The image file's inode at the checkpoint (raw images).</summary>
     public long? ImageInode { get; init; }
+
+    /// <summary>Why the bitmap is <see cref="Inconsistent"/> (kept across restarts, shown as <c>inconsistentReason</c>).</summary>
+    public string? InconsistentReason { get; init; }
 }

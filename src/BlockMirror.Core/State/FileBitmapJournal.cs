@@ -63,6 +63,11 @@ public sealed class FileBitmapJournal : IBitmapJournal
     private byte[] _buffer = new byte[4096];
     private SafeFileHandle? _alive;
     private long _nextAliveTicks;
+
+    // The .alive file's sequences (written under _aliveLock by the flusher and by a release).
+    private readonly Lock _aliveLock = new();
+    private long _aliveDurable;
+    private long _aliveFolded;
     private Thread? _thread;
 
     private long _appends;
@@ -99,28 +104,65 @@ public sealed class FileBitmapJournal : IBitmapJournal
 
     public event Action? WriteFailed;
 
+    /// <summary>
+    /// Reads every segment, and tells what a crash leaves from damage. A crash (kill -9, power cut)
+    /// only tears what was never acknowledged: bytes after the last group commit of the last segment.
+    /// Everything acknowledged is accounted for by two independent records: each segment's header
+    /// names the last sequence durable when it was opened (so the segment before it must reach that
+    /// far), and the <c>.alive</c> file holds the last sequence acknowledged durable (so the last
+    /// segment must reach that far) and the sequence the checkpoints cover (so the first segment must
+    /// start right after it). A segment that is cut short (at a record boundary or not), has a damaged
+    /// record followed by valid ones, or is missing, leaves sequences below one of those marks
+    /// unreadable: <see cref="JournalRecovery.Damage"/>. Valid records found past damage are still
+    /// returned (a superset of dirty granules is always safe).
+    /// </summary>
     public Task<JournalRecovery> RecoverAsync(CancellationToken cancellationToken = default)
     {
         Directory.CreateDirectory(_directory);
+        var (_, durable, folded) = ReadAliveState();
+        var segments = ListSegments().ToList();
+        // Pass 1, the headers: what each segment says the one before it must hold.
+        var previousDurable = segments.Select(s => ReadPreviousDurable(s.Path, s.BaseSequence)).ToList();
         var entries = new List<JournalEntry>();
+        var damage = new List<JournalDamage>();
         var files = new List<string>();
         long last = 0;
-        foreach (var (path, baseSequence) in ListSegments())
+        if (segments.Count > 0 && folded is { } f && previousDurable[0] > f)
+        {
+            damage.Add(new JournalDamage(f, previousDurable[0],
+                $"the journal segments holding sequences {f + 1}-{previousDurable[0]} are missing (the next one, {Path.GetFileName(segments[0].Path)}, starts after {previousDurable[0]})"));
+        }
+        if (segments.Count == 0 && durable is { } d && folded is { } g && d > g)
+            damage.Add(new JournalDamage(g, d, $"every journal segment is missing (sequences {g + 1}-{d} were acknowledged durable)"));
+        for (var i = 0; i < segments.Count; i++)
         {
             cancellationToken.ThrowIfCancellationRequested();
+            var (path, baseSequence) = segments[i];
             files.Add(path);
-            var before = entries.Count;
-            ReadSegment(path, baseSequence, entries);
+            // What this segment must reach: what the next one says was durable before it, or for the
+            // last one, the last sequence acknowledged durable.
+            long? bound = i + 1 < segments.Count ? previousDurable[i + 1] : durable;
+            var read = new List<JournalEntry>();
+            var problem = ReadSegment(path, baseSequence, bound, read);
             // Segments are written one after another, so their sequences never overlap; a later
             // segment's entries are only trusted when they continue the earlier ones.
-            if (entries.Count > before && entries[before].Sequence <= last)
-                entries.RemoveRange(before, entries.Count - before);
-            else if (entries.Count > before)
-                last = entries[^1].Sequence;
+            if (read.Count > 0 && read[0].Sequence <= last)
+                read.Clear();
+            entries.AddRange(read);
+            if (read.Count > 0)
+                last = read[^1].Sequence;
             last = Math.Max(last, baseSequence - 1);
+            if (problem is not null)
+                damage.Add(problem);
         }
+        last = Math.Max(last, durable ?? 0);
         _recovered = files;
-        return Task.FromResult(new JournalRecovery(entries, last, ReadAliveUntil()));
+        // Whatever lies at or below the folded sequence is in the checkpoints already.
+        var clipped = damage
+            .Select(x => folded is { } h && x.After < h ? x with { After = h } : x)
+            .Where(x => x.Through > x.After)
+            .ToList();
+        return Task.FromResult(new JournalRecovery(entries, last, ReadAliveUntil()) { Damage = clipped });
     }
 
     public Task StartAsync(long nextSequence, CancellationToken cancellationToken = default)
@@ -132,14 +174,22 @@ public sealed class FileBitmapJournal : IBitmapJournal
                 throw new InvalidOperationException("The journal is already started");
         }
         Directory.CreateDirectory(_directory);
-        // Every recovered entry is folded into a checkpoint by now; a crash between these deletes
-        // and the new segment leaves no entry, and the checkpoints' sequences keep numbering ahead.
+        // Every recovered entry is folded into a checkpoint by now: recorded (durably, before the old
+        // segments go) as the folded-through sequence, so a recovery never takes their absence for damage.
+        _alive = File.OpenHandle(_prefix + AliveSuffix, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
+        lock (_aliveLock)
+        {
+            _aliveDurable = nextSequence - 1;
+            _aliveFolded = nextSequence - 1;
+            WriteAliveUnlocked(_time.GetUtcNow().UtcTicks, sync: true);
+        }
+        // A crash between these deletes and the new segment leaves no entry, and the checkpoints'
+        // sequences keep numbering ahead.
         foreach (var path in _recovered.Concat(ListSegments().Select(s => s.Path)).Distinct(StringComparer.Ordinal))
             File.Delete(path);
         _recovered = [];
         _lastFlushed = nextSequence - 1;
         OpenSegment(nextSequence);
-        _alive = File.OpenHandle(_prefix + AliveSuffix, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
         TouchAlive();
         _thread = new Thread(Run) { IsBackground = true, Name = "bitmap-journal" };
         _thread.Start();
@@ -194,7 +244,11 @@ public sealed class FileBitmapJournal : IBitmapJournal
         foreach (var s in segments)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            ReadSegment(s.Path, s.BaseSequence, entries);
+            // A sealed segment that no longer holds what was flushed to it must not be folded and
+            // dropped: it stays, the bitmaps in memory are still exact, and a checkpoint (any
+            // transaction on them, a clean stop) or the next start's recovery deals with it.
+            if (ReadSegment(s.Path, s.BaseSequence, s.LastSequence, entries) is { } damage)
+                throw new IOException($"The bitmap journal is damaged: {damage.Description}");
         }
         return Task.FromResult<SealedJournal?>(new SealedJournal(entries, segments.Max(s => s.LastSequence)));
     }
@@ -212,6 +266,8 @@ public sealed class FileBitmapJournal : IBitmapJournal
         }
         if (released.Count == 0)
             return Task.CompletedTask;
+        // Durable before any file goes: a recovery must know these sequences were folded, not lost.
+        AdvanceFolded(through);
         foreach (var s in released)
             File.Delete(s.Path);
         StateNative.FsyncDirectory(_directory);
@@ -316,6 +372,15 @@ public sealed class FileBitmapJournal : IBitmapJournal
         }
         if (_current.Path is { } current)
             paths.Add(current);
+        // As at a start: the checkpoints cover everything below nextSequence, recorded durably before
+        // the segments go, so a recovery never takes their absence for damage (and a disk still full
+        // fails the restart here, before anything is deleted).
+        lock (_aliveLock)
+        {
+            _aliveDurable = nextSequence - 1;
+            _aliveFolded = nextSequence - 1;
+            WriteAliveUnlocked(_time.GetUtcNow().UtcTicks, sync: true);
+        }
         foreach (var path in paths.Concat(ListSegments().Select(s => s.Path)).Distinct(StringComparer.Ordinal))
             File.Delete(path);
         StateNative.FsyncDirectory(_directory);
@@ -406,6 +471,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
             Interlocked.Add(ref _bytes, written);
             _lastFlushed = batch[^1].Sequence;
             _segmentEntries += batch.Count;
+            RecordDurable(_lastFlushed);
             done.TrySetResult();
         }
         catch (Exception e)
@@ -446,7 +512,8 @@ public sealed class FileBitmapJournal : IBitmapJournal
         try
         {
             Span<byte> header = stackalloc byte[JournalCodec.HeaderLength];
-            JournalCodec.WriteHeader(header, baseSequence);
+            // _lastFlushed: what the segments before this one hold, which a recovery checks them against.
+            JournalCodec.WriteHeader(header, baseSequence, _lastFlushed);
             RandomAccess.Write(handle, header, 0);
             SyncData(handle, path);
             // The new file's name must survive a power cut too, or its entries would be unreachable.
@@ -473,16 +540,56 @@ public sealed class FileBitmapJournal : IBitmapJournal
     {
         var now = _time.GetUtcNow().UtcTicks;
         _nextAliveTicks = now + _options.AliveInterval.Ticks;
-        Span<byte> stamp = stackalloc byte[8];
-        BinaryPrimitives.WriteInt64LittleEndian(stamp, now);
         try
         {
-            RandomAccess.Write(_alive!, stamp, 0);
+            lock (_aliveLock)
+                WriteAliveUnlocked(now, sync: false);
         }
         catch (IOException)
         {
             // A missed sign of life only makes a later crash recovery stricter (bitmaps found inconsistent), never wrong.
         }
+    }
+
+    /// <summary>
+    /// After a flush's fdatasync, before its appends are acknowledged: <paramref name="sequence"/> is
+    /// durable. No fsync of its own: a killed process keeps the page cache, and a stale value after a
+    /// power cut only makes recovery less strict (a lower mark), never wrong.
+    /// </summary>
+    private void RecordDurable(long sequence)
+    {
+        try
+        {
+            lock (_aliveLock)
+            {
+                _aliveDurable = sequence;
+                WriteAliveUnlocked(_time.GetUtcNow().UtcTicks, sync: false);
+            }
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    /// <summary>Every entry up to <paramref name="through"/> is in the checkpoints: recorded durably (the caller deletes segments next).</summary>
+    private void AdvanceFolded(long through)
+    {
+        lock (_aliveLock)
+        {
+            if (_alive is null || through <= _aliveFolded)
+                return;
+            _aliveFolded = through;
+            WriteAliveUnlocked(_time.GetUtcNow().UtcTicks, sync: true);
+        }
+    }
+
+    private void WriteAliveUnlocked(long ticks, bool sync)
+    {
+        Span<byte> content = stackalloc byte[JournalCodec.AliveLength];
+        JournalCodec.WriteAlive(content, ticks, _aliveDurable, _aliveFolded);
+        RandomAccess.Write(_alive!, content, 0);
+        if (sync)
+            SyncData(_alive!, _prefix + AliveSuffix);
     }
 
     // ---- reading -----------------------------------------------------------------------------
@@ -505,8 +612,15 @@ public sealed class FileBitmapJournal : IBitmapJournal
     private string SegmentPath(long baseSequence) =>
         _prefix + "." + baseSequence.ToString("D20", CultureInfo.InvariantCulture) + SegmentExtension;
 
-    private static void ReadSegment(string path, long baseSequence, List<JournalEntry> into)
+    /// <summary>
+    /// Reads a segment's entries into <paramref name="into"/>: its valid prefix, then whatever valid
+    /// records follow a damaged or torn spot. Returns the damage, or null when the segment holds every
+    /// sequence up to <paramref name="bound"/> (what it must hold; null when unknown: then a damaged
+    /// record followed by valid ones is damage, and a torn end is not).
+    /// </summary>
+    private static JournalDamage? ReadSegment(string path, long baseSequence, long? bound, List<JournalEntry> into)
     {
+        var name = Path.GetFileName(path);
         byte[] data;
         try
         {
@@ -514,30 +628,72 @@ public sealed class FileBitmapJournal : IBitmapJournal
         }
         catch (FileNotFoundException)
         {
-            return;
+            data = [];
         }
-        if (JournalCodec.ReadHeader(data) != baseSequence)
-            return;
-        JournalCodec.DecodeAll(data.AsSpan(JournalCodec.HeaderLength), baseSequence, into);
+        if (JournalCodec.ReadHeader(data) is not { } header || header.BaseSequence != baseSequence)
+        {
+            // A header is written and synced before any record: an unreadable one is an empty segment
+            // torn at creation, or damage if anything was durable in it.
+            return bound is { } b && b >= baseSequence
+                ? new JournalDamage(baseSequence - 1, b, $"segment {name} is unreadable (its header is damaged); sequences {baseSequence}-{b} are lost")
+                : null;
+        }
+        var before = into.Count;
+        var prefix = header.RecordsStart + JournalCodec.DecodeAll(data.AsSpan(header.RecordsStart), baseSequence, into);
+        var reached = into.Count > before ? into[^1].Sequence : header.PreviousDurable;
+        var complete = prefix == data.Length;
+        var resynced = complete ? null : JournalCodec.DecodeAfterDamage(data.AsSpan(prefix), reached, into);
+        if (bound is not { } must)
+        {
+            return resynced is { } found
+                ? new JournalDamage(reached, found, $"segment {name} has a damaged record at byte {prefix} (after sequence {reached}) followed by valid ones up to {found}")
+                : null;
+        }
+        if (reached >= must)
+            return null; // whole; anything after is a torn tail
+        var what = complete
+            ? $"segment {name} ends at byte {prefix}, after sequence {reached}"
+            : resynced is not null
+                ? $"segment {name} has a damaged record at byte {prefix} (after sequence {reached}) followed by valid ones"
+                : $"segment {name} is damaged from byte {prefix} on (after sequence {reached})";
+        return new JournalDamage(reached, must, $"{what}, but sequences up to {must} were acknowledged durable; {reached + 1}-{must} cannot be read");
+    }
+
+    /// <summary>The "previous durable" sequence in a segment's header (base − 1 when the header cannot be read).</summary>
+    private static long ReadPreviousDurable(string path, long baseSequence)
+    {
+        try
+        {
+            using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            Span<byte> header = stackalloc byte[JournalCodec.HeaderLength];
+            var n = RandomAccess.Read(handle, header, 0);
+            return JournalCodec.ReadHeader(header[..n]) is { } h && h.BaseSequence == baseSequence ? h.PreviousDurable : baseSequence - 1;
+        }
+        catch (FileNotFoundException)
+        {
+            return baseSequence - 1;
+        }
+    }
+
+    /// <summary>The <c>.alive</c> file as the last run left it (see <see cref="JournalCodec.ReadAlive"/>).</summary>
+    private (long Ticks, long? Durable, long? Folded) ReadAliveState()
+    {
+        try
+        {
+            return JournalCodec.ReadAlive(File.ReadAllBytes(_prefix + AliveSuffix));
+        }
+        catch (FileNotFoundException)
+        {
+            return (0, null, null);
+        }
     }
 
     private DateTime? ReadAliveUntil()
     {
-        var path = _prefix + AliveSuffix;
-        try
-        {
-            var data = File.ReadAllBytes(path);
-            if (data.Length < 8)
-                return null;
-            var ticks = BinaryPrimitives.ReadInt64LittleEndian(data);
-            if (ticks <= 0 || ticks > DateTime.MaxValue.Ticks - (_options.AliveInterval + _options.AliveMargin).Ticks)
-                return null;
-            return new DateTime(ticks, DateTimeKind.Utc) + _options.AliveInterval + _options.AliveMargin;
-        }
-        catch (FileNotFoundException)
-        {
+        var ticks = ReadAliveState().Ticks;
+        if (ticks <= 0 || ticks > DateTime.MaxValue.Ticks - (_options.AliveInterval + _options.AliveMargin).Ticks)
             return null;
-        }
+        return new DateTime(ticks, DateTimeKind.Utc) + _options.AliveInterval + _options.AliveMargin;
     }
 
     private static void SyncData(SafeFileHandle handle, string path)

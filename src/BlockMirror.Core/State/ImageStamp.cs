@@ -1,3 +1,5 @@
+using BlockMirror.Core.Images;
+
 namespace BlockMirror.Core.State;
 
 /// <summary>
@@ -7,10 +9,20 @@ namespace BlockMirror.Core.State;
 public readonly record struct ImageStamp(long Size, long Inode, DateTime ModifiedUtc)
 {
     /// <summary>The stamp of the file at <paramref name="fullPath"/>, or null when it cannot be read.</summary>
-    public static ImageStamp? Read(string fullPath)
+    public static ImageStamp? Read(string fullPath) =>
+        StateNative.stat(fullPath, out var st) == 0 ? Of(st) : null;
+
+    /// <summary>
+    /// The stamp of the file a raw image has open (fstat of its descriptor; after the image was
+    /// closed, as it was then), or null for other images and when it cannot be read. Checkpoints
+    /// stamp this, not the path: a file renamed over the path while the node had the old one open
+    /// must not inherit the old file's checkpoint.
+    /// </summary>
+    public static ImageStamp? Of(IBlockImage image) =>
+        image is RawFileImage raw && raw.TryStat() is { } st ? Of(st) : null;
+
+    internal static ImageStamp Of(in StatBuffer st)
     {
-        if (StateNative.stat(fullPath, out var st) != 0)
-            return null;
         // Ticks are 100 ns: the same truncation File.GetLastWriteTimeUtc applies, so stamps stored by either compare equal.
         var modified = DateTime.UnixEpoch.AddTicks(st.ModifiedSeconds * TimeSpan.TicksPerSecond + st.ModifiedNanoseconds / 100);
         return new ImageStamp(st.Size, unchecked((long)st.Inode), modified);

@@ -11,4 +11,13 @@ namespace BlockMirror.Core.State;
 public sealed record JournalRecovery(IReadOnlyList<JournalEntry> Entries, long LastSequence, DateTime? WroteUntilUtc)
 {
     public static JournalRecovery Empty { get; } = new([], 0, null);
+
+    /// <summary>
+    /// Durable parts of the journal found missing or damaged (not a torn tail: a crash only tears
+    /// what was never acknowledged), in sequence order; empty when the journal is whole.
+    /// </summary>
+    public IReadOnlyList<JournalDamage> Damage { get; init; } = [];
+
+    /// <summary>The first damage a checkpoint covering up to <paramref name="covered"/> does not make harmless, or null.</summary>
+    public JournalDamage? DamageAfter(long covered) => Damage.FirstOrDefault(d => d.Through > covered);
 }

@@ -23,6 +23,9 @@ public sealed class BitmapAddAction(string node, string name, long? granularity,
         if (_node.FindBitmap(name) is not null)
             throw BlockErrors.BitmapExists(name);
         Names.Validate("bitmap", name);
+        // A new bitmap would record writes the node refuses, for a file no longer under its path.
+        if (_node.ImageReplacedReason is { } replaced)
+            throw BlockErrors.ImageReplaced(_node.Name, replaced);
         // Refused before anything is allocated: a bitmap that cannot exist, cannot be stored, or does not fit the memory budget.
         context.Layer.CheckBitmapSize(_node.Size, g, persistent);
         var granules = DirtyBitmap.GranulesFor(_node.Size, g);

@@ -88,6 +88,12 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
     {
         foreach (var node in new[] { device, target })
         {
+            // A copy from or to a file no longer under its node's path would be a copy nobody can use.
+            if (node.ImageReplacedReason is { } replaced)
+                throw BlockErrors.ImageReplaced(node.Name, replaced);
+        }
+        foreach (var node in new[] { device, target })
+        {
             if (node.JobId is { } job)
                 throw BlockErrors.NodeBusy(node.Name, $"block device is in use by block job: mirror ({job})");
         }

@@ -13,14 +13,16 @@ namespace BlockMirror.Core.Tests.Jobs;
 /// itself through the export and the whole service hung). The server recognises its own clients
 /// by the connection, whatever the URI says.
 /// </summary>
-public sealed class MirrorIntoOwnExportTests : IAsyncDisposable
+public sealed class MirrorIntoOwnExportTests : IAsyncLifetime
 {
+    public Task InitializeAsync() => Task.CompletedTask;
+
     private const long Size = 4L << 20;
     private readonly TempImageDirectory _dir = new();
     private BlockLayer? _layer;
     private NbdServer? _server;
 
-    public async ValueTask DisposeAsync()
+    public async Task DisposeAsync()
     {
         if (_layer is not null)
         {

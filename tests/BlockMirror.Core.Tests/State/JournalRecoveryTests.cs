@@ -204,4 +204,104 @@ public sealed class JournalRecoveryTests : IAsyncLifetime
         Assert.Equal([(2 * G, G), (30 * G, G)], restored.GetBitmap("p").GetExtents(0, 64 * G));
         Assert.DoesNotContain(second.Nodes, n => n.Name == "copy");
     }
+
+    [Theory]
+    [InlineData("flipped byte")]
+    [InlineData("cut at a record boundary")]
+    [InlineData("cut in half")]
+    [InlineData("segment deleted")]
+    public async Task A_damaged_journal_makes_every_bitmap_it_cannot_prove_inconsistent_with_the_reason(string damage)
+    {
+        var first = await StartLayerAsync();
+        var node = await SetUpAsync(first);
+        for (var g = 0; g < 10; g++)
+            await node.WriteAsync(g * G, new byte[1]);
+        // q's checkpoint covers every entry so far: no damage of the journal can touch it.
+        await first.BitmapActionAsync(new BitmapClearAction("disk0", "q"));
+        await CrashAsync(first);
+
+        // 20 records of ("disk0", "p" | "q"): a 24-byte header, then 39 bytes each.
+        var segment = Directory.GetFiles(_dir.PathOf(""), "journal.*.seg").Single();
+        var bytes = await File.ReadAllBytesAsync(segment);
+        Assert.Equal(24 + (20 * 39), bytes.Length);
+        switch (damage)
+        {
+            case "flipped byte":
+                bytes[24 + (3 * 39) + 20] ^= 0x10;
+                await File.WriteAllBytesAsync(segment, bytes);
+                break;
+            case "cut at a record boundary":
+                await File.WriteAllBytesAsync(segment, bytes[..(24 + (15 * 39))]);
+                break;
+            case "cut in half":
+                await File.WriteAllBytesAsync(segment, bytes[..(bytes.Length / 2)]);
+                break;
+            default:
+                File.Delete(segment);
+                break;
+        }
+
+        var second = await StartLayerAsync();
+        var restored = second.GetNode("disk0");
+        foreach (var name in new[] { "p", "off" })
+        {
+            var b = restored.GetBitmap(name);
+            Assert.True(b.Inconsistent, name);
+            Assert.StartsWith("the bitmap journal is damaged: ", b.InconsistentReason, StringComparison.Ordinal);
+        }
+        Assert.Contains(second.LoadFailures, f => f.StartsWith("bitmap journal: ", StringComparison.Ordinal));
+        var q = restored.GetBitmap("q");
+        Assert.False(q.Inconsistent);
+        Assert.Equal(0, q.Count);
+
+        // The reason is stored with the bitmap: a clean restart still says why.
+        var reason = restored.GetBitmap("p").InconsistentReason;
+        await second.StopAsync();
+        await second.Journal!.DisposeAsync();
+        var third = await StartLayerAsync();
+        Assert.Equal(reason, third.GetNode("disk0").GetBitmap("p").InconsistentReason);
+        Assert.Empty(third.LoadFailures);
+    }
+
+    [Fact]
+    public async Task A_torn_tail_after_a_crash_keeps_bitmaps_consistent_and_exact()
+    {
+        var first = await StartLayerAsync();
+        var node = await SetUpAsync(first);
+        for (var g = 0; g < 10; g++)
+            await node.WriteAsync(g * G, new byte[1]);
+        var sha = node.GetBitmap("p").Sha256Hex();
+        await CrashAsync(first);
+        // The group commit being written when the process died: half a record, never acknowledged.
+        var segment = Directory.GetFiles(_dir.PathOf(""), "journal.*.seg").Single();
+        await using (var f = new FileStream(segment, FileMode.Append))
+            await f.WriteAsync(new byte[20]);
+
+        var second = await StartLayerAsync();
+        Assert.Empty(second.InconsistentAtLoad);
+        Assert.Equal(sha, second.GetNode("disk0").GetBitmap("p").Sha256Hex());
+    }
+
+    [Fact]
+    public async Task An_image_renamed_over_while_open_is_never_stamped_as_the_bitmaps_file()
+    {
+        var first = await StartLayerAsync();
+        var node = await SetUpAsync(first);
+        await node.WriteAsync(7 * G, new byte[1]);
+        // mv other.img disk0.img: same size, a new inode; the node keeps the old one open. No control
+        // operation runs before the stop: the clean stop's own checkpoint must notice.
+        var other = _dir.PathOf("root/other.img");
+        await File.WriteAllBytesAsync(other, new byte[64 * G]);
+        File.Move(other, _dir.PathOf("root/disk0.img"), overwrite: true);
+        await first.StopAsync();
+        Assert.True(node.ImageReplaced);
+        await Assert.ThrowsAsync<BlockException>(async () => await node.WriteAsync(0, new byte[1]));
+        await first.Journal!.DisposeAsync();
+
+        var second = await StartLayerAsync();
+        var p = second.GetNode("disk0").GetBitmap("p");
+        Assert.True(p.Inconsistent);
+        Assert.Contains("replaced by another file", p.InconsistentReason, StringComparison.Ordinal);
+        Assert.False(second.GetNode("disk0").ImageReplaced);
+    }
 }

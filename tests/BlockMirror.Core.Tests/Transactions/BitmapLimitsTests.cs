@@ -14,8 +14,10 @@ namespace BlockMirror.Core.Tests.Transactions;
 /// fit is refused with a code before anything is allocated or changed, and memory given back (a
 /// removed bitmap, a finished job's working bitmap) can be used again.
 /// </summary>
-public sealed class BitmapLimitsTests : IAsyncDisposable
+public sealed class BitmapLimitsTests : IAsyncLifetime
 {
+    public Task InitializeAsync() => Task.CompletedTask;
+
     private const long Size = 16L << 20;
     private static readonly long Fine = DirtyBitmap.MemoryBytesFor(DirtyBitmap.GranulesFor(Size, 512));
     private static readonly long FineContent = DirtyBitmap.SerializedBytesFor(DirtyBitmap.GranulesFor(Size, 512));
@@ -23,7 +25,7 @@ public sealed class BitmapLimitsTests : IAsyncDisposable
     private readonly RecordingEventSink _events = new();
     private BlockLayer? _layer;
 
-    public async ValueTask DisposeAsync()
+    public async Task DisposeAsync()
     {
         if (_layer is not null)
         {
@@ -143,5 +145,15 @@ public sealed class BitmapLimitsTests : IAsyncDisposable
         Assert.Equal("too-many-actions", refused.Code);
         Assert.Equal(BlockErrorKind.Invalid, refused.Kind);
         Assert.Empty(layer.GetNode("disk").Bitmaps);
+    }
+
+    [Fact]
+    public async Task A_bitmap_that_cannot_exist_is_refused_naming_a_granularity_that_fits()
+    {
+        var layer = await StartAsync(budget: 1L << 30);
+        var e = Assert.Throws<BlockException>(() => layer.CheckBitmapSize(1L << 60, DirtyBitmap.DefaultGranularity, persistent: false));
+        Assert.Equal("bitmap-too-large", e.Code);
+        Assert.Contains("at least 16777216", e.Message, StringComparison.Ordinal);
+        Assert.Equal(HBitmap.MaxLength, (1L << 60) >> 24); // that granularity fits exactly
     }
 }

@@ -52,6 +52,9 @@ namespace BlockMirror.Api.Data.Migrations
                     b.Property<bool>("Inconsistent")
                         .HasColumnType("INTEGER");
 
+                    b.Property<string>("InconsistentReason")
+                        .HasColumnType("TEXT");
+
                     b.Property<long?>("JournalSeq")
                         .HasColumnType("INTEGER");
 

@@ -118,6 +118,9 @@ function updateBitmap(row, b, node, all) {
     holder.replaceChildren(...badges.map(([t, cls]) => h('span', { class: `badge ${cls}`, 'data-testid': `badge-${t}` }, t), ' '));
     holder.dataset.badges = badgeKey;
   }
+  // Why it cannot be trusted (a damaged journal, a replaced image, ...): the badge's tooltip.
+  const inconsistentBadge = holder.querySelector('[data-testid="badge-inconsistent"]');
+  if (inconsistentBadge) inconsistentBadge.title = b.inconsistentReason ?? '';
   Object.assign(row.dataset, {
     recording: String(b.recording), busy: String(b.busy), persistent: String(b.persistent), inconsistent: String(b.inconsistent),
   });

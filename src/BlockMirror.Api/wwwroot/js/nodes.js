@@ -38,7 +38,9 @@ function updateRow(tr, node) {
   const col = (c) => tr.querySelector(`[data-col="${c}"]`);
   setText(col('name'), node.name);
   setText(col('driver'), node.driver + (node.readOnly ? ' (read-only)' : ''));
-  setText(col('location'), node.path ?? node.uri ?? '');
+  // A file replaced under the open node: writes are refused until it is removed and added again.
+  setText(col('location'), (node.path ?? node.uri ?? '') + (node.imageReplaced ? ' (replaced)' : ''));
+  col('location').title = node.imageReplacedReason ?? '';
   setText(col('size'), formatBytes(node.size));
   col('size').title = `${node.size} bytes`;
   setText(col('allocated'), formatBytes(node.allocatedBytes));
