@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Core.Nodes;
 
 namespace BlockMirror.Core.Jobs;
@@ -30,6 +31,7 @@ public sealed partial class MirrorJob
     /// (QEMU marks the job's bitmap whatever the result, except in write-blocking mode, where it
     /// loses them; here that mode falls back to the background copy for the range).
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ApplyToSourceAsync(BlockNode node, WriteRequest request, CancellationToken cancellationToken)
     {
         try
