@@ -671,7 +671,9 @@ public sealed partial class BlockLayer : IAsyncDisposable
         var quiesced = new List<IDisposable>();
         try
         {
-            foreach (var node in Nodes)
+            // Mirror targets last: a write-blocking write holds its device's gate while its copy waits
+            // for the target's, so a target quiesced first would deadlock against the device's drain.
+            foreach (var node in Nodes.OrderBy(n => n.Filter is TargetGuardFilter))
                 quiesced.Add(await node.Gate.QuiesceAsync(cancellationToken).ConfigureAwait(false));
             for (var i = 0; i < actions.Count; i++)
             {

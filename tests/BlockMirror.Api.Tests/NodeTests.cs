@@ -189,6 +189,69 @@ public sealed class NodeTests : IAsyncLifetime
         await ApiClient.ExpectProblemAsync(r, 413, "body-too-large");
     }
 
+    /// <summary>
+    /// Issue 10.11: a chunked body has no Content-Length to refuse up front; before, the endpoint
+    /// wrote it megabyte by megabyte until Kestrel's body limit fired on a later read, so 2 MiB of a
+    /// refused request were in the image and its bitmaps. On a real Kestrel socket: TestServer
+    /// buffers a request body and gives it a Content-Length, so it never shows a chunked body.
+    /// </summary>
+    [Fact]
+    public async Task A_chunked_body_over_the_limit_writes_nothing()
+    {
+        await using var factory = new Browser.KestrelBlockMirrorFactory();
+        factory.Settings["Storage:MaxDataBodyBytes"] = $"{(5 << 20) / 2}";
+        using var http = factory.CreateSocketClient();
+        await http.CreateNodeAsync("d", 8 << 20);
+        await http.AddBitmapAsync("d", "b");
+        await http.AddBitmapAsync("d", "p", persistent: true);
+
+        var body = ApiClient.Pattern(4 << 20, 3);
+        HttpStatusCode status;
+        string text;
+        try
+        {
+            using var r = await http.PutAsync("/api/v1/nodes/d/data?offset=0", new ChunkedContent(body));
+            status = r.StatusCode;
+            text = await r.Content.ReadAsStringAsync();
+        }
+        catch (HttpRequestException)
+        {
+            // Kestrel may answer 413 and close before the client has sent the rest: the refusal is what counts.
+            status = HttpStatusCode.RequestEntityTooLarge;
+            text = "(connection closed after the answer)";
+        }
+        Assert.True(status == HttpStatusCode.RequestEntityTooLarge, $"{(int)status}: {text}");
+
+        Assert.Equal(new byte[4 << 20], await http.ReadAsync("d", 0, 4 << 20));
+        foreach (var b in new[] { "b", "p" })
+            Assert.Equal(0, (long)(await http.GetJsonAsync($"/api/v1/nodes/d/bitmaps/{b}"))["count"]!);
+    }
+
+    /// <summary>
+    /// A chunked body within the limit is written whole; one that would run past the node's end is
+    /// refused whole (before, the megabytes inside the node were written before the refusal).
+    /// </summary>
+    [Fact]
+    public async Task A_chunked_body_is_checked_whole_before_it_is_written()
+    {
+        await using var factory = new Browser.KestrelBlockMirrorFactory();
+        using var http = factory.CreateSocketClient();
+        await http.CreateNodeAsync("d", 4 << 20);
+        await http.AddBitmapAsync("d", "b");
+        var body = ApiClient.Pattern((3 << 20) + 12345, 5);
+        using (var r = await http.PutAsync("/api/v1/nodes/d/data?offset=4096", new ChunkedContent(body)))
+            await ApiClient.ExpectAsync(r, HttpStatusCode.NoContent);
+        Assert.Equal(body, await http.ReadAsync("d", 4096, body.Length));
+
+        // 3 MiB from 2 MiB runs 1 MiB past the end: nothing of it is written, no bitmap changes.
+        await http.PostJsonAsync("/api/v1/nodes/d/discard", new { offset = 0, length = 4 << 20 }, HttpStatusCode.NoContent);
+        await http.PostJsonAsync("/api/v1/transactions", new { actions = new[] { new { type = "bitmap-clear", node = "d", name = "b" } } });
+        using (var r = await http.PutAsync($"/api/v1/nodes/d/data?offset={2 << 20}", new ChunkedContent(ApiClient.Pattern(3 << 20, 7))))
+            await ApiClient.ExpectProblemAsync(r, 400, "out-of-range");
+        Assert.Equal(new byte[4 << 20], await http.ReadAsync("d", 0, 4 << 20));
+        Assert.Equal(0, (long)(await http.GetJsonAsync("/api/v1/nodes/d/bitmaps/b"))["count"]!);
+    }
+
     [Fact]
     public async Task Oversized_json_body_is_413()
     {

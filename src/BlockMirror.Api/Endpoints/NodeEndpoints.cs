@@ -73,27 +73,38 @@ public static class NodeEndpoints
         var limit = storage.Value.MaxDataBodyBytes;
         var declared = context.Request.ContentLength;
         if (declared > limit)
-            throw new BadHttpRequestException("The request body is too large", StatusCodes.Status413PayloadTooLarge);
+            throw BodyTooLarge();
         if (declared is { } length)
+        {
             n.CheckRange(offset, length);
+            await StreamBodyAsync(n, offset, context.Request.Body, limit, context.RequestAborted);
+        }
         else
+        {
             n.CheckRange(offset, 0);
+            await BufferThenWriteAsync(n, offset, context.Request.Body, limit, context.RequestAborted);
+        }
+        return TypedResults.NoContent();
+    }
 
-        // Stream in chunks from a pooled buffer; when the length is unknown (chunked encoding) the
-        // range is checked per chunk before anything past the end could be written.
+    /// <summary>
+    /// A body of declared length (within the limit and the node, both checked before this) is
+    /// streamed in chunks from one pooled buffer.
+    /// </summary>
+    private static async Task StreamBodyAsync(BlockNode node, long offset, Stream body, long limit, CancellationToken cancellationToken)
+    {
         var buffer = ArrayPool<byte>.Shared.Rent(DataChunk);
         try
         {
-            var body = context.Request.Body;
             var position = offset;
             while (true)
             {
-                var filled = await ReadChunkAsync(body, buffer, context.RequestAborted);
+                var filled = await ReadChunkAsync(body, buffer, cancellationToken);
                 if (filled == 0)
                     break;
                 if (position - offset + filled > limit)
-                    throw new BadHttpRequestException("The request body is too large", StatusCodes.Status413PayloadTooLarge);
-                await n.WriteAsync(WriteRequest.ForData(position, buffer.AsMemory(0, filled)), context.RequestAborted);
+                    throw BodyTooLarge();
+                await node.WriteAsync(WriteRequest.ForData(position, buffer.AsMemory(0, filled)), cancellationToken);
                 position += filled;
             }
         }
@@ -101,8 +112,49 @@ public static class NodeEndpoints
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
-        return TypedResults.NoContent();
     }
+
+    /// <summary>
+    /// A body of unknown length (chunked encoding) is read whole into pooled chunks before anything
+    /// is written: one over the limit is refused with 413 and one past the node's end with
+    /// out-of-range, both with the image and its bitmaps untouched (a refused request changes
+    /// nothing). Memory is bounded by the limit.
+    /// </summary>
+    private static async Task BufferThenWriteAsync(BlockNode node, long offset, Stream body, long limit, CancellationToken cancellationToken)
+    {
+        var chunks = new List<byte[]>();
+        try
+        {
+            long total = 0;
+            var last = 0;
+            do
+            {
+                var buffer = ArrayPool<byte>.Shared.Rent(DataChunk);
+                chunks.Add(buffer);
+                last = await ReadChunkAsync(body, buffer, cancellationToken);
+                total += last;
+                if (total > limit)
+                    throw BodyTooLarge();
+            }
+            while (last == DataChunk);
+
+            node.CheckRange(offset, total);
+            for (var i = 0; i < chunks.Count; i++)
+            {
+                var filled = i == chunks.Count - 1 ? last : DataChunk;
+                if (filled > 0)
+                    await node.WriteAsync(WriteRequest.ForData(offset + (long)i * DataChunk, chunks[i].AsMemory(0, filled)), cancellationToken);
+            }
+        }
+        finally
+        {
+            foreach (var buffer in chunks)
+                ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private static BadHttpRequestException BodyTooLarge() =>
+        new("The request body is too large", StatusCodes.Status413PayloadTooLarge);
 
     private static async Task<int> ReadChunkAsync(Stream body, byte[] buffer, CancellationToken cancellationToken)
     {

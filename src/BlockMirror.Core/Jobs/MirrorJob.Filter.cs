@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Core.Nodes;
 
 namespace BlockMirror.Core.Jobs;
@@ -19,8 +20,37 @@ public sealed partial class MirrorJob
     private async ValueTask BackgroundWriteAsync(BlockNode node, WriteRequest request, CancellationToken cancellationToken)
     {
         await JournalAheadAsync(node, request.Offset, request.Length).ConfigureAwait(false);
-        await node.ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
+        await ApplyToSourceAsync(node, request, cancellationToken).ConfigureAwait(false);
         await MarkWrittenAsync(node, request.Offset, request.Length).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Passes a request down to the device (its image and its own bitmaps). If it fails, the range
+    /// is still marked for the background copy before the error goes back to the caller: a write
+    /// that failed part-way changed some of the source's bytes, and the target must get them too
+    /// (QEMU marks the job's bitmap whatever the result, except in write-blocking mode, where it
+    /// loses them; here that mode falls back to the background copy for the range).
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask ApplyToSourceAsync(BlockNode node, WriteRequest request, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await node.ApplyAndMarkAsync(request, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            try
+            {
+                await MarkWrittenAsync(node, request.Offset, request.Length).ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                // Marked in memory before any journal call (which the write-ahead made a bit test);
+                // the caller gets the request's own error.
+            }
+            throw;
+        }
     }
 
     /// <summary>
@@ -73,7 +103,7 @@ public sealed partial class MirrorJob
             if (earlier is not null)
                 await Task.WhenAll(earlier).ConfigureAwait(false);
             await JournalAheadAsync(node, request.Offset, request.Length).ConfigureAwait(false);
-            await node.ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
+            await ApplyToSourceAsync(node, request, cancellationToken).ConfigureAwait(false);
             if (CopiesToTarget)
                 await SyncTargetWriteAsync(request).ConfigureAwait(false);
             else
@@ -113,19 +143,14 @@ public sealed partial class MirrorJob
         try
         {
             var length = end - start;
-            switch (request.Kind)
+            // Through the target node's own write path (its bitmaps record the copy), past its guard.
+            var copy = request.Kind switch
             {
-                case WriteKind.Write:
-                    var data = request.Data.Slice((int)(start - request.Offset), (int)length);
-                    await _target.Image.WriteAsync(start, data, request.Fua, Abandoned).ConfigureAwait(false);
-                    break;
-                case WriteKind.WriteZeroes:
-                    await _target.Image.WriteZeroesAsync(start, length, request.MayUnmap && Options.Unmap, Abandoned).ConfigureAwait(false);
-                    break;
-                default:
-                    await _target.Image.DiscardAsync(start, length, Abandoned).ConfigureAwait(false);
-                    break;
-            }
+                WriteKind.Write => WriteRequest.ForData(start, request.Data.Slice((int)(start - request.Offset), (int)length), request.Fua),
+                WriteKind.WriteZeroes => WriteRequest.ForZeroes(start, length, request.MayUnmap && Options.Unmap),
+                _ => WriteRequest.ForDiscard(start, length),
+            };
+            await _target.WriteAsOwnerAsync(copy, Abandoned).ConfigureAwait(false);
             Interlocked.Add(ref _currentProgress, length);
             Interlocked.Add(ref _bytesCopied, length);
             _copyRate.Add(length);

@@ -1,4 +1,5 @@
 using BlockMirror.Core.Images;
+using BlockMirror.Core.Nodes;
 
 namespace BlockMirror.Core.Jobs;
 
@@ -179,6 +180,8 @@ public sealed partial class MirrorJob
     {
         if (Options.Sync == MirrorSyncMode.None || _named is not null)
             return;
+        if (Options.Sync == MirrorSyncMode.Full)
+            await MarkTargetRewrittenAsync().ConfigureAwait(false);
         await foreach (var extent in ImageExtents.EnumerateAsync(_device.Image, 0, Size, Abandoned).ConfigureAwait(false))
         {
             if (ForceCancelled)
@@ -190,6 +193,15 @@ public sealed partial class MirrorJob
             await PausePointAsync().ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// sync=full rewrites the whole target: QEMU (up to 10.0) zeroes it first through the job's
+    /// BlockBackend, so a bitmap on the target is fully dirty at once. This job skips that pass
+    /// (it zeroes only where the target holds data the source lacks), so it marks the target's
+    /// bitmaps as that pass would have, through the target's write path (gate, write-ahead journal).
+    /// </summary>
+    /// <remarks>A journal that cannot take it fails the job: its copies could not be recorded either.</remarks>
+    private Task MarkTargetRewrittenAsync() => _target.MarkAsOwnerAsync(0, Size).AsTask();
 
     private async Task MarkTargetDataAsync(long offset, long length)
     {
@@ -339,9 +351,11 @@ public sealed partial class MirrorJob
         var read = false;
         try
         {
+            // Every write goes through the target node's write path, past its guard: the target's
+            // bitmaps record what the job writes (QEMU's job writes through its BlockBackend).
             if (buffer is null)
             {
-                await _target.Image.WriteZeroesAsync(offset, length, Options.Unmap, Abandoned).ConfigureAwait(false);
+                await _target.WriteAsOwnerAsync(WriteRequest.ForZeroes(offset, length, Options.Unmap), Abandoned).ConfigureAwait(false);
             }
             else
             {
@@ -350,10 +364,10 @@ public sealed partial class MirrorJob
                 await _device.Image.ReadAsync(offset, data, Abandoned).ConfigureAwait(false);
                 read = false;
                 // Zeroes never allocate the target: write them as zeroes (a hole where allowed).
-                if (data.Span.IndexOfAnyExcept((byte)0) < 0)
-                    await _target.Image.WriteZeroesAsync(offset, length, Options.Unmap, Abandoned).ConfigureAwait(false);
-                else
-                    await _target.Image.WriteAsync(offset, data, cancellationToken: Abandoned).ConfigureAwait(false);
+                var write = data.Span.IndexOfAnyExcept((byte)0) < 0
+                    ? WriteRequest.ForZeroes(offset, length, Options.Unmap)
+                    : WriteRequest.ForData(offset, data);
+                await _target.WriteAsOwnerAsync(write, Abandoned).ConfigureAwait(false);
             }
             Interlocked.Add(ref _currentProgress, length);
             Interlocked.Add(ref _bytesCopied, length);

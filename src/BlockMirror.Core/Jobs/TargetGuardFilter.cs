@@ -4,8 +4,9 @@ namespace BlockMirror.Core.Jobs;
 
 /// <summary>
 /// Refuses writes to a mirror's target node from other doors while the job owns it (QEMU opens
-/// the target sharing only WRITE_UNCHANGED): the job writes the target image directly, anyone
-/// else writing it would make the copy wrong.
+/// the target sharing only WRITE_UNCHANGED): anyone else writing it would make the copy wrong. The
+/// job itself writes past this filter (<see cref="BlockNode.WriteAsOwnerAsync"/>), so the target's
+/// bitmaps, journal and quiesce gate still see every byte it writes.
 /// </summary>
 internal sealed class TargetGuardFilter(string jobId) : IWriteFilter
 {

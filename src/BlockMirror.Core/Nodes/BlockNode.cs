@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Core.Bitmaps;
 using BlockMirror.Core.Images;
 
@@ -6,9 +7,11 @@ namespace BlockMirror.Core.Nodes;
 /// <summary>
 /// A named image the service owns, with its dirty bitmaps and its write path. Every
 /// content-changing request from any door goes through <see cref="WriteAsync(WriteRequest, CancellationToken)"/>:
-/// range and read-only checks → the job's filter, if one is inserted (which applies it to the
-/// image) → every enabled bitmap marks the range. Registry changes (bitmaps, filter, pivot) are
-/// made by <see cref="BlockLayer"/> under its control lock, with writes quiesced where it matters.
+/// range and read-only checks → the job's filter, if one is inserted (which passes it down) → the
+/// image → every enabled bitmap marks the range, whether the image succeeded or not. A mirror's
+/// own writes to its target take the same path past the target's guard (<see cref="WriteAsOwnerAsync"/>).
+/// Registry changes (bitmaps, filter, pivot) are made by <see cref="BlockLayer"/> under its control
+/// lock, with writes quiesced where it matters.
 /// </summary>
 public sealed class BlockNode
 {
@@ -168,7 +171,43 @@ public sealed class BlockNode
         WriteAsync(WriteRequest.ForData(offset, data, fua), cancellationToken);
 
     /// <summary>The write path every door uses.</summary>
-    public async ValueTask WriteAsync(WriteRequest request, CancellationToken cancellationToken = default)
+    public ValueTask WriteAsync(WriteRequest request, CancellationToken cancellationToken = default) =>
+        WriteCoreAsync(request, throughFilter: true, cancellationToken);
+
+    /// <summary>
+    /// The write path of the job that owns the node (a mirror writing its target): everything
+    /// <see cref="WriteAsync(WriteRequest, CancellationToken)"/> does (the quiesce gate, the journal,
+    /// the node's bitmaps) except the filter, which is the guard that refuses every other writer
+    /// (QEMU: the job's own BlockBackend holds the write permission the others lack).
+    /// </summary>
+    internal ValueTask WriteAsOwnerAsync(WriteRequest request, CancellationToken cancellationToken = default) =>
+        WriteCoreAsync(request, throughFilter: false, cancellationToken);
+
+    /// <summary>
+    /// The bitmap half of the owner's write path, for a range the owner rewrites without writing
+    /// every byte of it (a full mirror's target, which QEMU zeroes first): every recording bitmap
+    /// marks it, persistent ones through the journal, inside the quiesce gate like a write.
+    /// </summary>
+    internal async ValueTask MarkAsOwnerAsync(long offset, long length)
+    {
+        CheckRange(offset, length);
+        if (length == 0)
+            return;
+        await Gate.EnterAsync().ConfigureAwait(false);
+        try
+        {
+            await JournalAheadAsync(offset, length).ConfigureAwait(false);
+            await MarkBitmapsAsync(offset, length).ConfigureAwait(false);
+        }
+        finally
+        {
+            Gate.Exit();
+        }
+    }
+
+    // Pooled builder: the copy loop writes its target through here, and must not allocate per write.
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteCoreAsync(WriteRequest request, bool throughFilter, CancellationToken cancellationToken)
     {
         CheckRange(request.Offset, request.Length);
         if (ReadOnly)
@@ -181,13 +220,11 @@ public sealed class BlockNode
         await Gate.EnterAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            await JournalAheadAsync(request.Offset, request.Length).ConfigureAwait(false);
-            var filter = _filter;
+            var filter = throughFilter ? _filter : null;
             if (filter is not null)
                 await filter.WriteAsync(this, request, cancellationToken).ConfigureAwait(false);
             else
-                await ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
-            await MarkBitmapsAsync(request.Offset, request.Length).ConfigureAwait(false);
+                await ApplyAndMarkAsync(request, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
@@ -195,8 +232,33 @@ public sealed class BlockNode
         }
     }
 
-    /// <summary>Applies a request to the image only (no bitmaps, no filter). Filters call this.</summary>
-    public ValueTask ApplyToImageAsync(WriteRequest request, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Journals the range ahead for the persistent bitmaps, applies the request to the image, then
+    /// marks every recording bitmap over its range, whether the image succeeded or not (QEMU's
+    /// bdrv_co_write_req_finish): a write, zero write or discard that fails may have changed any
+    /// byte of its range first (a short write on a full file system, a punch that freed some
+    /// blocks), and a bitmap that missed it would let an incremental backup or a mirror skip bytes
+    /// that differ. The write-ahead already covers the range, so after a failure the persistent
+    /// bitmaps need no further I/O. Filters call this to pass a request down (the node's gate held).
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask ApplyAndMarkAsync(WriteRequest request, CancellationToken cancellationToken = default)
+    {
+        // A request refused before this point (the target guard) journals nothing and marks nothing.
+        await JournalAheadAsync(request.Offset, request.Length).ConfigureAwait(false);
+        try
+        {
+            await ApplyToImageAsync(request, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            await MarkAfterFailureAsync(request.Offset, request.Length).ConfigureAwait(false);
+            throw;
+        }
+        await MarkBitmapsAsync(request.Offset, request.Length).ConfigureAwait(false);
+    }
+
+    private ValueTask ApplyToImageAsync(WriteRequest request, CancellationToken cancellationToken)
     {
         var image = Image;
         return request.Kind switch
@@ -205,6 +267,23 @@ public sealed class BlockNode
             WriteKind.WriteZeroes => image.WriteZeroesAsync(request.Offset, request.Length, request.MayUnmap, cancellationToken),
             _ => image.DiscardAsync(request.Offset, request.Length, cancellationToken),
         };
+    }
+
+    /// <summary>
+    /// Marks the bitmaps after a failed request. The caller reports the request's own error: a
+    /// journal failure here (the write-ahead made the range durable, so normally there is no I/O)
+    /// must not replace it.
+    /// </summary>
+    private async ValueTask MarkAfterFailureAsync(long offset, long length)
+    {
+        try
+        {
+            await MarkBitmapsAsync(offset, length).ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
+            // The in-memory marks are made before any journal call; the request's error is what counts.
+        }
     }
 
     /// <summary>

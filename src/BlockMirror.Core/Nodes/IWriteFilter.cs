@@ -2,10 +2,11 @@ namespace BlockMirror.Core.Nodes;
 
 /// <summary>
 /// A filter a job inserts on a node's write path (QEMU's mirror_top). It receives every
-/// content-changing request after range checks and must apply it to the node's image by
-/// calling <see cref="BlockNode.ApplyToImageAsync"/>; what it does around that (mark its
-/// bitmap, copy to a target) is its business. The node marks its own enabled bitmaps after
-/// the filter returns.
+/// content-changing request after range checks, inside the node's quiesce gate, and must pass it
+/// down by calling <see cref="BlockNode.ApplyAndMarkAsync"/>, which journals it ahead, applies it
+/// to the image and marks the node's enabled bitmaps (whatever the result); what it does around
+/// that (mark its own bitmap, copy to a target) is its business. A filter that refuses a request
+/// throws without passing it down, and then nothing is journaled or marked.
 /// </summary>
 public interface IWriteFilter
 {

@@ -12,19 +12,21 @@ namespace BlockMirror.Api.Tests.Crash;
 /// journal's folder ran full and came back. The next life finds the device on its old image and no
 /// acknowledged granule lost.
 /// </summary>
-public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IDisposable
+public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLifetime
 {
     private const long Size = 8L << 20;
     private const long G = 65536;
     private readonly string _dir = Directory.CreateTempSubdirectory("blockmirror-crash-storage-").FullName;
     private readonly List<string> _immutable = [];
-    private readonly List<string> _mounts = [];
+    private readonly List<TmpfsMount> _mounts = [];
 
-    public void Dispose()
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
     {
         HealDatabase();
         foreach (var mount in Enumerable.Reverse(_mounts))
-            TmpfsFactAttribute.Unmount(mount);
+            await mount.DisposeAsync();
         BlockMirrorFactory.DeleteDir(_dir);
     }
 
@@ -123,12 +125,10 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IDisposab
     public async Task A_full_database_folder_refuses_new_granules_until_space_returns_and_a_kill_after_loses_none()
     {
         // The database and journal on a small tmpfs, the images on their own.
-        TmpfsFactAttribute.Mount(_dir, "16m");
-        _mounts.Add(_dir);
+        _mounts.Add(await TmpfsMount.MountAsync(_dir, "16m"));
         var images = Path.Combine(_dir, "images");
         Directory.CreateDirectory(images);
-        TmpfsFactAttribute.Mount(images, "64m");
-        _mounts.Add(images);
+        _mounts.Add(await TmpfsMount.MountAsync(images, "64m"));
         var acked = new List<long>();
         var filler = Path.Combine(_dir, "filler");
         long refused;
