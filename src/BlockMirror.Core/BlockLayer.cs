@@ -357,7 +357,10 @@ public sealed partial class BlockLayer : IAsyncDisposable
                 return;
             }
         }
-        // Released once the image is closed: a write arriving later fails on the closed image, it does not hang.
+        List<BitmapRecord> records;
+        List<(DirtyBitmap, byte[])> contents = [];
+        // Released once the image is closed and the checkpoint taken: a write arriving later fails on
+        // the closed image, it does not hang, and the checkpoint covers every write that got through.
         using (quiesce)
         {
             try
@@ -368,8 +371,8 @@ public sealed partial class BlockLayer : IAsyncDisposable
             catch (IOException)
             {
                 // A failed flush cannot prove the bitmaps (QEMU leaves them in use): inconsistent at next start.
-                await StoreForStopAsync(node, [.. node.Bitmaps.Where(b => b.Persistent).Select(b =>
-                    ToRecord(node, b, inUse: true, content: null) with { Inconsistent = true })], [], cancellationToken).ConfigureAwait(false);
+                records = [.. node.Bitmaps.Where(b => b.Persistent).Select(b => ToRecord(node, b, inUse: true, content: null) with { Inconsistent = true })];
+                await StoreForStopAsync(node, records, contents, cancellationToken).ConfigureAwait(false);
                 return;
             }
             try
@@ -380,23 +383,21 @@ public sealed partial class BlockLayer : IAsyncDisposable
             {
                 // Flushed already: what was written is on the disk.
             }
-        }
-        var bitmaps = node.Bitmaps.Where(b => b.Persistent).Select(b => (node, b)).ToList();
-        if (bitmaps.Count == 0)
-            return;
-        List<BitmapRecord> records;
-        List<(DirtyBitmap, byte[])> contents;
-        try
-        {
-            (records, contents) = BuildCheckpoint(bitmaps, cleanStop: true, _journal?.LastSequence);
-        }
-        catch (Exception e)
-        {
-            // Serialization (a bitmap too large for one array) or the image's stamp (a path that no
-            // longer resolves inside the root): this node only.
-            StopFailures.Add($"node '{node.Name}': its persistent bitmaps could not be checkpointed ({e.Message}); " +
-                "they keep their last checkpoint and the journal");
-            return;
+            var bitmaps = node.Bitmaps.Where(b => b.Persistent).Select(b => (node, b)).ToList();
+            if (bitmaps.Count == 0)
+                return;
+            try
+            {
+                (records, contents) = BuildCheckpoint(bitmaps, cleanStop: true, _journal?.LastSequence);
+            }
+            catch (Exception e)
+            {
+                // Serialization (a bitmap too large for one array) or the image's stamp (a path that no
+                // longer resolves inside the root): this node only.
+                StopFailures.Add($"node '{node.Name}': its persistent bitmaps could not be checkpointed ({e.Message}); " +
+                    "they keep their last checkpoint and the journal");
+                return;
+            }
         }
         await StoreForStopAsync(node, records, contents, cancellationToken).ConfigureAwait(false);
     }

@@ -101,12 +101,12 @@ internal sealed partial class ChildService : IAsyncDisposable
             if (first == exited || process.HasExited)
             {
                 await exited;
-                await output.Drained(process);
+                await output.Drained();
                 return new ChildExit(process.ExitCode, output.Stdout, output.Stderr);
             }
             KillQuietly(process);
             await exited;
-            await output.Drained(process);
+            await output.Drained();
             return new ChildExit(null, output.Stdout, output.Stderr);
         }
     }
@@ -192,7 +192,7 @@ internal sealed partial class ChildService : IAsyncDisposable
             Kill();
             throw new TimeoutException($"The service did not stop within {timeout} after SIGTERM:\n{Log}");
         }
-        await _output.Drained(_process);
+        await _output.Drained();
         return _process.ExitCode;
     }
 
@@ -280,7 +280,7 @@ internal sealed partial class ChildService : IAsyncDisposable
         }
 
         /// <summary>After the exit: both pipes read to their end, so nothing printed last is missing.</summary>
-        public Task Drained(Process process) => Task.WhenAll(_stdoutClosed.Task, _stderrClosed.Task).WaitAsync(TimeSpan.FromSeconds(10));
+        public Task Drained() => Task.WhenAll(_stdoutClosed.Task, _stderrClosed.Task).WaitAsync(TimeSpan.FromSeconds(10));
 
         private string Read(StringBuilder builder)
         {
