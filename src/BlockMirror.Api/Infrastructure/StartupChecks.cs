@@ -5,7 +5,7 @@ using Microsoft.Extensions.Options;
 namespace BlockMirror.Api.Infrastructure;
 
 /// <summary>
-/// What must hold before the host starts anything (Program runs it between Build and Run, so no
+/// What must hold before the host starts anything (Program runs it right after Build, so no
 /// hosted service, listener or migration has run yet): the settings are valid, this process owns
 /// the data folder (<see cref="DataDirectoryLock"/>), the database is not a lost one
 /// (<see cref="LostDatabaseGuard"/>), and the connection caps fit the descriptor limit
