@@ -249,12 +249,15 @@ public sealed partial class BlockLayer
     /// <summary>
     /// Before <see cref="StopAsync"/>: every job still running is stopped (in-flight I/O finished,
     /// filters removed, working bitmaps released) and concluded with an error saying the service
-    /// stopped, then the queued job saves are flushed.
+    /// stopped, then the queued job saves are flushed. Each wait is bounded by <see cref="StopWait"/>:
+    /// a job that does not conclude in time (a target that never answers) is listed in
+    /// <see cref="StopFailures"/> and left behind, so the clean stop of the nodes still happens; the
+    /// next start records it as cut off by the stop.
     /// </summary>
     public async Task ShutdownJobsAsync(CancellationToken cancellationToken = default)
     {
         var running = new List<Job>();
-        await JobControlAsync(async () =>
+        var signalled = JobControlAsync(async () =>
         {
             foreach (var job in Jobs)
             {
@@ -264,9 +267,32 @@ public sealed partial class BlockLayer
                 running.Add(job);
                 await job.StopForShutdownAsync($"The service stopped while the job was {JobNames.Of(status)}").ConfigureAwait(false);
             }
-        }).ConfigureAwait(false);
+        });
+        if (!await WithinStopWaitAsync(signalled, cancellationToken).ConfigureAwait(false))
+        {
+            StopFailures.Add($"jobs: a control operation did not finish within {StopWait.TotalSeconds:0.#} s, so running jobs were not told to stop");
+            return;
+        }
         foreach (var job in running)
-            await job.Concluded.WaitAsync(cancellationToken).ConfigureAwait(false);
-        await FlushJobSavesAsync().WaitAsync(cancellationToken).ConfigureAwait(false);
+        {
+            if (!await WithinStopWaitAsync(job.Concluded, cancellationToken).ConfigureAwait(false))
+                StopFailures.Add($"job '{job.Id}': did not stop within {StopWait.TotalSeconds:0.#} s (its I/O does not complete); left running");
+        }
+        if (!await WithinStopWaitAsync(FlushJobSavesAsync(), cancellationToken).ConfigureAwait(false))
+            StopFailures.Add($"jobs: their records were not stored within {StopWait.TotalSeconds:0.#} s");
+    }
+
+    /// <summary>Waits for <paramref name="task"/> up to <see cref="StopWait"/>; false when it did not finish in time.</summary>
+    private async Task<bool> WithinStopWaitAsync(Task task, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await task.WaitAsync(StopWait, Time, cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (TimeoutException)
+        {
+            return false;
+        }
     }
 }

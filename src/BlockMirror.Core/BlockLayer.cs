@@ -310,52 +310,133 @@ public sealed partial class BlockLayer : IAsyncDisposable
     }
 
     /// <summary>
-    /// Clean stop: with each node's writes quiesced, flush and close its image, then checkpoint its
-    /// persistent bitmaps with the in-use flag cleared and the image's stamp. After this no control operation runs.
+    /// Clean stop: node by node, with its writes quiesced, flush and close its image, then checkpoint
+    /// its persistent bitmaps with the in-use flag cleared and the image's stamp. After this no
+    /// control operation runs. A node that cannot be stopped (writes that do not drain within
+    /// <see cref="StopWait"/>, a bitmap that cannot be serialized or stored, a path that no longer
+    /// resolves) is skipped and listed in <see cref="StopFailures"/>: its bitmaps keep their last
+    /// checkpoint with in-use set, so the next start restores them from the journal (exact) or finds
+    /// them inconsistent, and every other node still gets its clean stop.
     /// </summary>
     public async Task StopAsync(CancellationToken cancellationToken = default)
     {
         await _imageChecksStop.CancelAsync().ConfigureAwait(false);
-        await _control.WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (!await EnterForStopAsync(cancellationToken).ConfigureAwait(false))
+            return;
         try
         {
             if (_stopped)
                 return;
             _stopped = true;
-            var save = new List<(BlockNode, DirtyBitmap)>();
-            var unflushed = new List<BitmapRecord>();
             foreach (var node in Nodes)
-            {
-                // Released once the image is closed: a write arriving later fails on the closed image, it does not hang.
-                using (await node.Gate.QuiesceAsync(cancellationToken).ConfigureAwait(false))
-                {
-                    try
-                    {
-                        if (!node.Image.ReadOnly)
-                            await node.Image.FlushAsync(cancellationToken).ConfigureAwait(false);
-                    }
-                    catch (IOException)
-                    {
-                        // A failed flush cannot prove the bitmaps (QEMU leaves them in use): inconsistent at next start.
-                        unflushed.AddRange(node.Bitmaps.Where(b => b.Persistent).Select(b =>
-                            ToRecord(node, b, inUse: true, content: null) with
-                            {
-                                Inconsistent = true,
-                                InconsistentReason = b.InconsistentReason ?? "the image could not be flushed at the clean stop",
-                            }));
-                        continue;
-                    }
-                    await node.Image.DisposeAsync().ConfigureAwait(false);
-                }
-                save.AddRange(node.Bitmaps.Where(b => b.Persistent).Select(b => (node, b)));
-            }
-            if (unflushed.Count > 0)
-                await Store.SaveBitmapsAsync(unflushed, cancellationToken).ConfigureAwait(false);
-            await CheckpointUnlockedAsync(save, cleanStop: true, _journal?.LastSequence, cancellationToken).ConfigureAwait(false);
+                await StopNodeAsync(node, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
             _control.Release();
+        }
+    }
+
+    /// <summary>
+    /// How long a stop waits for one thing (the control lock, the jobs to conclude, one node's
+    /// writes in flight) before it goes on without it: a stop must end, and in time for a service
+    /// manager's grace period (docker stop: 10 s).
+    /// </summary>
+    public TimeSpan StopWait { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>What the last stop could not do cleanly ("node 'a': reason", "job 'm': reason"), for the host's log.</summary>
+    public List<string> StopFailures { get; } = [];
+
+    private async Task<bool> EnterForStopAsync(CancellationToken cancellationToken)
+    {
+        if (await _control.WaitAsync(StopWait, cancellationToken).ConfigureAwait(false))
+            return true;
+        StopFailures.Add($"a control operation did not finish within {StopWait.TotalSeconds:0.#} s: no node was stopped cleanly " +
+            "(persistent bitmaps keep their last checkpoint and the journal)");
+        return false;
+    }
+
+    private async Task StopNodeAsync(BlockNode node, CancellationToken cancellationToken)
+    {
+        IDisposable quiesce;
+        using (var bounded = new CancellationTokenSource(StopWait, Time))
+        using (var linked = CancellationTokenSource.CreateLinkedTokenSource(bounded.Token, cancellationToken))
+        {
+            try
+            {
+                quiesce = await node.Gate.QuiesceAsync(linked.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (bounded.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+            {
+                // Left open and quiesced: later writes wait; the process ends without them.
+                StopFailures.Add($"node '{node.Name}': writes in flight did not finish within {StopWait.TotalSeconds:0.#} s; " +
+                    "its persistent bitmaps keep their last checkpoint and the journal");
+                return;
+            }
+        }
+        List<BitmapRecord> records;
+        List<(DirtyBitmap, byte[])> contents = [];
+        // Released once the image is closed and the checkpoint taken: a write arriving later fails on
+        // the closed image, it does not hang, and the checkpoint covers every write that got through.
+        using (quiesce)
+        {
+            try
+            {
+                if (!node.Image.ReadOnly)
+                    await node.Image.FlushAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (IOException)
+            {
+                // A failed flush cannot prove the bitmaps (QEMU leaves them in use): inconsistent at next start.
+                records = [.. node.Bitmaps.Where(b => b.Persistent).Select(b => ToRecord(node, b, inUse: true, content: null) with
+                {
+                    Inconsistent = true,
+                    InconsistentReason = b.InconsistentReason ?? "the image could not be flushed at the clean stop",
+                })];
+                await StoreForStopAsync(node, records, contents, cancellationToken).ConfigureAwait(false);
+                return;
+            }
+            try
+            {
+                await node.Image.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException)
+            {
+                // Flushed already: what was written is on the disk.
+            }
+            var bitmaps = node.Bitmaps.Where(b => b.Persistent).Select(b => (node, b)).ToList();
+            if (bitmaps.Count == 0)
+                return;
+            try
+            {
+                (records, contents) = BuildCheckpoint(bitmaps, cleanStop: true, _journal?.LastSequence);
+            }
+            catch (Exception e)
+            {
+                // Serialization (a bitmap too large for one array) or the image's stamp (a path that no
+                // longer resolves inside the root): this node only.
+                StopFailures.Add($"node '{node.Name}': its persistent bitmaps could not be checkpointed ({e.Message}); " +
+                    "they keep their last checkpoint and the journal");
+                return;
+            }
+        }
+        await StoreForStopAsync(node, records, contents, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Stores one node's records of a stop; a failure is listed, and the stop goes on with the next node.</summary>
+    private async Task StoreForStopAsync(BlockNode node, List<BitmapRecord> records, List<(DirtyBitmap, byte[])> contents, CancellationToken cancellationToken)
+    {
+        if (records.Count == 0)
+            return;
+        try
+        {
+            await Store.SaveBitmapsAsync(records, cancellationToken).ConfigureAwait(false);
+            Checkpointed(contents);
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            StopFailures.Add($"node '{node.Name}': its persistent bitmaps could not be stored ({e.Message}); " +
+                "they keep their last checkpoint and the journal");
         }
     }
 

@@ -73,8 +73,12 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         else
         {
             listener = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
-            // Lets a restarted service rebind while old connections sit in TIME_WAIT.
-            listener.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            // No SocketOptionName.ReuseAddress: on Linux .NET maps it to SO_REUSEPORT as well, and then
+            // a second server binds the same port and the kernel spreads clients over both (a client
+            // could write to the other instance's export of the same name). A restarted service still
+            // rebinds while old connections sit in TIME_WAIT: .NET's Bind sets SO_REUSEADDR itself for
+            // TCP on Unix (strace shows it; Kestrel's listener gets the same), and SO_REUSEADDR alone
+            // never lets two sockets listen on one port.
         }
         try
         {

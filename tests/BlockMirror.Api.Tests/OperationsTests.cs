@@ -109,7 +109,7 @@ public sealed class OperationsTests : IAsyncLifetime
     {
         var config = new Microsoft.Extensions.Configuration.ConfigurationBuilder()
             .AddInMemoryCollection(new Dictionary<string, string?> { ["Urls"] = "http://0.0.0.0:5080" }).Build();
-        Assert.Throws<InvalidOperationException>(() => ListenGuard.Check(config));
+        Assert.Equal(ExitCodes.Configuration, Assert.Throws<StartupRefusedException>(() => ListenGuard.Check(config)).ExitCode);
         var withKeys = new Microsoft.Extensions.Configuration.ConfigurationBuilder()
             .AddInMemoryCollection(new Dictionary<string, string?> { ["Urls"] = "http://0.0.0.0:5080", ["Auth:ApiKeys:0"] = "k" }).Build();
         ListenGuard.Check(withKeys);

@@ -19,25 +19,29 @@ public static class EventEndpoints
     /// Every event after <c>Last-Event-ID</c> (header, or <c>lastEventId</c> query for clients that cannot
     /// set headers), then live events. Each has its persisted id, its name as the SSE event type and JSON data.
     /// </summary>
-    public static async Task<EmptyHttpResult> StreamEvents(HttpContext context, EventHub hub, long? lastEventId = null)
+    public static async Task<EmptyHttpResult> StreamEvents(HttpContext context, EventHub hub, IHostApplicationLifetime lifetime, long? lastEventId = null)
     {
         var after = lastEventId ?? 0;
         if (long.TryParse(context.Request.Headers["Last-Event-ID"].ToString(), out var header))
             after = header;
+        // The stream also ends when the service stops: the server waits for open requests before it
+        // stops the rest, so a stream that only ended with its client held every stop for the whole
+        // shutdown timeout (and the clean stop after it). An EventSource reconnects by itself.
+        using var ended = CancellationTokenSource.CreateLinkedTokenSource(context.RequestAborted, lifetime.ApplicationStopping);
         var response = context.Response;
         response.ContentType = "text/event-stream";
         response.Headers.CacheControl = "no-cache,no-store";
         response.Headers["X-Accel-Buffering"] = "no";
-        // A comment line first, so the client sees the stream open even before the first event.
-        await response.WriteAsync(": connected\n\n", context.RequestAborted);
-        await response.Body.FlushAsync(context.RequestAborted);
         try
         {
-            await SseFormatter.WriteAsync(ToItems(hub, after, context.RequestAborted), response.Body, context.RequestAborted);
+            // A comment line first, so the client sees the stream open even before the first event.
+            await response.WriteAsync(": connected\n\n", ended.Token);
+            await response.Body.FlushAsync(ended.Token);
+            await SseFormatter.WriteAsync(ToItems(hub, after, ended.Token), response.Body, ended.Token);
         }
-        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+        catch (OperationCanceledException) when (ended.IsCancellationRequested)
         {
-            // The client went away.
+            // The client went away, or the service is stopping.
         }
         return TypedResults.Empty;
     }

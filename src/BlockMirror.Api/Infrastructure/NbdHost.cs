@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Sockets;
 using BlockMirror.Api.Options;
 using BlockMirror.Core;
 using BlockMirror.Nbd;
@@ -10,7 +11,7 @@ namespace BlockMirror.Api.Infrastructure;
 /// Runs the NBD server beside the REST API (Nbd:Listen; empty = off). Started after the block
 /// layer is loaded, stopped before it stops, so no export outlives its node.
 /// </summary>
-public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> options, BlockMirrorMetrics metrics, ILogger<NbdHost> logger) : IStartupParticipant
+public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> options, ConnectionBudget budget, BlockMirrorMetrics metrics, ILogger<NbdHost> logger) : IStartupParticipant
 {
     private NbdServer? _server;
 
@@ -26,15 +27,29 @@ public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> optio
         if (string.IsNullOrWhiteSpace(listen))
             return;
         if (!NbdListenAddress.TryParse(listen, out var address, out var error))
-            throw new InvalidOperationException($"Nbd:Listen '{listen}' is invalid: {error}");
+            throw new StartupRefusedException(ExitCodes.Configuration, $"Nbd:Listen '{listen}' is invalid: {error}");
         var server = new NbdServer(layer, new NbdServerOptions
         {
             Listen = address,
+            MaxConnections = budget.NbdConnections,
+            HandshakeTimeout = options.Value.HandshakeTimeout,
             Log = m => LogNbd(logger, m),
             RequestReceived = (export, command) => metrics.NbdRequests.Add(1,
                 new KeyValuePair<string, object?>("export", export), new KeyValuePair<string, object?>("command", command)),
         });
-        await server.StartAsync(cancellationToken);
+        try
+        {
+            await server.StartAsync(cancellationToken);
+        }
+        catch (SocketException e)
+        {
+            await server.DisposeAsync();
+            // A port or a socket another server listens on: a second server there would share or steal its clients.
+            throw new StartupRefusedException(
+                e.SocketErrorCode == SocketError.AddressAlreadyInUse ? ExitCodes.InUse : ExitCodes.Configuration,
+                $"cannot listen for NBD on {listen} (Nbd:Listen): {e.Message}" +
+                (e.SocketErrorCode == SocketError.AddressAlreadyInUse ? "; another BlockMirror or NBD server listens there" : ""), e);
+        }
         _server = server;
         LogListening(logger, server.LocalEndPoint.ToString() ?? listen);
     }

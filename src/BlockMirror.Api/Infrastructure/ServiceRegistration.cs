@@ -21,8 +21,15 @@ public static class ServiceRegistration
         services.Configure<StorageOptions>(builder.Configuration.GetSection(StorageOptions.Section));
         services.Configure<NbdOptions>(builder.Configuration.GetSection(NbdOptions.Section));
         services.Configure<AuthOptions>(builder.Configuration.GetSection(AuthOptions.Section));
-        services.Configure<BitmapLimitsOptions>(builder.Configuration.GetSection(BitmapLimitsOptions.Section));
+        services.Configure<LimitsOptions>(builder.Configuration.GetSection(LimitsOptions.Section));
         services.AddSingleton(TimeProvider.System);
+        // Owned by this process from StartupChecks on (before any file of the folder is read) until
+        // the host is disposed; created first, so disposed after everything that writes the folder.
+        services.AddSingleton(sp => new DataDirectoryLock(DataDirectoryLock.DatabaseFile(
+            ResolveConnectionString(sp.GetRequiredService<IConfiguration>(), builder.Environment.ContentRootPath))));
+        services.AddSingleton(sp => ConnectionBudget.Create(
+            sp.GetRequiredService<IOptions<LimitsOptions>>().Value, sp.GetRequiredService<IOptions<NbdOptions>>().Value));
+        services.AddSingleton<IConfigureOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>, KestrelLimitsSetup>();
 
         services.ConfigureHttpJsonOptions(o => JsonSetup.Configure(o.SerializerOptions));
         services.AddSingleton(JsonSetup.Create());
@@ -70,7 +77,7 @@ public static class ServiceRegistration
         services.AddSingleton<Endpoints.ITransactionActionFactory, Endpoints.MirrorActionFactory>();
         services.AddSingleton(sp =>
         {
-            var limits = sp.GetRequiredService<IOptions<BitmapLimitsOptions>>().Value;
+            var limits = sp.GetRequiredService<IOptions<LimitsOptions>>().Value;
             return new BlockLayer(
                 sp.GetRequiredService<ImageRoot>(),
                 sp.GetRequiredService<IBlockStore>(),

@@ -10,7 +10,7 @@ namespace BlockMirror.Api.Infrastructure;
 /// then the block layer's state rebuilt from the database. On stop, the block layer stops
 /// cleanly (persistent bitmaps stored, in-use cleared) and pending events are written.
 /// </summary>
-public sealed class StartupService(
+public sealed partial class StartupService(
     IDbContextFactory<BlockMirrorDbContext> factory,
     EventHub events,
     BlockLayer layer,
@@ -47,15 +47,42 @@ public sealed class StartupService(
     public Task StopAsync(CancellationToken cancellationToken)
     {
         lock (_stopLock)
-            return _stop ??= StopOnceAsync(cancellationToken);
+            return _stop ??= StopOnceAsync();
     }
 
-    private async Task StopOnceAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Not the host's token: the host cancels it once requests had their ShutdownTimeout, and a clean
+    /// stop abandoned then loses its checkpoint (every persistent bitmap left to the journal) and
+    /// ends in the services' disposal, where the database can no longer be reached. Each step has
+    /// its own bound (<see cref="BlockLayer.StopWait"/>, NBD's grace period), and a step that fails
+    /// is logged and the next one still runs: the nodes' checkpoints come last and matter most.
+    /// </summary>
+    private async Task StopOnceAsync()
     {
         foreach (var p in participants.Reverse())
-            await p.StopAsync(cancellationToken);
-        await layer.ShutdownJobsAsync(cancellationToken);
-        await layer.StopAsync(cancellationToken);
-        await events.DisposeAsync();
+            await StepAsync(p.GetType().Name, () => p.StopAsync(CancellationToken.None));
+        await StepAsync("jobs", () => layer.ShutdownJobsAsync(CancellationToken.None));
+        await StepAsync("block layer", () => layer.StopAsync(CancellationToken.None));
+        foreach (var failure in layer.StopFailures)
+            LogStopFailure(logger, failure);
+        await StepAsync("events", async () => await events.DisposeAsync());
     }
+
+    private async Task StepAsync(string step, Func<Task> stop)
+    {
+        try
+        {
+            await stop();
+        }
+        catch (Exception e)
+        {
+            LogStepFailed(logger, e, step);
+        }
+    }
+
+    [LoggerMessage(10, LogLevel.Warning, "Not stopped cleanly: {Failure}")]
+    private static partial void LogStopFailure(ILogger logger, string failure);
+
+    [LoggerMessage(11, LogLevel.Error, "Stopping {Step} failed; the stop goes on")]
+    private static partial void LogStepFailed(ILogger logger, Exception exception, string step);
 }

@@ -7,4 +7,10 @@ public sealed class NbdOptions
 
     /// <summary><c>host:port</c>, or <c>unix:/path.sock</c>; empty turns the server off.</summary>
     public string Listen { get; set; } = "127.0.0.1:10809";
+
+    /// <summary>NBD connections served at once; further ones are closed at accept (counted in the descriptor budget, <see cref="LimitsOptions"/>).</summary>
+    public int MaxConnections { get; set; } = 1024;
+
+    /// <summary>Time a client has to finish the handshake (option haggling); a silent client is dropped after it.</summary>
+    public TimeSpan HandshakeTimeout { get; set; } = TimeSpan.FromSeconds(30);
 }

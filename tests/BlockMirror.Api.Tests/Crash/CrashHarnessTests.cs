@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Json;
 using System.Security.Cryptography;
+using BlockMirror.Api.Infrastructure;
 using BlockMirror.Api.Tests.Infrastructure;
 using BlockMirror.Nbd;
 using Xunit.Abstractions;
@@ -12,7 +13,8 @@ namespace BlockMirror.Api.Tests.Crash;
 /// DESIGN.md "Reliability": kill -9 at any moment, then after restart the database is intact, no
 /// job shows as running, persistent bitmaps are exact, and a completed mirror's target equals the
 /// source. The service runs as a child process; each life ends with SIGKILL at a seeded point
-/// (<see cref="KillPoint"/>), the next life checks what the last one acknowledged.
+/// (<see cref="KillPoint"/>, also around a second instance's start on the same folder, which must be
+/// refused while this one lives), the next life checks what the last one acknowledged.
 /// </summary>
 /// <remarks>
 /// Node <c>src</c> (8 MiB) has two persistent bitmaps: <c>p1</c> (64 KiB) is the working bitmap of
@@ -40,7 +42,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
         string? targetHash = null;
         var existing = new HashSet<string>(StringComparer.Ordinal);
         var removed = new HashSet<string>(StringComparer.Ordinal);
-        long checks = 0, lost = 0, resumed = 0, targetsChecked = 0, pivots = 0;
+        long checks = 0, lost = 0, resumed = 0, targetsChecked = 0, pivots = 0, refusedSeconds = 0, startedSeconds = 0;
         string? newTarget = null;
         var kills = new Dictionary<KillPoint, int>();
 
@@ -117,7 +119,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
             var export = await http.PostJsonAsync("/api/v1/exports", new { name = "e", node = "src", writable = true }, HttpStatusCode.Created);
             await using var nbd = await NbdClient.ConnectAsync(NbdUri.Parse((string)export["uri"]!));
             var writers = new CrashWriters(child, nbd, "src", Size, acked, seed * 1000 + life);
-            var point = (KillPoint)(life % 5);
+            var point = (KillPoint)(life % 6);
             Func<string> note = () => "";
             kills[point] = kills.GetValueOrDefault(point) + 1;
             switch (point)
@@ -229,6 +231,49 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                     }
                     break;
                 }
+
+                case KillPoint.AroundASecondInstanceStart:
+                {
+                    // Another instance on the same folder (another REST port, the same NBD socket path):
+                    // before, its start migrated, checkpointed and restarted the journal under this one.
+                    writers.Start(httpWriters: 2, nbdWriters: 2);
+                    var dirtied = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    var before = random.Next(5, 60);
+                    writers.OnAck = count =>
+                    {
+                        if (count >= before)
+                            dirtied.TrySetResult();
+                    };
+                    await dirtied.Task.WaitAsync(TimeSpan.FromSeconds(60));
+                    ChildExit second;
+                    if (random.Next(2) == 0)
+                    {
+                        // Refused while this one runs, then this one is killed.
+                        second = await ChildService.RunToExitAsync(_dir);
+                        Assert.True(second.ExitCode == ExitCodes.InUse, second.ToString());
+                        KillAtAck(child, writers, writers.Acks + random.Next(1, 100));
+                        note = () => " (after a refused second instance)";
+                    }
+                    else
+                    {
+                        // Killed around the second's start (which takes about as long as a few hundred
+                        // acknowledgements): it is refused, or it finds the folder free after the kill and
+                        // starts (recovering what this one left), then dies with kill -9 as soon as it is
+                        // healthy. Either way the next life checks every acknowledged write.
+                        var starting = ChildService.RunToExitAsync(_dir);
+                        KillAtAck(child, writers, writers.Acks + random.Next(1, 600));
+                        await child.WaitForKillAsync(TimeSpan.FromSeconds(60));
+                        second = await starting;
+                        Assert.True(second.ExitCode is null or ExitCodes.InUse, second.ToString());
+                        var startedAfterKill = second.ExitCode is null;
+                        note = () => startedAfterKill ? " (a second instance started after the kill)" : " (a second instance refused, then the kill)";
+                    }
+                    if (second.ExitCode is null)
+                        startedSeconds++;
+                    else
+                        refusedSeconds++;
+                    break;
+                }
             }
 
             // The kill comes from the writers' acknowledgements (states, not timers).
@@ -241,7 +286,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
         var summary = $"crash harness (seed {seed}): {KillPoints} kill points ({string.Join(", ", kills.Select(k => $"{k.Key} {k.Value}"))}), " +
             $"{acked.Total} acknowledged writes, {checks} write×bitmap checks after restarts, lost = {lost}; " +
             $"{resumed} mirrors resumed from the surviving bitmap to target == source, {targetsChecked} completed targets intact, " +
-            $"{pivots} kills after a pivot; {clock.Elapsed.TotalSeconds:F0} s";
+            $"{pivots} kills after a pivot, {refusedSeconds} second instances refused and {startedSeconds} started after the kill; {clock.Elapsed.TotalSeconds:F0} s";
         output.WriteLine(summary);
         Console.WriteLine(summary);
         Assert.Equal(0, lost);

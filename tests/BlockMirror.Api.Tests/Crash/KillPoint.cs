@@ -17,4 +17,10 @@ internal enum KillPoint
 
     /// <summary>Writers running while a transaction clears a bitmap and adds/removes another.</summary>
     DuringATransaction,
+
+    /// <summary>
+    /// Writers running while a second instance starts on the same data folder: killed after it was
+    /// refused, or while it is still starting (then it may find the folder free and start: a life of its own).
+    /// </summary>
+    AroundASecondInstanceStart,
 }

@@ -385,4 +385,35 @@ public sealed class NbdServerTests
         await using var second = new NbdServer(first.Layer, new NbdServerOptions { Listen = NbdListenAddress.Unix(path) });
         await Assert.ThrowsAnyAsync<System.Net.Sockets.SocketException>(() => second.StartAsync());
     }
+
+    [Fact]
+    public async Task A_second_server_cannot_listen_on_the_port_of_a_live_one()
+    {
+        // SO_REUSEPORT (what .NET's ReuseAddress also sets on Linux) let both bind, and the kernel then
+        // spread clients over the two: a client could reach the other server's export of the same name.
+        await using var first = await NbdTestServer.StartAsync();
+        var port = ((System.Net.IPEndPoint)first.Server.LocalEndPoint).Port;
+        await using var second = new NbdServer(first.Layer, new NbdServerOptions { Listen = NbdListenAddress.Tcp("127.0.0.1", port) });
+        var refused = await Assert.ThrowsAnyAsync<System.Net.Sockets.SocketException>(() => second.StartAsync());
+        Assert.Equal(System.Net.Sockets.SocketError.AddressAlreadyInUse, refused.SocketErrorCode);
+        await using var client = await first.ConnectAsync();
+        Assert.Equal(NbdTestServer.DiskSize, client.Size);
+    }
+
+    [Fact]
+    public async Task A_restarted_server_rebinds_its_port_while_old_connections_are_in_time_wait()
+    {
+        var first = await NbdTestServer.StartAsync();
+        var port = ((System.Net.IPEndPoint)first.Server.LocalEndPoint).Port;
+        var client = await first.ConnectAsync();
+        // The server closes first, so its side of the connection is the one left in TIME_WAIT.
+        await first.Server.StopAsync();
+        await client.DisposeAsync();
+        await using var again = new NbdServer(first.Layer, new NbdServerOptions { Listen = NbdListenAddress.Tcp("127.0.0.1", port) });
+        await again.StartAsync();
+        await using var reconnected = await NbdClient.ConnectAsync(NbdUri.Parse($"nbd://127.0.0.1:{port}/disk0"));
+        Assert.Equal(NbdTestServer.DiskSize, reconnected.Size);
+        await again.DisposeAsync();
+        await first.DisposeAsync();
+    }
 }
