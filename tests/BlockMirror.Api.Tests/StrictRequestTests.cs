@@ -147,7 +147,7 @@ public sealed class StrictRequestTests : IAsyncLifetime
     public async Task Malformed_json_says_where(string json, string where)
     {
         var p = await PostAsync("/api/v1/nodes", json);
-        var message = p["errors"]!.AsObject().Single().Value!.AsArray().Single()!.ToString();
+        var message = ErrorOf(p, "body");
         Assert.Contains("malformed JSON", message, StringComparison.Ordinal);
         Assert.Contains(where, message, StringComparison.Ordinal);
     }

@@ -34,15 +34,17 @@ public sealed class JobHistory(IDbContextFactory<BlockMirrorDbContext> factory, 
             .Take(limit + 1).ToListAsync(cancellationToken);
         var page = rows.Take(limit).ToList();
         var next = rows.Count > limit ? Cursor.Of(page[^1]) : null;
-        return new JobListDto([.. page.Select(ToDto)], next);
+        var wanted = page.Select(r => r.Uid).ToHashSet();
+        var live = new Dictionary<Guid, Job>();
+        // A job dismissed between the two reads is in both lists: the later read wins.
+        foreach (var job in layer.Jobs.Concat(layer.JobHistory).Where(j => wanted.Contains(j.Uid)))
+            live[job.Uid] = job;
+        return new JobListDto([.. page.Select(r => live.TryGetValue(r.Uid, out var job) ? job.ToDto() : ToDto(r))], next);
     }
 
-    /// <summary>The live job where this process has it (the same view as GET /jobs), else the stored record.</summary>
+    /// <summary>A stored job this process does not have: the record as it was written when it concluded.</summary>
     private JobDto ToDto(JobEntity row)
     {
-        var live = layer.Jobs.Concat(layer.JobHistory).FirstOrDefault(j => j.Uid == row.Uid);
-        if (live is not null)
-            return live.ToDto();
         var record = EfJobStore.ToRecord(row);
         var ended = RestoredJob.RecordedOutcome(record);
         var info = record.Snapshot with

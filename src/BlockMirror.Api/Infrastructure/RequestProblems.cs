@@ -33,9 +33,10 @@ public static partial class RequestProblems
         var field = FieldName(path);
         if (e.InnerException is JsonException reader)
         {
-            // The reader's own error: not JSON at all. Its position is what helps.
+            // The reader's own error: the body is not JSON, whatever member it was in. Its position is what helps.
             var position = $"line {(e.LineNumber ?? 0) + 1}, position {(e.BytePositionInLine ?? 0) + 1}";
-            return RequestValidationException.For(field, $"malformed JSON at {position}: {StripPosition(reader.Message)}");
+            var where = path.Count == 0 ? "" : $" (in '{field}')";
+            return RequestValidationException.For(BodyField, $"malformed JSON at {position}{where}: {StripPosition(reader.Message)}");
         }
         var options = context.RequestServices.GetService<IOptions<JsonOptions>>()?.Value.SerializerOptions;
         var bodyType = BodyType(context);
