@@ -164,7 +164,7 @@ def main():
         hist_before = server_histogram(api)
         start = time.monotonic()
         for i in range(args.mirrors):
-            api.call("POST", "/api/v1/jobs/mirror", {"id": f"m{i}", "device": f"src{i}", "target": f"dst{i}", "autoDismiss": False,
+            api.call("POST", "/api/v1/jobs/mirror", {"id": f"m{i}", "sync": "full", "device": f"src{i}", "target": f"dst{i}", "autoDismiss": False,
                                                      "speed": parse_size(args.speed)})
 
         def reader():

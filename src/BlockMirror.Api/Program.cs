@@ -45,12 +45,14 @@ try
     app.UseSwagger();
     app.UseSwaggerUI(o => o.SwaggerEndpoint("/swagger/v1/swagger.json", "BlockMirror v1"));
 
-    app.MapNodeEndpoints();
-    app.MapBitmapEndpoints();
-    app.MapTransactionEndpoints();
-    app.MapJobEndpoints();
-    app.MapExportEndpoints();
-    app.MapEventEndpoints();
+    // Every endpoint checks its request's required members before it runs (RequestValidationFilter).
+    var api = app.MapGroup("").AddEndpointFilter<RequestValidationFilter>();
+    api.MapNodeEndpoints();
+    api.MapBitmapEndpoints();
+    api.MapTransactionEndpoints();
+    api.MapJobEndpoints();
+    api.MapExportEndpoints();
+    api.MapEventEndpoints();
     app.MapHealthChecks("/healthz");
     app.MapBlockMirrorMetrics();
 

@@ -74,7 +74,7 @@ public sealed class ExportTests : IAsyncLifetime
         await using var events = await EventWaiter.StartAsync(_factory.CreateClient());
         await _http.CreateNodeAsync("copy", 16L << 20);
         var export = await _http.PostJsonAsync("/api/v1/exports", new { name = "e", node = "disk0" }, HttpStatusCode.Created);
-        await _http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", device = "disk0", target = "copy" }, HttpStatusCode.Created);
+        await _http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "copy" }, HttpStatusCode.Created);
         await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
         var data = ApiClient.Pattern(100_000, 4);
         await using (var client = await NbdClient.ConnectAsync(NbdUri.Parse((string)export["uri"]!)))

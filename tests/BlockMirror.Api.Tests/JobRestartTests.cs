@@ -27,7 +27,7 @@ public sealed class JobRestartTests : IDisposable
             for (var i = 0; i < 8; i++)
                 await http.WriteAsync("disk0", i * (4L << 20), ApiClient.Pattern(4 << 20, (byte)i));
             // speed=1: one chunk is copied, then the job waits; the stop cuts it off.
-            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", device = "disk0", target = "copy", bitmap = "b0", speed = 1, autoDismiss = false }, HttpStatusCode.Created);
+            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "copy", bitmap = "b0", speed = 1, autoDismiss = false }, HttpStatusCode.Created);
             await events.WaitStatusAsync("j", "running");
         }
 
@@ -58,7 +58,7 @@ public sealed class JobRestartTests : IDisposable
         await http.AddBitmapAsync("disk0", "p", persistent: true);
         await http.AddBitmapAsync("copy", "t", persistent: true);
         await http.WriteAsync("disk0", 1 << 20, ApiClient.Pattern(65536, 7));
-        await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", device = "disk0", target = "copy", autoDismiss = false }, HttpStatusCode.Created);
+        await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "copy", autoDismiss = false }, HttpStatusCode.Created);
         await events.WaitStatusAsync("j", "ready");
         await http.PostJsonAsync("/api/v1/jobs/j/complete", new { });
         await events.WaitStatusAsync("j", "concluded");

@@ -91,7 +91,7 @@ public sealed class JobTests : IAsyncLifetime
         await _http.WriteAsync("sparse", 10L << 20, ApiClient.Pattern(1 << 20, 9));
         await _http.WriteAsync("sparse", 40L << 20, new byte[1 << 20]); // allocated zeroes
         await _http.CreateNodeAsync("t", 64L << 20);
-        await StartAsync(new { id = "j", device = "sparse", target = "t" });
+        await StartAsync(new { id = "j", sync = "full", device = "sparse", target = "t" });
         await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
         await _http.PostJsonAsync("/api/v1/jobs/j/cancel", new { });
         await _events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == "j");
@@ -106,7 +106,7 @@ public sealed class JobTests : IAsyncLifetime
     {
         var model = await SourceWithDataAsync();
         await _http.CreateNodeAsync("copy", Size);
-        await StartAsync(new { id = "j", device = "disk0", target = "copy" });
+        await StartAsync(new { id = "j", sync = "full", device = "disk0", target = "copy" });
         await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
         await model.RandomWritesAsync(_http, "disk0", new Random(3), 5);
         var atCancel = model.Snapshot();
@@ -128,7 +128,7 @@ public sealed class JobTests : IAsyncLifetime
     {
         await SourceWithDataAsync();
         await _http.CreateNodeAsync("copy", Size);
-        await StartAsync(new { id = "j", device = "disk0", target = "copy", speed = 1 });
+        await StartAsync(new { id = "j", sync = "full", device = "disk0", target = "copy", speed = 1 });
         await _events.WaitStatusAsync("j", "running");
         await _http.PostJsonAsync("/api/v1/jobs/j/cancel", new { force = false });
         await _events.WaitAsync("BLOCK_JOB_CANCELLED", d => (string?)d["id"] == "j");
@@ -164,7 +164,7 @@ public sealed class JobTests : IAsyncLifetime
     {
         var model = await SourceWithDataAsync();
         await _http.CreateNodeAsync("copy", Size);
-        await StartAsync(new { id = "base", device = "disk0", target = "copy" });
+        await StartAsync(new { id = "base", sync = "full", device = "disk0", target = "copy" });
         await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "base");
         await _http.PostJsonAsync("/api/v1/jobs/base/cancel", new { });
         await _events.WaitStatusAsync("base", "null");
@@ -180,7 +180,7 @@ public sealed class JobTests : IAsyncLifetime
         var dirty = (long)(await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["count"]!;
         Assert.InRange(dirty, G, 40 * G);
 
-        var job = await StartAsync(new { id = "inc", device = "disk0", target = "copy", bitmap = "b0" });
+        var job = await StartAsync(new { id = "inc", sync = "full", device = "disk0", target = "copy", bitmap = "b0" });
         Assert.Equal("always", (string?)job["bitmapMode"]);
         Assert.Equal(G, (long)job["granularity"]!);
         var busy = await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0");
@@ -203,7 +203,7 @@ public sealed class JobTests : IAsyncLifetime
     {
         var model = await SourceWithDataAsync();
         await _http.CreateNodeAsync("copy", Size);
-        await StartAsync(new { id = "j", device = "disk0", target = "copy", copyMode = "write-blocking" });
+        await StartAsync(new { id = "j", sync = "full", device = "disk0", target = "copy", copyMode = "write-blocking" });
         using var stop = new CancellationTokenSource();
         var random = new Random(21);
         var writer = Task.Run(async () =>
@@ -229,7 +229,7 @@ public sealed class JobTests : IAsyncLifetime
     {
         await SourceWithDataAsync();
         await _http.CreateNodeAsync("copy", Size);
-        await StartAsync(new { id = "j", device = "disk0", target = "copy" });
+        await StartAsync(new { id = "j", sync = "full", device = "disk0", target = "copy" });
         await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
         using (var r = await _http.PatchAsJsonAsync("/api/v1/jobs/j", new { copyMode = "write-blocking" }))
         {
@@ -251,7 +251,7 @@ public sealed class JobTests : IAsyncLifetime
     {
         await SourceWithDataAsync();
         await _http.CreateNodeAsync("copy", Size);
-        await StartAsync(new { id = "job0", device = "disk0", target = "copy", speed = 1, autoDismiss = false });
+        await StartAsync(new { id = "job0", sync = "full", device = "disk0", target = "copy", speed = 1, autoDismiss = false });
         await _events.WaitStatusAsync("job0", "running");
 
         var p = await _http.PostProblemAsync("/api/v1/jobs/job0/complete", new { }, 409, "job-verb-not-allowed");
@@ -288,35 +288,35 @@ public sealed class JobTests : IAsyncLifetime
         await _http.PostJsonAsync("/api/v1/nodes", new { name = "ro", driver = "raw", path = "ro.img", readOnly = true }, HttpStatusCode.Created);
 
         async Task Refused(object body, int status, string code) => await _http.PostProblemAsync("/api/v1/jobs/mirror", body, status, code);
-        await Refused(new { device = "nope", target = "copy" }, 404, "node-not-found");
-        await Refused(new { device = "disk0", target = "nope" }, 404, "node-not-found");
-        await Refused(new { device = "disk0", target = "disk0" }, 400, "mirror-into-itself");
-        await Refused(new { device = "disk0", target = "ro" }, 409, "node-read-only");
-        await Refused(new { device = "disk0", target = "small" }, 400, "size-mismatch");
+        await Refused(new { sync = "full", device = "nope", target = "copy" }, 404, "node-not-found");
+        await Refused(new { sync = "full", device = "disk0", target = "nope" }, 404, "node-not-found");
+        await Refused(new { sync = "full", device = "disk0", target = "disk0" }, 400, "mirror-into-itself");
+        await Refused(new { sync = "full", device = "disk0", target = "ro" }, 409, "node-read-only");
+        await Refused(new { sync = "full", device = "disk0", target = "small" }, 400, "size-mismatch");
         await Refused(new { device = "disk0", target = "copy", sync = "top", bitmap = "b0" }, 400, "bitmap-sync-mode");
         await Refused(new { device = "disk0", target = "copy", sync = "none", bitmap = "b0" }, 400, "bitmap-sync-mode");
-        await Refused(new { device = "disk0", target = "copy", bitmap = "b0", granularity = G }, 400, "bitmap-and-granularity");
-        await Refused(new { device = "disk0", target = "copy", bitmapMode = "always" }, 400, "bitmap-mode-without-bitmap");
-        await Refused(new { device = "disk0", target = "copy", bitmap = "missing" }, 404, "bitmap-not-found");
-        await Refused(new { device = "disk0", target = "copy", bitmap = "off" }, 409, "bitmap-disabled");
+        await Refused(new { sync = "full", device = "disk0", target = "copy", bitmap = "b0", granularity = G }, 400, "bitmap-and-granularity");
+        await Refused(new { sync = "full", device = "disk0", target = "copy", bitmapMode = "always" }, 400, "bitmap-mode-without-bitmap");
+        await Refused(new { sync = "full", device = "disk0", target = "copy", bitmap = "missing" }, 404, "bitmap-not-found");
+        await Refused(new { sync = "full", device = "disk0", target = "copy", bitmap = "off" }, 409, "bitmap-disabled");
         foreach (var g in new[] { 256L, 1000, 128L << 20 })
-            await Refused(new { device = "disk0", target = "copy", granularity = g }, 400, "invalid-granularity");
-        await Refused(new { device = "disk0", target = "copy", bufSize = -1 }, 400, "invalid-buf-size");
-        await Refused(new { device = "disk0", target = "copy", speed = -1 }, 400, "invalid-speed");
-        await Refused(new { id = "bad id", device = "disk0", target = "copy" }, 400, "invalid-name");
+            await Refused(new { sync = "full", device = "disk0", target = "copy", granularity = g }, 400, "invalid-granularity");
+        await Refused(new { sync = "full", device = "disk0", target = "copy", bufSize = -1 }, 400, "invalid-buf-size");
+        await Refused(new { sync = "full", device = "disk0", target = "copy", speed = -1 }, 400, "invalid-speed");
+        await Refused(new { id = "bad id", sync = "full", device = "disk0", target = "copy" }, 400, "invalid-name");
         await Refused(new { device = "disk0", target = "copy", sync = "sideways" }, 400, "invalid-request");
         await Refused(new { target = "copy" }, 400, "invalid-request");
 
         // A running job makes both nodes busy, and its id taken.
-        var job = await StartAsync(new { device = "disk0", target = "copy", speed = 1, bufSize = 4096, granularity = 4096 });
+        var job = await StartAsync(new { sync = "full", device = "disk0", target = "copy", speed = 1, bufSize = 4096, granularity = 4096 });
         Assert.Equal("disk0", (string?)job["id"]);
         Assert.Equal(4096, (long)job["bufSize"]!);
         await _http.CreateNodeAsync("copy2", Size);
         await _http.CreateNodeAsync("copy3", Size);
-        await Refused(new { device = "disk0", target = "copy2" }, 409, "node-busy");
-        await Refused(new { id = "disk0", device = "copy3", target = "copy2" }, 409, "job-exists");
-        await Refused(new { id = "other", device = "disk0", target = "copy2" }, 409, "node-busy");
-        await Refused(new { id = "other", device = "copy2", target = "copy" }, 409, "node-busy");
+        await Refused(new { sync = "full", device = "disk0", target = "copy2" }, 409, "node-busy");
+        await Refused(new { id = "disk0", sync = "full", device = "copy3", target = "copy2" }, 409, "job-exists");
+        await Refused(new { id = "other", sync = "full", device = "disk0", target = "copy2" }, 409, "node-busy");
+        await Refused(new { id = "other", sync = "full", device = "copy2", target = "copy" }, 409, "node-busy");
         using (var r = await _http.DeleteAsync("/api/v1/nodes/copy"))
             await ApiClient.ExpectProblemAsync(r, 409, "node-busy");
         await _http.PostJsonAsync("/api/v1/jobs/disk0/cancel", new { force = true });
@@ -330,7 +330,7 @@ public sealed class JobTests : IAsyncLifetime
         await _http.CreateNodeAsync("copy", Size);
         await _http.AddBitmapAsync("disk0", "b0");
         await _http.WriteAsync("disk0", 5 * G, new byte[10]);
-        await StartAsync(new { id = "j", device = "disk0", target = "copy", bitmap = "b0", bitmapMode = "never", speed = 1 });
+        await StartAsync(new { id = "j", sync = "full", device = "disk0", target = "copy", bitmap = "b0", bitmapMode = "never", speed = 1 });
         var during = await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0");
         Assert.False((bool)during["busy"]!);
         Assert.True((bool)during["recording"]!);
@@ -353,7 +353,7 @@ public sealed class JobTests : IAsyncLifetime
         {
             actions = new object[]
             {
-                new { type = "mirror-start", job = new { id = "tx", device = "disk0", target = "copy" } },
+                new { type = "mirror-start", job = new { id = "tx", sync = "full", device = "disk0", target = "copy" } },
                 new { type = "bitmap-clear", node = "disk0", name = "missing" },
             },
         }, 404, "bitmap-not-found");
@@ -366,7 +366,7 @@ public sealed class JobTests : IAsyncLifetime
             actions = new object[]
             {
                 new { type = "bitmap-add", node = "disk0", name = "since" },
-                new { type = "mirror-start", job = new { id = "tx", device = "disk0", target = "copy" } },
+                new { type = "mirror-start", job = new { id = "tx", sync = "full", device = "disk0", target = "copy" } },
             },
         });
         Assert.Equal("tx", (string?)ok["results"]![1]!["id"]);

@@ -33,7 +33,7 @@ public sealed class QemuConformanceTests : IAsyncLifetime
 
     /// <summary>A job that stays running: one 1 MiB claim at speed 1 owes the limiter for days.</summary>
     private Task<System.Text.Json.Nodes.JsonNode> StartSlowAsync(string id = "rj", string device = "disk0", string target = "copy") =>
-        _http.PostJsonAsync("/api/v1/jobs/mirror", new { id, device, target, speed = 1, bufSize = 1 << 20 }, HttpStatusCode.Created);
+        _http.PostJsonAsync("/api/v1/jobs/mirror", new { id, sync = "full", device, target, speed = 1, bufSize = 1 << 20 }, HttpStatusCode.Created);
 
     [Fact]
     public async Task Read_only_export_of_an_enabled_bitmap_is_refused()
@@ -72,7 +72,7 @@ public sealed class QemuConformanceTests : IAsyncLifetime
     [Fact]
     public async Task Soft_cancel_in_pending_is_a_force_cancel_without_pivot()
     {
-        await _http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", device = "disk0", target = "copy", autoFinalize = false, autoDismiss = false }, HttpStatusCode.Created);
+        await _http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "copy", autoFinalize = false, autoDismiss = false }, HttpStatusCode.Created);
         await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
         await _http.PostJsonAsync("/api/v1/jobs/j/complete", new { });
         await _events.WaitAsync("BLOCK_JOB_PENDING", d => (string?)d["id"] == "j");
@@ -102,14 +102,14 @@ public sealed class QemuConformanceTests : IAsyncLifetime
 
         // Arguments before the graph: a bad granularity or buffer before "into itself".
         Assert.Equal("Parameter 'granularity' expects a power of 2",
-            await Refused(new { device = "disk0", target = "disk0", granularity = 1000 }, 400, "invalid-granularity"));
+            await Refused(new { sync = "full", device = "disk0", target = "disk0", granularity = 1000 }, 400, "invalid-granularity"));
         Assert.Equal("Invalid parameter 'buf-size'",
-            await Refused(new { device = "disk0", target = "disk0", bufSize = -1 }, 400, "invalid-buf-size"));
+            await Refused(new { sync = "full", device = "disk0", target = "disk0", bufSize = -1 }, 400, "invalid-buf-size"));
 
         // A busy target with a bad granularity: the granularity.
         await StartSlowAsync();
-        await Refused(new { device = "other", target = "copy", granularity = 1000 }, 400, "invalid-granularity");
-        await Refused(new { device = "other", target = "copy" }, 409, "node-busy");
+        await Refused(new { sync = "full", device = "other", target = "copy", granularity = 1000 }, 400, "invalid-granularity");
+        await Refused(new { sync = "full", device = "other", target = "copy" }, 409, "node-busy");
 
         // A merge into a busy bitmap with a missing source: the missing source.
         await _http.AddBitmapAsync("other", "t");
@@ -134,7 +134,7 @@ public sealed class QemuConformanceTests : IAsyncLifetime
         await _http.PostJsonAsync("/api/v1/nodes", new { name = "loop", driver = "nbd", uri = (string)export["uri"]! }, HttpStatusCode.Created);
 
         var p = await _http.PostProblemAsync("/api/v1/jobs/mirror",
-            new { id = "self", device = "disk0", target = "loop", copyMode = "write-blocking" }, 400, "mirror-into-itself");
+            new { id = "self", sync = "full", device = "disk0", target = "loop", copyMode = "write-blocking" }, 400, "mirror-into-itself");
         Assert.Contains("into itself", (string?)p["detail"], StringComparison.Ordinal);
         Assert.Empty((await _http.GetJsonAsync("/api/v1/jobs"))["items"]!.AsArray());
         Assert.False((bool)(await _http.GetJsonAsync("/api/v1/nodes/disk0"))["busy"]!);

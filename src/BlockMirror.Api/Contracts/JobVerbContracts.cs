@@ -1,12 +1,14 @@
+using BlockMirror.Api.Infrastructure;
+using System.Text.Json.Serialization;
 using BlockMirror.Core.Jobs;
 
 namespace BlockMirror.Api.Contracts;
 
-/// <summary>Body of POST /api/v1/jobs/{id}/cancel.</summary>
-/// <param name="Force">Abandon at once even in ready (no point-in-time copy).</param>
+/// <summary>Body of POST /api/v1/jobs/{id}/cancel (optional).</summary>
+/// <param name="Force">Abort even in ready (no point-in-time copy). Outside ready every cancel aborts. Default false.</param>
 public sealed record CancelJobRequest(bool? Force);
 
-/// <summary>Body of PATCH /api/v1/jobs/{id}: set-speed and/or block-job-change.</summary>
-/// <param name="Speed">Bytes per second, 0 = unlimited.</param>
-/// <param name="CopyMode">Only background → write-blocking is allowed.</param>
-public sealed record ChangeJobRequest(long? Speed, MirrorCopyMode? CopyMode);
+/// <summary>Body of PATCH /api/v1/jobs/{id}: set-speed and/or block-job-change, all or nothing.</summary>
+/// <param name="Speed">New rate limit in bytes per second (an integer, or a size such as 10M); 0 = unlimited.</param>
+/// <param name="CopyMode">New copy mode: only background → write-blocking is allowed.</param>
+public sealed record ChangeJobRequest([property: JsonConverter(typeof(ByteCountJsonConverter))] long? Speed, MirrorCopyMode? CopyMode);

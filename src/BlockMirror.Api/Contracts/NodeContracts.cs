@@ -1,19 +1,41 @@
+using System.ComponentModel.DataAnnotations;
+using System.Text.Json.Serialization;
+using BlockMirror.Api.Infrastructure;
+
 namespace BlockMirror.Api.Contracts;
 
-/// <summary>Body of POST /api/v1/nodes.</summary>
-/// <param name="Name">Node name, unique in the service.</param>
-/// <param name="Driver"><c>raw</c> (a local file) or <c>nbd</c> (a remote export).</param>
-/// <param name="Path">Raw image path relative to the image root.</param>
-/// <param name="Uri">NBD URI: nbd://host:port/export or nbd+unix:///export?socket=/path.</param>
-/// <param name="Create">Create the image (sparse) with this size instead of opening an existing one.</param>
-/// <param name="ReadOnly">Open without write access.</param>
-public sealed record CreateNodeRequest(string? Name, string? Driver, string? Path, string? Uri, CreateImageSpec? Create, bool? ReadOnly);
+/// <summary>Body of POST /api/v1/nodes: open (or create) an image the service then owns.</summary>
+/// <param name="Name">Node name, unique in the service: 1–128 characters of [A-Za-z0-9._:-], starting with a letter, digit or '_'.</param>
+/// <param name="Driver">How the image is reached: <c>raw</c> (a file under the image root, needs <c>path</c>) or <c>nbd</c> (a remote NBD export, needs <c>uri</c>).</param>
+/// <param name="Path">raw: the image file, relative to the image root (Storage:Root); no absolute paths, no '..'.</param>
+/// <param name="Uri">nbd: nbd://host:port/export or nbd+unix:///export?socket=/path.sock.</param>
+/// <param name="Create">raw: create the file (sparse) with this size instead of opening an existing one; the file must not exist.</param>
+/// <param name="ReadOnly">Open without write access: writes, mirrors into it and writable exports are refused. Default false.</param>
+public sealed record CreateNodeRequest(
+    [property: Required] string? Name,
+    [property: Required] string? Driver,
+    string? Path,
+    string? Uri,
+    CreateImageSpec? Create,
+    bool? ReadOnly);
 
 /// <summary>Image creation parameters.</summary>
-/// <param name="Size">Virtual size in bytes, a multiple of 512.</param>
-public sealed record CreateImageSpec(long? Size);
+/// <param name="Size">Virtual size in bytes, a multiple of 512 (an integer, or a size such as 64M, 1G).</param>
+public sealed record CreateImageSpec([property: Required, JsonConverter(typeof(ByteCountJsonConverter))] long? Size);
 
 /// <summary>A node: an image the service owns.</summary>
+/// <param name="Name">The node's name.</param>
+/// <param name="Driver"><c>raw</c> or <c>nbd</c>.</param>
+/// <param name="Path">raw: the image file relative to the image root; null for nbd.</param>
+/// <param name="Uri">nbd: the export's URI; null for raw.</param>
+/// <param name="Size">Virtual size in bytes.</param>
+/// <param name="AllocatedBytes">Bytes the image occupies on disk (0 where unknown, e.g. nbd).</param>
+/// <param name="ReadOnly">Opened without write access.</param>
+/// <param name="Busy">A job uses the node (as its device or target).</param>
+/// <param name="JobId">The job using the node, or null.</param>
+/// <param name="Bitmaps">Names of the node's dirty bitmaps.</param>
+/// <param name="Exports">Names of the NBD exports serving the node.</param>
+/// <param name="CreatedAt">When the node was added (UTC).</param>
 /// <param name="ImageReplaced">
 /// The node's path no longer names the file it has open (the file was renamed over or removed, or a
 /// directory on the path became a symbolic link leading outside the image root): writes are refused
@@ -36,11 +58,24 @@ public sealed record NodeDto(
     bool ImageReplaced,
     string? ImageReplacedReason);
 
-/// <summary>Body of POST /api/v1/nodes/{node}/zero.</summary>
-public sealed record ZeroRequest(long? Offset, long? Length, bool? MayUnmap);
+/// <summary>Body of POST /api/v1/nodes/{node}/zero: a write of zeroes (it marks bitmaps).</summary>
+/// <param name="Offset">First byte (an integer, or a size such as 1M).</param>
+/// <param name="Length">Bytes to zero (an integer, or a size such as 64K).</param>
+/// <param name="MayUnmap">The range may be deallocated (a hole) instead of written. Default true.</param>
+public sealed record ZeroRequest(
+    [property: Required, JsonConverter(typeof(ByteCountJsonConverter))] long? Offset,
+    [property: Required, JsonConverter(typeof(ByteCountJsonConverter))] long? Length,
+    bool? MayUnmap);
 
-/// <summary>Body of POST /api/v1/nodes/{node}/discard.</summary>
-public sealed record DiscardRequest(long? Offset, long? Length);
+/// <summary>Body of POST /api/v1/nodes/{node}/discard: deallocate a range (it reads as zeroes on raw images; it marks bitmaps).</summary>
+/// <param name="Offset">First byte (an integer, or a size such as 1M).</param>
+/// <param name="Length">Bytes to discard (an integer, or a size such as 64K).</param>
+public sealed record DiscardRequest(
+    [property: Required, JsonConverter(typeof(ByteCountJsonConverter))] long? Offset,
+    [property: Required, JsonConverter(typeof(ByteCountJsonConverter))] long? Length);
 
-/// <summary>One allocation extent of a node: <c>data</c>, or <c>zero</c> for a hole or known zeroes.</summary>
+/// <summary>One allocation extent of a node.</summary>
+/// <param name="Offset">First byte of the extent.</param>
+/// <param name="Length">Bytes in the extent.</param>
+/// <param name="Type"><c>data</c> (allocated), or <c>zero</c> (a hole or known zeroes).</param>
 public sealed record AllocationExtentDto(long Offset, long Length, string Type);

@@ -41,6 +41,8 @@ public sealed class BlockMirrorDbContext(DbContextOptions<BlockMirrorDbContext> 
             e.ToTable("jobs");
             e.HasKey(x => x.Uid);
             e.HasIndex(x => new { x.Id, x.Dismissed });
+            // The history lists concluded jobs newest first (GET /jobs?include=history).
+            e.HasIndex(x => new { x.Status, x.FinishedAt });
         });
     }
 

@@ -8,7 +8,8 @@ namespace BlockMirror.Api.Data;
 /// <summary>Jobs on SQLite: one row per job run, the full snapshot as JSON.</summary>
 public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteGate gate) : IJobStore
 {
-    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+    /// <summary>The snapshot's JSON (lenient: older snapshots lack newer members).</summary>
+    internal static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
 
     public async Task SaveJobAsync(JobRecord job, CancellationToken cancellationToken = default)
     {
@@ -25,6 +26,7 @@ public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, 
         row.Device = job.Device;
         row.Target = job.Target;
         row.Error = job.Error;
+        row.Outcome = RestoredJob.RecordedOutcome(job) is { } ended ? JobNames.Of(ended.Outcome) : null;
         row.Dismissed = job.Dismissed;
         row.Snapshot = JsonSerializer.Serialize(job.Snapshot, Json);
         row.CreatedAt = job.CreatedAt;
@@ -41,4 +43,8 @@ public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, 
         return [.. rows.Select(r => new JobRecord(r.Uid, r.Id, r.Type, r.Status, r.Device, r.Target, r.Error, r.Dismissed,
             JsonSerializer.Deserialize<JobInfo>(r.Snapshot, Json)!, r.CreatedAt, r.UpdatedAt, r.FinishedAt))];
     }
+
+    /// <summary>A row as the record it stores (the history reads rows directly).</summary>
+    internal static JobRecord ToRecord(JobEntity r) => new(r.Uid, r.Id, r.Type, r.Status, r.Device, r.Target, r.Error, r.Dismissed,
+        JsonSerializer.Deserialize<JobInfo>(r.Snapshot, Json)!, r.CreatedAt, r.UpdatedAt, r.FinishedAt);
 }

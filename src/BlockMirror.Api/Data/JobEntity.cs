@@ -11,6 +11,8 @@ public sealed class JobEntity
     public required string Device { get; set; }
     public string? Target { get; set; }
     public string? Error { get; set; }
+    /// <summary>completed, cancelled or failed once concluded (null before): the history's filter column.</summary>
+    public string? Outcome { get; set; }
     public bool Dismissed { get; set; }
     public required string Snapshot { get; set; }
     public DateTime CreatedAt { get; set; }

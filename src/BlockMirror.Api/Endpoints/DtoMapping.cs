@@ -1,5 +1,6 @@
 using BlockMirror.Api.Contracts;
 using BlockMirror.Core.Bitmaps;
+using BlockMirror.Core.Jobs;
 using BlockMirror.Core.Nodes;
 
 namespace BlockMirror.Api.Endpoints;
@@ -25,4 +26,16 @@ public static class DtoMapping
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>
         new(node.Name, bitmap.Name, bitmap.Granularity, bitmap.Count, bitmap.Recording, bitmap.Busy, bitmap.Persistent, bitmap.Inconsistent,
             bitmap.Inconsistent ? bitmap.InconsistentReason : null);
+
+    /// <summary>A live job as the API shows it (its duration so far while it runs).</summary>
+    public static JobDto ToDto(this Job job) => job.GetInfo().ToDto(job.Layer.UtcNow);
+
+    /// <summary>A job snapshot; <paramref name="now"/> ends the duration of a job not finished.</summary>
+    public static JobDto ToDto(this JobInfo i, DateTime now) => new(
+        i.Id, i.Type, i.Status, i.Device, i.Target, i.Sync, i.Bitmap, i.BitmapMode, i.CopyMode,
+        i.Granularity, i.BufSize, i.Speed, i.CurrentProgress, i.TotalProgress, i.Remaining, i.BytesCopied,
+        i.CopyRate, i.DirtyRate, i.EtaSeconds, i.Ready, i.Paused, i.ActivelySynced, i.IoStatus, i.Error,
+        i.AutoFinalize, i.AutoDismiss, i.CreatedAt, i.ReadyAt, i.UpdatedAt, i.FinishedAt,
+        Math.Round(Math.Max(0, ((i.FinishedAt ?? now) - i.CreatedAt).TotalSeconds), 3),
+        i.Outcome, i.CancelMode);
 }

@@ -1,5 +1,6 @@
 using System.Net.ServerSentEvents;
 using System.Runtime.CompilerServices;
+using System.Text.Json.Nodes;
 using BlockMirror.Api.Events;
 using Microsoft.AspNetCore.Http.HttpResults;
 
@@ -15,10 +16,13 @@ public static class EventEndpoints
         return group;
     }
 
-    /// <summary>
+    /// <summary>Stream events (Server-Sent Events): job status changes, ready, completed, cancelled, errors.</summary>
+    /// <remarks>
     /// Every event after <c>Last-Event-ID</c> (header, or <c>lastEventId</c> query for clients that cannot
-    /// set headers), then live events. Each has its persisted id, its name as the SSE event type and JSON data.
-    /// </summary>
+    /// set headers), then live events. Each has its persisted id, its name (QEMU's: JOB_STATUS_CHANGE,
+    /// BLOCK_JOB_READY, ...) as the SSE event type and JSON data with a <c>timestamp</c> (UTC).
+    /// </remarks>
+    /// <param name="lastEventId">Replay the events after this id (as the Last-Event-ID header).</param>
     public static async Task<EmptyHttpResult> StreamEvents(HttpContext context, EventHub hub, IHostApplicationLifetime lifetime, long? lastEventId = null)
     {
         var after = lastEventId ?? 0;
@@ -49,6 +53,18 @@ public static class EventEndpoints
     private static async IAsyncEnumerable<SseItem<string>> ToItems(EventHub hub, long after, [EnumeratorCancellation] CancellationToken cancellationToken)
     {
         await foreach (var m in hub.SubscribeAsync(after, cancellationToken))
-            yield return new SseItem<string>(m.Data, m.Name) { EventId = m.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+            yield return new SseItem<string>(WithTimestamp(m), m.Name) { EventId = m.Id.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+    }
+
+    /// <summary>
+    /// The event's data with the time it was published as <c>timestamp</c> (QMP puts one on every
+    /// event). Added here, from the stored time, so events persisted before it have one too.
+    /// </summary>
+    private static string WithTimestamp(EventMessage m)
+    {
+        if (JsonNode.Parse(m.Data) is not JsonObject data || data.ContainsKey("timestamp"))
+            return m.Data;
+        data["timestamp"] = DateTime.SpecifyKind(m.Time, DateTimeKind.Utc);
+        return data.ToJsonString();
     }
 }

@@ -21,7 +21,8 @@ public static class ExportEndpoints
         return group;
     }
 
-    /// <summary>Serves a node on the NBD server; listed bitmaps become qemu:dirty-bitmap contexts and are busy.</summary>
+    /// <summary>Serve a node over NBD (block-export-add).</summary>
+    /// <remarks>Listed bitmaps become qemu:dirty-bitmap:&lt;name&gt; contexts and are busy while exported; writes through a writable export take the node's write path.</remarks>
     public static async Task<Created<ExportDto>> AddExport(CreateExportRequest request, BlockLayer layer, NbdHost nbd, CancellationToken cancellationToken)
     {
         var name = RequestValidationException.Require(request.Name, "name");
@@ -30,13 +31,16 @@ public static class ExportEndpoints
         return TypedResults.Created($"/api/v1/exports/{Uri.EscapeDataString(name)}", ToDto(export, nbd));
     }
 
+    /// <summary>List NBD exports.</summary>
     public static Ok<ItemsDto<ExportDto>> ListExports(BlockLayer layer, NbdHost nbd) =>
         TypedResults.Ok(new ItemsDto<ExportDto>([.. layer.Exports.Select(e => ToDto(e, nbd))]));
 
+    /// <summary>Get an NBD export (with the URI clients connect to).</summary>
     public static Ok<ExportDto> GetExport(string name, BlockLayer layer, NbdHost nbd) =>
         TypedResults.Ok(ToDto(layer.FindExport(name) ?? throw BlockErrors.NotFound("export-not-found", $"Export '{name}' is not found"), nbd));
 
-    /// <summary>Removes the export and disconnects its clients; its bitmaps are no longer busy.</summary>
+    /// <summary>Remove an NBD export (block-export-del).</summary>
+    /// <remarks>Its clients are disconnected; its bitmaps are no longer busy.</remarks>
     public static async Task<NoContent> RemoveExport(string name, BlockLayer layer, NbdHost nbd, CancellationToken cancellationToken)
     {
         await layer.RemoveExportAsync(name, cancellationToken);

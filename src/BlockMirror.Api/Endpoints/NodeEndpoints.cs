@@ -25,8 +25,10 @@ public static class NodeEndpoints
         group.MapGet("/{node}", GetNode).WithName(nameof(GetNode)).ProducesProblem(404);
         group.MapDelete("/{node}", DeleteNode).WithName(nameof(DeleteNode)).ProducesProblem(404).ProducesProblem(409);
 
+        // No Accepts metadata: routing would refuse another type with a 415 that cannot say which
+        // type is expected; WriteData refuses it saying so, and the document shows the body.
         group.MapPut("/{node}/data", WriteData).WithName(nameof(WriteData))
-            .Accepts<byte[]>("application/octet-stream")
+            .WithMetadata(new OctetStreamBody())
             .ProducesProblem(400).ProducesProblem(404).ProducesProblem(409).ProducesProblem(413);
         group.MapGet("/{node}/data", ReadData).WithName(nameof(ReadData))
             .Produces(200, contentType: "application/octet-stream").ProducesProblem(400).ProducesProblem(404);
@@ -39,9 +41,11 @@ public static class NodeEndpoints
         return group;
     }
 
-    /// <summary>Adds a node: opens (or creates) a raw image under the image root, or connects to an NBD export.</summary>
+    /// <summary>Add a node: open or create a raw image, or connect to an NBD export.</summary>
+    /// <remarks>raw: <c>path</c> under the image root, with <c>create</c> to make a new sparse file. nbd: <c>uri</c> of a remote export.</remarks>
     public static async Task<Created<NodeDto>> CreateNode(CreateNodeRequest request, BlockLayer layer, CancellationToken cancellationToken)
     {
+        CheckDriverMembers(request);
         var name = RequestValidationException.Require(request.Name, "name");
         var driver = RequestValidationException.Require(request.Driver, "driver");
         long? size = null;
@@ -52,21 +56,61 @@ public static class NodeEndpoints
         return TypedResults.Created($"/api/v1/nodes/{Uri.EscapeDataString(node.Name)}", node.ToDto());
     }
 
+    /// <summary>
+    /// The members each driver takes, checked before any state: a raw node needs a path, an nbd
+    /// node a uri and neither path nor create. Unknown drivers are named with the known ones.
+    /// </summary>
+    private static void CheckDriverMembers(CreateNodeRequest request)
+    {
+        var errors = new Dictionary<string, string[]>();
+        switch (request.Driver)
+        {
+            case null:
+                return;
+            case "raw":
+                if (request.Path is null)
+                    errors["path"] = ["required with driver raw"];
+                if (request.Uri is not null)
+                    errors["uri"] = ["only with driver nbd"];
+                break;
+            case "nbd":
+                if (request.Uri is null)
+                    errors["uri"] = ["required with driver nbd"];
+                if (request.Path is not null)
+                    errors["path"] = ["only with driver raw (an nbd node takes a uri)"];
+                if (request.Create is not null)
+                    errors["create"] = ["only with driver raw (an nbd node cannot create its image)"];
+                break;
+            default:
+                errors["driver"] = [$"expected one of: raw, nbd; got {System.Text.Json.JsonSerializer.Serialize(request.Driver)}"];
+                break;
+        }
+        if (errors.Count > 0)
+            throw new RequestValidationException(errors);
+    }
+
+    /// <summary>List nodes.</summary>
     public static Ok<ItemsDto<NodeDto>> ListNodes(BlockLayer layer) =>
         TypedResults.Ok(new ItemsDto<NodeDto>([.. layer.Nodes.Select(n => n.ToDto())]));
 
+    /// <summary>Get a node.</summary>
     public static Ok<NodeDto> GetNode(string node, BlockLayer layer) => TypedResults.Ok(layer.GetNode(node).ToDto());
 
-    /// <summary>Removes a node and its bitmaps; the image file stays unless <c>deleteImage=true</c>.</summary>
+    /// <summary>Remove a node and its bitmaps.</summary>
+    /// <remarks>Refused while a job or an export uses it (node-busy). The image file stays unless <c>deleteImage=true</c>.</remarks>
+    /// <param name="deleteImage">Also delete the raw image file.</param>
     public static async Task<NoContent> DeleteNode(string node, BlockLayer layer, CancellationToken cancellationToken, bool deleteImage = false)
     {
         await layer.DeleteNodeAsync(node, deleteImage, cancellationToken);
         return TypedResults.NoContent();
     }
 
-    /// <summary>Writes the body at <c>offset</c> through the node's write path (bitmaps record it, a mirror sees it).</summary>
-    public static async Task<NoContent> WriteData(string node, long offset, HttpContext context, BlockLayer layer, IOptions<StorageOptions> storage)
+    /// <summary>Write bytes at an offset (the body, application/octet-stream).</summary>
+    /// <remarks>The write takes the node's write path: its enabled bitmaps record it, a running mirror sees it, as NBD writes do.</remarks>
+    /// <param name="offset">Where the body is written: a byte offset (an integer, or a size such as 1M).</param>
+    public static async Task<NoContent> WriteData(string node, ByteCount offset, HttpContext context, BlockLayer layer, IOptions<StorageOptions> storage)
     {
+        CheckOctetStream(context.Request);
         var n = layer.GetNode(node);
         if (n.ReadOnly)
             throw BlockErrors.NodeReadOnly(node);
@@ -169,8 +213,25 @@ public static class NodeEndpoints
         return filled;
     }
 
-    /// <summary>Reads <c>length</c> bytes at <c>offset</c>.</summary>
-    public static async Task<EmptyHttpResult> ReadData(string node, long offset, long length, HttpContext context, BlockLayer layer)
+    /// <summary>
+    /// The data endpoint reads the body as raw bytes: a body declared as anything else (JSON, a
+    /// form: curl's default for --data-binary) is refused rather than written as bytes. A body
+    /// without a type is taken as bytes.
+    /// </summary>
+    private static void CheckOctetStream(HttpRequest request)
+    {
+        var type = request.ContentType;
+        if (type is null)
+            return;
+        if (!Microsoft.Net.Http.Headers.MediaTypeHeaderValue.TryParse(type, out var media)
+            || !media.MediaType.Equals("application/octet-stream", StringComparison.OrdinalIgnoreCase))
+            throw new UnsupportedMediaTypeException("application/octet-stream", type);
+    }
+
+    /// <summary>Read bytes at an offset (application/octet-stream).</summary>
+    /// <param name="offset">First byte (an integer, or a size such as 1M).</param>
+    /// <param name="length">Bytes to read (an integer, or a size such as 64K).</param>
+    public static async Task<EmptyHttpResult> ReadData(string node, ByteCount offset, ByteCount length, HttpContext context, BlockLayer layer)
     {
         var n = layer.GetNode(node);
         n.CheckRange(offset, length);
@@ -195,7 +256,7 @@ public static class NodeEndpoints
         return TypedResults.Empty;
     }
 
-    /// <summary>Writes zeroes (a write: it marks bitmaps).</summary>
+    /// <summary>Write zeroes to a range (a write: it marks bitmaps).</summary>
     public static async Task<NoContent> WriteZeroes(string node, ZeroRequest request, BlockLayer layer, CancellationToken cancellationToken)
     {
         var n = layer.GetNode(node);
@@ -205,7 +266,7 @@ public static class NodeEndpoints
         return TypedResults.NoContent();
     }
 
-    /// <summary>Discards a range (it reads as zeroes afterwards on raw images).</summary>
+    /// <summary>Discard a range (it reads as zeroes afterwards on raw images; it marks bitmaps).</summary>
     public static async Task<NoContent> Discard(string node, DiscardRequest request, BlockLayer layer, CancellationToken cancellationToken)
     {
         var n = layer.GetNode(node);
@@ -215,14 +276,17 @@ public static class NodeEndpoints
         return TypedResults.NoContent();
     }
 
-    /// <summary>The allocation map: coalesced <c>data</c> and <c>zero</c> extents.</summary>
-    public static async Task<Ok<ItemsDto<AllocationExtentDto>>> GetAllocation(string node, BlockLayer layer, CancellationToken cancellationToken, long offset = 0, long? length = null)
+    /// <summary>Get the allocation map of a range: coalesced data and zero extents.</summary>
+    /// <param name="offset">First byte (default 0; an integer, or a size such as 1M).</param>
+    /// <param name="length">Bytes to map (default: to the end of the node).</param>
+    public static async Task<Ok<ItemsDto<AllocationExtentDto>>> GetAllocation(string node, BlockLayer layer, CancellationToken cancellationToken, ByteCount? offset = null, ByteCount? length = null)
     {
         var n = layer.GetNode(node);
-        var len = length ?? Math.Max(0, n.Size - Math.Max(0, offset));
-        n.CheckRange(offset, len);
+        var start = offset?.Value ?? 0;
+        var len = length?.Value ?? Math.Max(0, n.Size - Math.Max(0, start));
+        n.CheckRange(start, len);
         var items = new List<AllocationExtentDto>();
-        await foreach (var e in ImageExtents.EnumerateAsync(n.Image, offset, len, cancellationToken))
+        await foreach (var e in ImageExtents.EnumerateAsync(n.Image, start, len, cancellationToken))
             items.Add(new AllocationExtentDto(e.Offset, e.Length, e.Kind == ExtentKind.Data ? "data" : "zero"));
         return TypedResults.Ok(new ItemsDto<AllocationExtentDto>(items));
     }

@@ -18,19 +18,73 @@ public static class TransactionEndpoints
         return group;
     }
 
-    /// <summary>
-    /// Prepares every action in order with data writes quiesced; the first refusal aborts the
-    /// prepared ones and is returned with its <c>actionIndex</c>.
-    /// </summary>
+    /// <summary>Run several actions all or nothing (QMP's transaction).</summary>
+    /// <remarks>
+    /// Prepares every action in order with data writes quiesced, so they take effect at one instant
+    /// with no write in between; the first refusal aborts the prepared ones and is returned with its <c>actionIndex</c>.
+    /// </remarks>
     public static async Task<Ok<TransactionResultDto>> RunTransaction(TransactionRequest request, BlockLayer layer, IServiceProvider services, CancellationToken cancellationToken)
     {
         var dtos = RequestValidationException.Require(request.Actions, "actions");
+        CheckMembers(dtos);
         var actions = new List<TransactionAction>(dtos.Count);
         for (var i = 0; i < dtos.Count; i++)
             actions.Add(ToAction(dtos[i], i, services));
         var results = await layer.TransactionAsync(actions, cancellationToken);
         return TypedResults.Ok(new TransactionResultDto([.. results.Select((r, i) => ToResult(r, dtos[i], layer))]));
     }
+
+    /// <summary>The members each action type takes (QMP gives each its own schema; the others are refused).</summary>
+    private static readonly Dictionary<string, string[]> s_members = new()
+    {
+        ["bitmap-add"] = ["node", "name", "granularity", "persistent", "disabled"],
+        ["bitmap-remove"] = ["node", "name"],
+        ["bitmap-clear"] = ["node", "name"],
+        ["bitmap-enable"] = ["node", "name"],
+        ["bitmap-disable"] = ["node", "name"],
+        ["bitmap-merge"] = ["node", "name", "sources"],
+        ["mirror-start"] = ["job"],
+    };
+
+    /// <summary>
+    /// Every action's type and members, all actions at once and before any runs: an unknown type
+    /// lists the known ones; a member its type does not take is unknown-field, a missing one it
+    /// needs invalid-request.
+    /// </summary>
+    private static void CheckMembers(IReadOnlyList<TransactionActionDto> dtos)
+    {
+        var errors = new Dictionary<string, string[]>();
+        var unknown = new Dictionary<string, string[]>();
+        for (var i = 0; i < dtos.Count; i++)
+        {
+            var a = dtos[i];
+            if (a?.Type is not { } type)
+                continue;
+            if (!s_members.TryGetValue(type, out var members))
+            {
+                errors[$"actions[{i}].type"] = [$"expected one of: {string.Join(", ", s_members.Keys)}; got {System.Text.Json.JsonSerializer.Serialize(type)}"];
+                continue;
+            }
+            foreach (var (member, value) in Members(a))
+            {
+                var given = value is not null;
+                if (given && !members.Contains(member))
+                    unknown[$"actions[{i}].{member}"] = [$"not a member of a {type} action (it takes: type, {string.Join(", ", members)})"];
+                else if (!given && members.Contains(member) && member is "node" or "name" or "sources" or "job")
+                    errors[$"actions[{i}].{member}"] = [$"required by a {type} action"];
+            }
+        }
+        if (unknown.Count > 0)
+            throw new RequestValidationException(unknown, RequestValidationException.UnknownField);
+        if (errors.Count > 0)
+            throw new RequestValidationException(errors);
+    }
+
+    private static IEnumerable<(string Member, object? Value)> Members(TransactionActionDto a) =>
+    [
+        ("node", a.Node), ("name", a.Name), ("granularity", a.Granularity), ("persistent", a.Persistent),
+        ("disabled", a.Disabled), ("sources", a.Sources), ("job", a.Job),
+    ];
 
     private static TransactionAction ToAction(TransactionActionDto? dto, int index, IServiceProvider services)
     {
@@ -49,18 +103,15 @@ public static class TransactionEndpoints
                 BitmapEndpoints.ToSources(RequestValidationException.Require(a.Sources, $"actions[{index}].sources"))),
             "mirror-start" => services.GetService<ITransactionActionFactory>()?.CreateMirrorStart(
                     RequestValidationException.Require(a.Job, $"actions[{index}].job"))
-                ?? throw new RequestValidationException(new Dictionary<string, string[]> { [$"actions[{index}].type"] = ["mirror-start is not available"] }),
-            _ => throw new RequestValidationException(new Dictionary<string, string[]>
-            {
-                [$"actions[{index}].type"] = [$"Unknown action type '{type}'"],
-            }),
+                ?? throw RequestValidationException.For($"actions[{index}].type", "mirror-start is not available"),
+            _ => throw RequestValidationException.For($"actions[{index}].type", $"Unknown action type '{type}'"),
         };
     }
 
     private static object? ToResult(object? result, TransactionActionDto dto, BlockLayer layer) => result switch
     {
         DirtyBitmap b when layer.FindNode(dto.Node ?? "") is { } node => b.ToDto(node),
-        Core.Jobs.Job j => j.GetInfo(),
+        Core.Jobs.Job j => j.ToDto(),
         null => null,
         _ => result,
     };

@@ -32,7 +32,9 @@ public static class ProblemCodes
         404 => $"No resource at '{context.Request.Path}'",
         405 => $"Method {context.Request.Method} is not allowed on '{context.Request.Path}'",
         413 => "The request body is too large",
-        415 => "Unsupported media type: send application/json",
+        // Routing refuses a body whose type an endpoint does not accept; every body but PUT .../data
+        // (which checks its own) is JSON.
+        415 => UnsupportedMediaTypeException.Describe("application/json", context.Request.ContentType),
         401 => "A valid 'Authorization: Bearer <key>' header is required",
         _ => "The request could not be processed",
     };

@@ -32,6 +32,9 @@ public static class ServiceRegistration
         services.AddSingleton<IConfigureOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>, KestrelLimitsSetup>();
 
         services.ConfigureHttpJsonOptions(o => JsonSetup.Configure(o.SerializerOptions));
+        // A request that cannot be bound throws, so BlockExceptionHandler can name the field
+        // (RequestProblems) instead of the framework answering a bare 400.
+        services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         services.AddSingleton(JsonSetup.Create());
         services.AddProblemDetails(o => o.CustomizeProblemDetails = c =>
         {
@@ -71,6 +74,7 @@ public static class ServiceRegistration
                 : null!);
         services.AddSingleton<EventHub>();
         services.AddSingleton<IJobStore, EfJobStore>();
+        services.AddSingleton<JobHistory>();
         services.AddSingleton<IRemoteImageOpener>(_ => new BlockMirror.Nbd.NbdRemoteImageOpener());
         services.AddSingleton<NbdHost>();
         services.AddSingleton<IStartupParticipant>(sp => sp.GetRequiredService<NbdHost>());
@@ -94,14 +98,7 @@ public static class ServiceRegistration
         });
 
         services.AddEndpointsApiExplorer();
-        services.AddSwaggerGen(o =>
-        {
-            o.SwaggerDoc("v1", new() { Title = "BlockMirror", Version = "v1", Description = "Dirty bitmaps and live mirror jobs over local images, QEMU's semantics over REST." });
-            o.SupportNonNullableReferenceTypes();
-            var xml = Path.Combine(AppContext.BaseDirectory, "BlockMirror.Api.xml");
-            if (File.Exists(xml))
-                o.IncludeXmlComments(xml);
-        });
+        services.AddSwaggerGen(OpenApiSetup.Configure);
 
         // The OpenAPI generators run Program: they must not migrate, open images or listen.
         if (!HostEnvironmentExtensions.IsDocumentGeneration())

@@ -65,6 +65,10 @@ public abstract class Job
     private bool _dismissed;
     private DateTime _updatedAt;
     private DateTime? _finishedAt;
+    private DateTime? _readyAt;
+    private bool _completeAccepted;
+    private JobOutcome? _outcome;
+    private JobCancelMode? _cancelMode;
 
     protected Job(BlockLayer layer, string id, string device, bool autoFinalize, bool autoDismiss, long speed, Guid? uid = null, DateTime? createdAt = null)
     {
@@ -171,6 +175,36 @@ public abstract class Job
         }
     }
 
+    /// <summary>When the job first became ready (null until then).</summary>
+    public DateTime? ReadyAt
+    {
+        get
+        {
+            lock (StateLock)
+                return _readyAt;
+        }
+    }
+
+    /// <summary>How the job ended, once it concluded (null before).</summary>
+    public JobOutcome? Outcome
+    {
+        get
+        {
+            lock (StateLock)
+                return _outcome;
+        }
+    }
+
+    /// <summary>Which cancel ended the job, when <see cref="Outcome"/> is cancelled.</summary>
+    public JobCancelMode? CancelMode
+    {
+        get
+        {
+            lock (StateLock)
+                return _cancelMode;
+        }
+    }
+
     /// <summary>Completes when the job reaches <c>concluded</c>.</summary>
     public Task Concluded => _concluded.Task;
 
@@ -222,6 +256,8 @@ public abstract class Job
             throw new InvalidOperationException($"Job '{Id}': illegal transition {JobNames.Of(from)} -> {JobNames.Of(to)}");
         _status = to;
         _updatedAt = Layer.UtcNow;
+        if (to == JobStatus.Ready)
+            _readyAt ??= _updatedAt;
         if (from != to)
             Layer.Events.Publish("JOB_STATUS_CHANGE", new { id = Id, status = JobNames.Of(to) });
         Save();
@@ -302,6 +338,7 @@ public abstract class Job
             if (_cancelRequested)
                 throw BlockErrors.Conflict("job-verb-not-allowed", $"The active block job '{Id}' cannot be completed");
             OnCompleteLocked();
+            _completeAccepted = true;
             _updatedAt = Layer.UtcNow;
         }
         Wake.Set();
@@ -531,6 +568,7 @@ public abstract class Job
             lock (StateLock)
             {
                 _error ??= e.Message;
+                _outcome ??= JobOutcome.Failed;
                 _finishedAt ??= Layer.UtcNow;
             }
             _concluded.TrySetResult();
@@ -577,6 +615,13 @@ public abstract class Job
         }
         await CommitAsync().ConfigureAwait(false);
         await CleanAsync().ConfigureAwait(false);
+        lock (StateLock)
+        {
+            // Success after a soft cancel (and no complete): the point-in-time copy, no pivot.
+            var softCancelled = _cancelRequested && !_completeAccepted;
+            _outcome = softCancelled ? JobOutcome.Cancelled : JobOutcome.Completed;
+            _cancelMode = softCancelled ? JobCancelMode.Soft : null;
+        }
         PublishEnd("BLOCK_JOB_COMPLETED", null);
         Conclude();
     }
@@ -593,6 +638,9 @@ public abstract class Job
             if (_status is JobStatus.Aborting or JobStatus.Concluded or JobStatus.Null)
                 return;
             _error = error ?? CanceledError;
+            // No error of its own: a force cancel (a shutdown or a failure passes its reason).
+            _outcome = error is null ? JobOutcome.Cancelled : JobOutcome.Failed;
+            _cancelMode = error is null ? JobCancelMode.Force : null;
             TransitionLocked(JobStatus.Aborting);
         }
         await AbortAsync().ConfigureAwait(false);
@@ -687,12 +735,16 @@ public abstract class Job
     }
 
     /// <summary>A job loaded from the store: it shows its recorded end without running (no transition, no event).</summary>
-    internal void RestoreConcluded(string? error, DateTime updatedAt, DateTime? finishedAt, bool dismissed)
+    internal void RestoreConcluded(string? error, DateTime updatedAt, DateTime? finishedAt, bool dismissed,
+        JobOutcome outcome, JobCancelMode? cancelMode, DateTime? readyAt)
     {
         lock (StateLock)
         {
             _status = dismissed ? JobStatus.Null : JobStatus.Concluded;
             _error = error;
+            _outcome = outcome;
+            _cancelMode = cancelMode;
+            _readyAt = readyAt;
             _updatedAt = updatedAt;
             _finishedAt = finishedAt;
             _dismissed = dismissed;

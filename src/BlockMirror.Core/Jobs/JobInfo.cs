@@ -2,7 +2,10 @@ namespace BlockMirror.Core.Jobs;
 
 /// <summary>
 /// A point-in-time snapshot of a job with every field of API.md's "Job" (enum values already in
-/// their QEMU spellings), for the host's DTO and the store's JSON snapshot.
+/// their QEMU spellings), for the host's DTO and the store's JSON snapshot. <see cref="Outcome"/>
+/// and <see cref="CancelMode"/> are set once the job concluded (<see cref="JobOutcome"/>,
+/// <see cref="JobCancelMode"/>); <see cref="ReadyAt"/> when it first became ready. They come last,
+/// with defaults, because snapshots stored before them have none.
 /// </summary>
 public sealed record JobInfo(
     string Id,
@@ -33,4 +36,7 @@ public sealed record JobInfo(
     bool AutoDismiss,
     DateTime CreatedAt,
     DateTime UpdatedAt,
-    DateTime? FinishedAt);
+    DateTime? FinishedAt,
+    string? Outcome = null,
+    string? CancelMode = null,
+    DateTime? ReadyAt = null);

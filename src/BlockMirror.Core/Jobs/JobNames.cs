@@ -64,6 +64,15 @@ public static class JobNames
         _ => "enospc",
     };
 
+    public static string Of(JobOutcome outcome) => outcome switch
+    {
+        JobOutcome.Completed => "completed",
+        JobOutcome.Cancelled => "cancelled",
+        _ => "failed",
+    };
+
+    public static string Of(JobCancelMode mode) => mode == JobCancelMode.Soft ? "soft" : "force";
+
     /// <summary>Parses a status spelling; unknown text is <see cref="JobStatus.Undefined"/>.</summary>
     public static JobStatus ParseStatus(string? text)
     {

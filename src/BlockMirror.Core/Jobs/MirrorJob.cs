@@ -215,17 +215,23 @@ public sealed partial class MirrorJob : Job
         var (dirty, inFlight) = Volatile.Read(ref _frozen)?.Value ?? (_working.Count, Interlocked.Read(ref _inFlightBytes));
         var current = Interlocked.Read(ref _currentProgress);
         var remaining = dirty + inFlight;
-        var copyRate = _copyRate.Rate();
-        var dirtyRate = _dirtyRate.Rate();
-        long? eta = remaining == 0 ? 0 : copyRate > dirtyRate ? (remaining + copyRate - 1) / copyRate : null;
         var status = Status;
+        // A paused job copies nothing: its rate and ETA say so at once instead of showing the
+        // last seconds' values until the meter's window drains. Writes still dirty the working
+        // bitmap while it waits, so the dirty rate stays measured until the job is over.
+        var finished = status is JobStatus.Aborting or JobStatus.Concluded or JobStatus.Null;
+        var copying = !finished && !Paused;
+        var copyRate = copying ? _copyRate.Rate() : 0;
+        var dirtyRate = finished ? 0 : _dirtyRate.Rate();
+        long? eta = !copying ? null : remaining == 0 ? 0 : copyRate > dirtyRate ? (remaining + copyRate - 1) / copyRate : null;
         return new JobInfo(
             Id, Type, VisibleStatus(), Device, Target,
             JobNames.Of(Options.Sync), _named?.Name, BitmapMode is { } m ? JobNames.Of(m) : null, JobNames.Of(CopyMode),
             Granularity, BufSize, Speed,
             current, current + remaining, remaining, Interlocked.Read(ref _bytesCopied), copyRate, dirtyRate, eta,
             status is JobStatus.Ready or JobStatus.Standby, Paused, ActivelySynced, JobNames.Of(IoStatus), Error,
-            AutoFinalize, AutoDismiss, CreatedAt, UpdatedAt, FinishedAt);
+            AutoFinalize, AutoDismiss, CreatedAt, UpdatedAt, FinishedAt,
+            Outcome is { } outcome ? JobNames.Of(outcome) : null, CancelMode is { } cancel ? JobNames.Of(cancel) : null, ReadyAt);
     }
 
     protected override (long Len, long Offset) EventProgress()

@@ -14,7 +14,9 @@ public sealed class RestoredJob : Job
         : base(layer, record.Id, record.Device, record.Snapshot.AutoFinalize, record.Snapshot.AutoDismiss, record.Snapshot.Speed, record.Uid, record.CreatedAt)
     {
         _record = record;
-        RestoreConcluded(record.Error, record.UpdatedAt, record.FinishedAt, record.Dismissed);
+        // Restored records are concluded (RecoverJobsAsync concludes the others first).
+        var (outcome, cancelMode) = RecordedOutcome(record) ?? (JobOutcome.Failed, null);
+        RestoreConcluded(record.Error, record.UpdatedAt, record.FinishedAt, record.Dismissed, outcome, cancelMode, record.Snapshot.ReadyAt);
     }
 
     public override string Type => _record.Type;
@@ -27,9 +29,40 @@ public sealed class RestoredJob : Job
         Error = Error,
         Ready = false,
         Paused = false,
+        CopyRate = 0,
+        DirtyRate = 0,
+        EtaSeconds = null,
         UpdatedAt = UpdatedAt,
         FinishedAt = FinishedAt,
+        Outcome = Outcome is { } outcome ? JobNames.Of(outcome) : null,
+        CancelMode = CancelMode is { } mode ? JobNames.Of(mode) : null,
     };
+
+    /// <summary>
+    /// The outcome a record states, null while its job had not concluded. A record stored before
+    /// outcomes were recorded (or by the recovery of a job the stop cut off) tells it by its error
+    /// alone: every force cancel ends with ECANCELED's sentence, any other error is a failure, no
+    /// error a completion (a soft cancel cannot be told apart from one there).
+    /// </summary>
+    public static (JobOutcome Outcome, JobCancelMode? CancelMode)? RecordedOutcome(JobRecord record)
+    {
+        if (JobNames.ParseStatus(record.Status) != JobStatus.Concluded)
+            return null;
+        var snapshot = record.Snapshot;
+        if (snapshot.Outcome is { } text && ParseOutcome(text) is { } recorded)
+            return (recorded, recorded == JobOutcome.Cancelled ? ParseCancelMode(snapshot.CancelMode) : null);
+        return record.Error switch
+        {
+            null => (JobOutcome.Completed, null),
+            CanceledError => (JobOutcome.Cancelled, JobCancelMode.Force),
+            _ => (JobOutcome.Failed, null),
+        };
+    }
+
+    private static JobOutcome? ParseOutcome(string text) =>
+        Enum.GetValues<JobOutcome>().Select(o => (JobOutcome?)o).FirstOrDefault(o => JobNames.Of(o!.Value) == text);
+
+    private static JobCancelMode ParseCancelMode(string? text) => text == JobNames.Of(JobCancelMode.Soft) ? JobCancelMode.Soft : JobCancelMode.Force;
 
     protected override Task RunAsync() => throw new InvalidOperationException("A restored job does not run");
 

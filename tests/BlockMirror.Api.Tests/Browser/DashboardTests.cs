@@ -169,7 +169,7 @@ public sealed class DashboardTests(ChromiumFixture chromium) : IAsyncLifetime
         // A verb the job's state refuses never reaches the API from the page (its button is off),
         // but a refusal from the service still shows: pausing a job twice.
         await _http.CreateNodeAsync("disk1", MiB);
-        using (var r = await _http.PostAsJsonAsync("/api/v1/jobs/mirror", new { id = "j", device = "disk0", target = "disk1", speed = 1, autoDismiss = false }))
+        using (var r = await _http.PostAsJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "disk1", speed = 1, autoDismiss = false }))
             Assert.Equal(HttpStatusCode.Created, r.StatusCode);
         using (var r = await _http.PostAsync("/api/v1/jobs/j/pause", null))
             Assert.Equal(HttpStatusCode.OK, r.StatusCode);

@@ -104,7 +104,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                 // A pivot consumed tgt: a fresh one on a new file, given everything first (a full
                 // mirror, soft-cancelled; p1 untouched), since the resume copies only what p1 holds.
                 await http.CreateNodeAsync("tgt", Size, newTarget);
-                await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = $"f{life}", device = "src", target = "tgt" }, HttpStatusCode.Created);
+                await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = $"f{life}", sync = "full", device = "src", target = "tgt" }, HttpStatusCode.Created);
                 await FinishMirrorAsync(http, events, $"f{life}", acked);
                 newTarget = null;
             }
@@ -165,7 +165,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                     var pivot = life / 5 % 2 == 1;
                     var copyMode = random.Next(2) == 0 ? "background" : "write-blocking";
                     if (pivot)
-                        await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = $"m{life}", device = "src", target = "tgt", copyMode }, HttpStatusCode.Created);
+                        await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = $"m{life}", sync = "full", device = "src", target = "tgt", copyMode }, HttpStatusCode.Created);
                     else
                         await StartMirrorAsync(http, $"m{life}", copyMode, 0);
                     await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == $"m{life}");
@@ -301,7 +301,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
 
     private static Task StartMirrorAsync(HttpClient http, string id, string copyMode, long speed) =>
         http.PostJsonAsync("/api/v1/jobs/mirror",
-            new { id, device = "src", target = "tgt", bitmap = "p1", bitmapMode = "always", copyMode, speed },
+            new { id, sync = "full", device = "src", target = "tgt", bitmap = "p1", bitmapMode = "always", copyMode, speed },
             HttpStatusCode.Created);
 
     /// <summary>

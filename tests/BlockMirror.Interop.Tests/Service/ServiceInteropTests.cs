@@ -40,7 +40,7 @@ public sealed class ServiceInteropTests : IAsyncLifetime
 
     private async Task MirrorAndSoftCancelAsync(string target)
     {
-        await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target });
+        await Post("/api/v1/jobs/mirror", new { id = "m", sync = "full", device = "src", target });
         await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "ready", TimeSpan.FromSeconds(60));
         await Post("/api/v1/jobs/m/cancel", new { }, HttpStatusCode.OK);
         var done = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
@@ -56,7 +56,7 @@ public sealed class ServiceInteropTests : IAsyncLifetime
     /// </summary>
     private async Task<JsonNode> MirrorStopsOnNoSpaceThenCompletesAsync(string target, Func<Task> freeSpace)
     {
-        await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target, onTargetError = "enospc" });
+        await Post("/api/v1/jobs/mirror", new { id = "m", sync = "full", device = "src", target, onTargetError = "enospc" });
         var stopped = await ServiceFactory.WaitForJobAsync(_http, "m",
             j => (string?)j["status"] == "paused" && (string?)j["ioStatus"] == "nospace", TimeSpan.FromSeconds(60));
         Assert.Null(stopped["error"]);
@@ -164,7 +164,7 @@ public sealed class ServiceInteropTests : IAsyncLifetime
             "error=EIO", "error-pwrite-rate=100%", "error-zero-rate=100%");
         await Post("/api/v1/nodes", new { name = "bad", driver = "nbd", uri = $"nbd+unix:///?socket={socket}" });
         var before = await ServiceFactory.SendAsync(_http, HttpMethod.Get, "/api/v1/nodes/src/bitmaps/work", null, HttpStatusCode.OK);
-        await Post("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "bad", bitmap = "work", autoDismiss = false });
+        await Post("/api/v1/jobs/mirror", new { id = "m", sync = "full", device = "src", target = "bad", bitmap = "work", autoDismiss = false });
         var failed = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
         Assert.False(string.IsNullOrEmpty((string?)failed["error"]));
         // Nothing reached the target, so the working bitmap still holds every granule it had.

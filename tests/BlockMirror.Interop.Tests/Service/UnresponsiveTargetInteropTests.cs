@@ -43,7 +43,7 @@ public sealed class UnresponsiveTargetInteropTests : IAsyncLifetime
         await using var server = await BackgroundTool.StartAsync("nbdkit", socket, "-f", "-U", socket,
             "--filter=log", "--filter=delay", "memory", $"{Size}", $"logfile={log}", "delay-write=3600");
         await Send(HttpMethod.Post, "/api/v1/nodes", new { name = "slow", driver = "nbd", uri = $"nbd+unix:///?socket={socket}" }, HttpStatusCode.Created);
-        await Send(HttpMethod.Post, "/api/v1/jobs/mirror", new { id = "m", device = "src", target = "slow" }, HttpStatusCode.Created);
+        await Send(HttpMethod.Post, "/api/v1/jobs/mirror", new { id = "m", sync = "full", device = "src", target = "slow" }, HttpStatusCode.Created);
         // Bounded poll of nbdkit's log until the job's writes are held by the server.
         for (var i = 0; i < 1000 && !(File.Exists(log) && (await File.ReadAllTextAsync(log)).Contains(" Write id=", StringComparison.Ordinal)); i++)
             await Task.Delay(20);

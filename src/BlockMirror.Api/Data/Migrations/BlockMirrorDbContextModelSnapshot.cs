@@ -112,6 +112,9 @@ namespace BlockMirror.Api.Data.Migrations
                     b.Property<string>("Id")
                         .HasColumnType("TEXT");
 
+                    b.Property<string>("Outcome")
+                        .HasColumnType("TEXT");
+
                     b.Property<string>("Snapshot")
                         .IsRequired()
                         .HasColumnType("TEXT");
@@ -133,6 +136,8 @@ namespace BlockMirror.Api.Data.Migrations
                     b.HasKey("Uid");
 
                     b.HasIndex("Id", "Dismissed");
+
+                    b.HasIndex("Status", "FinishedAt");
 
                     b.ToTable("jobs", (string)null);
                 });
