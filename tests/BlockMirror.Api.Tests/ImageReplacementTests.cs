@@ -65,7 +65,7 @@ public sealed class ImageReplacementTests : IDisposable
             await http.PostProblemAsync("/api/v1/nodes/disk0/zero", new { offset = 0, length = 512 }, 409, "image-replaced");
             await http.PostProblemAsync("/api/v1/exports", new { name = "e", node = "disk0" }, 409, "image-replaced");
             await http.CreateNodeAsync("copy", 1L << 20);
-            await http.PostProblemAsync("/api/v1/jobs/mirror", new { id = "m", device = "disk0", target = "copy" }, 409, "image-replaced");
+            await http.PostProblemAsync("/api/v1/jobs/mirror", new { id = "m", device = "disk0", target = "copy", sync = "full" }, 409, "image-replaced");
             Assert.Equal(new byte[1 << 20], await File.ReadAllBytesAsync(Path.Combine(Images, "disk.img")));
         }
 
@@ -166,7 +166,7 @@ public sealed class ImageReplacementTests : IDisposable
         await http.CreateNodeAsync("copy", 1L << 20, "copy.img");
         await using (var events = await EventWaiter.StartAsync(http))
         {
-            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "m", device = "disk0", target = "copy" }, HttpStatusCode.Created);
+            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "m", device = "disk0", target = "copy", sync = "full" }, HttpStatusCode.Created);
             await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "m");
             var replacement = Path.Combine(Images, "new.img");
             await File.WriteAllBytesAsync(replacement, new byte[1 << 20]);

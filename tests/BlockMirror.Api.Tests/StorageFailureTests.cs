@@ -182,7 +182,7 @@ public sealed class StorageFailureTests : IDisposable
             await http.CreateNodeAsync("tgt", 8L << 20);
             await http.WriteAsync("src", 0, ApiClient.Pattern((int)G, 1));
             await using var events = await EventWaiter.StartAsync(http);
-            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "tgt" }, HttpStatusCode.Created);
+            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "tgt", sync = "full" }, HttpStatusCode.Created);
             await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "m");
             FailDatabase();
 

@@ -92,7 +92,7 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
             var writers = new CrashWriters(child, nbd, "src", Size - G, acked, seed * 1000 + life);
             writers.Start(httpWriters: 1, nbdWriters: 1);
             var id = $"m{life}";
-            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id, device = "src", target = "tgt", copyMode = random.Next(2) == 0 ? "background" : "write-blocking" }, HttpStatusCode.Created);
+            await http.PostJsonAsync("/api/v1/jobs/mirror", new { id, device = "src", target = "tgt", sync = "full", copyMode = random.Next(2) == 0 ? "background" : "write-blocking" }, HttpStatusCode.Created);
             await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == id);
 
             // The pivot's store fails with the writers running; the job must say so.

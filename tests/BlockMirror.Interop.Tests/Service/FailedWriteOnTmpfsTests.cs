@@ -61,7 +61,7 @@ public sealed class FailedWriteOnTmpfsTests : IAsyncLifetime
                 Assert.Equal(HttpStatusCode.NoContent, r.StatusCode);
             await Send(HttpMethod.Post, "/api/v1/nodes/src/bitmaps", new { name = "b", granularity = G }, HttpStatusCode.Created);
             await Send(HttpMethod.Post, "/api/v1/nodes/src/bitmaps", new { name = "p", granularity = G, persistent = true }, HttpStatusCode.Created);
-            await Send(HttpMethod.Post, "/api/v1/jobs/mirror", new { id = "m", device = "src", target = "dst" }, HttpStatusCode.Created);
+            await Send(HttpMethod.Post, "/api/v1/jobs/mirror", new { id = "m", device = "src", target = "dst", sync = "full" }, HttpStatusCode.Created);
             await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "ready", TimeSpan.FromSeconds(60));
 
             const long at = 2L << 20;

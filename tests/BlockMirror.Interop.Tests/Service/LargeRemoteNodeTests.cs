@@ -35,7 +35,7 @@ public sealed class LargeRemoteNodeTests : IAsyncLifetime
             Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
         // The same for a mirror, whose working bitmap has the default granularity too.
         await ServiceFactory.SendAsync(_http, HttpMethod.Post, "/api/v1/nodes", new { name = "huge2", driver = "nbd", uri = $"nbd+unix:///?socket={socket}" }, HttpStatusCode.Created);
-        using var mirror = await _http.PostAsync("/api/v1/jobs/mirror", JsonContent(new { id = "m", device = "huge", target = "huge2" }));
+        using var mirror = await _http.PostAsync("/api/v1/jobs/mirror", JsonContent(new { id = "m", device = "huge", target = "huge2", sync = "full" }));
         var mirrorText = await mirror.Content.ReadAsStringAsync();
         Assert.True((int)mirror.StatusCode is >= 400 and < 500, $"expected a 4xx, got {(int)mirror.StatusCode}: {mirrorText}");
         using (var job = await _http.GetAsync("/api/v1/jobs/m"))
