@@ -140,6 +140,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dll", action="append", required=True, help="PATH or LABEL=PATH of a published BlockMirror.Api.dll (repeatable)")
     ap.add_argument("--peers", default="", help="comma list of nbdkit,qsd to run beside it")
+    ap.add_argument("--peers-dir", default=bm_service.PEERS, help="where qmp.py is (qsd only; default ../shared/peers)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--read-bs", default="4k", help="block size of the read job (the writes stay 4k)")
@@ -148,6 +149,7 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "nbd_stall.json"))
     a = ap.parse_args()
+    bm_service.PEERS = os.path.abspath(a.peers_dir)
 
     servers = {}
     for d in a.dll:
