@@ -267,6 +267,32 @@ public sealed class DashboardJobTests(ChromiumFixture chromium) : DashboardTestB
         Dashboard.AssertNoScriptErrors();
     }
 
+    [BrowserFact]
+    public async Task Live_progress_resumes_after_a_failed_refresh_without_waiting_for_an_event()
+    {
+        await Http.CreateNodeAsync("disk0", 64 * MiB);
+        await Http.CreateNodeAsync("disk1", 64 * MiB);
+        await Http.WriteAsync("disk0", 0, ApiClient.Pattern(48 * (int)MiB, 7));
+        await Http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "slow", device = "disk0", target = "disk1", sync = "full", speed = MiB, bufSize = MiB }, HttpStatusCode.Created);
+        await Dashboard.GotoAsync("#/jobs");
+        var progress = Dashboard.Job("slow").GetByTestId("job-progress");
+        await Expect(Dashboard.Job("slow").GetByTestId("job-status")).ToHaveTextAsync("running");
+
+        // The job list fails for a while: the page says it is offline and keeps the last values.
+        await Page.RouteAsync("**/api/v1/jobs", route => route.AbortAsync());
+        await Expect(Page.Locator("body")).ToHaveAttributeAsync("data-offline", "true");
+        var frozen = await progress.GetAttributeAsync("data-progress");
+        await Page.UnrouteAllAsync();
+
+        // A running job publishes no event while it copies: the 500 ms poll itself must come back.
+        await Page.WaitForFunctionAsync(
+            @"v => { const p = document.querySelector(""main > .view:not([hidden]) [data-job='slow'] [data-testid=job-progress]"");
+                     return p && p.dataset.progress !== v && document.body.dataset.offline === 'false'; }",
+            frozen, new() { PollingInterval = 100, Timeout = 20_000 });
+        Assert.Equal("running", (string?)(await Http.GetJsonAsync("/api/v1/jobs/slow"))["status"]);
+        Dashboard.AssertNoScriptErrors();
+    }
+
     private async Task WaitForStatusAsync(string id, string status)
     {
         for (var i = 0; i < 600; i++)
