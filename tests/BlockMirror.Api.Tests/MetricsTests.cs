@@ -125,6 +125,14 @@ public sealed partial class MetricsTests : IAsyncLifetime
         Assert.Contains("# TYPE blockmirror_copied_bytes_total counter", text, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task Failures_an_operator_must_act_on_are_counted()
+    {
+        var text = await _http.GetStringAsync("/metrics");
+        Assert.Contains("# TYPE blockmirror_journal_fold_failures_total counter", text, StringComparison.Ordinal);
+        Assert.Contains("# TYPE blockmirror_job_save_failures_total counter", text, StringComparison.Ordinal);
+    }
+
     private async Task<long> BitmapCountAsync(string node, string bitmap) =>
         (long)(await _http.GetJsonAsync($"/api/v1/nodes/{node}/bitmaps/{bitmap}"))["count"]!;
 

@@ -6,7 +6,7 @@ using Microsoft.EntityFrameworkCore;
 namespace BlockMirror.Api.Data;
 
 /// <summary>Jobs on SQLite: one row per job run, the full snapshot as JSON.</summary>
-public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteGate gate) : IJobStore
+public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteLock writeLock) : IJobStore
 {
     /// <summary>The snapshot's JSON (lenient: older snapshots lack newer members).</summary>
     internal static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
@@ -32,7 +32,7 @@ public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, 
         row.CreatedAt = job.CreatedAt;
         row.UpdatedAt = job.UpdatedAt;
         row.FinishedAt = job.FinishedAt;
-        using (await gate.EnterAsync(cancellationToken))
+        using (await writeLock.AcquireAsync(cancellationToken))
             await db.SaveChangesAsync(cancellationToken);
     }
 

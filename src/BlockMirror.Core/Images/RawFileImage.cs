@@ -20,7 +20,7 @@ namespace BlockMirror.Core.Images;
 public sealed class RawFileImage : IBlockImage
 {
     private readonly SafeFileHandle _handle;
-    private readonly SemaphoreSlim _writeTurn = new(1, 1);
+    private readonly SemaphoreSlim _pwriteLock = new(1, 1);
     private readonly Action _fdatasync;
     private int _disposed;
     private StatBuffer? _closedStat;
@@ -153,7 +153,7 @@ public sealed class RawFileImage : IBlockImage
         // RandomAccess.WriteAsync already loops until every byte is written.
         return fua
             ? WriteFuaAsync(offset, data, cancellationToken)
-            : WriteInTurnAsync(offset, data, cancellationToken);
+            : WriteSerializedAsync(offset, data, cancellationToken);
     }
 
     /// <summary>
@@ -162,23 +162,23 @@ public sealed class RawFileImage : IBlockImage
     /// NBD server's CPU with 16 writes in flight). Waiting here is asynchronous and costs no thread.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteInTurnAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    private async ValueTask WriteSerializedAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await _writeTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _pwriteLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             await RandomAccess.WriteAsync(_handle, data, offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            _writeTurn.Release();
+            _pwriteLock.Release();
         }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteFuaAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await WriteInTurnAsync(offset, data, cancellationToken).ConfigureAwait(false);
+        await WriteSerializedAsync(offset, data, cancellationToken).ConfigureAwait(false);
         // A file has no FUA; like QEMU we emulate it with a flush after the write.
         await Task.Run(_fdatasync, CancellationToken.None).ConfigureAwait(false);
     }
