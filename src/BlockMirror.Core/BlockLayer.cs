@@ -209,9 +209,6 @@ public sealed class BlockLayer : IAsyncDisposable
         init => _replacements.Interval = value;
     }
 
-    /// <summary>The last failure of the background check (storing what it found); null after a good round.</summary>
-    public string? LastImageCheckError => _replacements.LastError;
-
     /// <summary>Compares every node's open file with its path now (what the background check does).</summary>
     public Task CheckImagesAsync(CancellationToken cancellationToken = default) =>
         ControlAsync(() => _persistence.CheckImagesControlLockedAsync(Nodes, cancellationToken), cancellationToken);
@@ -232,10 +229,6 @@ public sealed class BlockLayer : IAsyncDisposable
     /// </summary>
     public Task<IReadOnlyList<object?>> TransactionAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken = default) =>
         _transactions.RunAsync(actions, cancellationToken);
-
-    /// <summary>As <see cref="TransactionAsync"/>, for callers already holding the control lock.</summary>
-    public Task<IReadOnlyList<object?>> RunTransactionControlLockedAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken) =>
-        _transactions.RunControlLockedAsync(actions, cancellationToken);
 
     /// <inheritdoc cref="BitmapPersistence.SaveBitmapAsync"/>
     public Task SaveBitmapAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default) =>

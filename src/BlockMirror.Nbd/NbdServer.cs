@@ -165,7 +165,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         lock (_lock)
             victims = [.. _connections.Where(c => c.ExportName == name)];
         foreach (var c in victims)
-            c.BeginClose(TimeSpan.FromSeconds(5));
+            c.BeginClose(Options.StopGracePeriod);
         return victims.Length;
     }
 

@@ -15,9 +15,6 @@ public sealed class ImageOpener
             Register(driver);
     }
 
-    /// <summary>The drivers' names, in the order they were registered.</summary>
-    public IReadOnlyList<string> DriverNames => [.. _drivers.Select(d => d.Name)];
-
     /// <summary>Adds a driver; a second one of the same name is a programming error.</summary>
     public void Register(IImageDriver driver)
     {

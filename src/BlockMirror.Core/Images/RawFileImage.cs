@@ -52,7 +52,7 @@ public sealed class RawFileImage : IBlockImage
     public bool HasZeroInit => true;
 
     /// <summary>st_blocks × 512, from a fresh fstat on every call (allocation changes under us).</summary>
-    public long AllocatedBytes => Stat().Blocks * 512;
+    public long AllocatedBytes => Stat().Blocks * StatBuffer.BlockUnit;
 
     /// <summary>
     /// Forgets fallocate, as on a filesystem without it, so write-zeroes writes zero buffers and
@@ -356,16 +356,7 @@ public sealed class RawFileImage : IBlockImage
         }
     }
 
-    private void SyncData()
-    {
-        using var lease = new FileDescriptorLease(_handle);
-        while (LibC.fdatasync(lease.Fd) != 0)
-        {
-            var errno = LibC.LastErrno;
-            if (errno != LibC.EINTR)
-                throw LibC.ErrnoException(errno, Location, "fdatasync");
-        }
-    }
+    private void SyncData() => LibC.FDataSync(_handle, Location);
 
     private StatBuffer Stat()
     {

@@ -92,8 +92,6 @@ public sealed partial class MirrorJob : Job
 
     public MirrorCopyMode CopyMode => (MirrorCopyMode)Volatile.Read(ref _copyMode);
 
-    public bool IsReady => _ready;
-
     public bool ActivelySynced => Volatile.Read(ref _activelySynced) != 0;
 
     /// <summary>The bitmap the job works from (the caller's in mode always, else a private one).</summary>

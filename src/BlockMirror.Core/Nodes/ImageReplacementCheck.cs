@@ -21,9 +21,6 @@ public sealed partial class ImageReplacementCheck(ImageRoot root, TimeProvider t
     /// <summary>How often the background check compares each node's open file with its path; zero = never (only at control operations).</summary>
     public TimeSpan Interval { get; set; } = TimeSpan.FromSeconds(2);
 
-    /// <summary>The last failure of the background check (storing what it found); null after a good round.</summary>
-    public string? LastError { get; private set; }
-
     /// <summary>
     /// Compares <paramref name="node"/>'s open file with its path; on a mismatch marks the node and its
     /// persistent bitmaps (in memory; the caller stores them). True when the replacement is new.
@@ -93,7 +90,6 @@ public sealed partial class ImageReplacementCheck(ImageRoot root, TimeProvider t
                 try
                 {
                     await checkAsync(_stop.Token).ConfigureAwait(false);
-                    LastError = null;
                 }
                 catch (BlockException) when (stopped())
                 {
@@ -102,7 +98,6 @@ public sealed partial class ImageReplacementCheck(ImageRoot root, TimeProvider t
                 catch (Exception e) when (e is not OperationCanceledException)
                 {
                     // The marks in memory stand (writes are refused); the next round or checkpoint stores them.
-                    LastError = e.Message;
                     LogCheckFailed(logger, e);
                 }
             }

@@ -89,9 +89,6 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
         ArgumentOutOfRangeException.ThrowIfLessThan(_options.SegmentEntries, 1);
     }
 
-    /// <summary>The path every file of the journal starts with.</summary>
-    public string PathPrefix => _prefix;
-
     public long LastSequence => Volatile.Read(ref _lastSequence);
 
     public JournalStatistics Statistics => new(Interlocked.Read(ref _appends), Interlocked.Read(ref _flushes), Interlocked.Read(ref _bytes));
@@ -471,7 +468,7 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
                 written += JournalCodec.Encode(entry, _buffer.AsSpan(written));
             RandomAccess.Write(_segment!, _buffer.AsSpan(0, written), _segmentOffset);
             _segmentOffset += written;
-            SyncData(_segment!, _current.Path);
+            LibC.FDataSync(_segment!, _current.Path);
             Interlocked.Increment(ref _flushes);
             Interlocked.Add(ref _bytes, written);
             _lastFlushed = batch[^1].Sequence;
@@ -520,7 +517,7 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
             // _lastFlushed: what the segments before this one hold, which a recovery checks them against.
             JournalCodec.WriteHeader(header, baseSequence, _lastFlushed);
             RandomAccess.Write(handle, header, 0);
-            SyncData(handle, path);
+            LibC.FDataSync(handle, path);
             // The new file's name must survive a power cut too, or its entries would be unreachable.
             StateNative.FsyncDirectory(_directory);
         }
@@ -599,7 +596,7 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
         JournalCodec.WriteAlive(content, ticks, _aliveDurable, _aliveFolded);
         RandomAccess.Write(_alive!, content, 0);
         if (sync)
-            SyncData(_alive!, _prefix + AliveSuffix);
+            LibC.FDataSync(_alive!, _prefix + AliveSuffix);
     }
 
     // ---- reading -----------------------------------------------------------------------------
@@ -704,22 +701,6 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
         if (ticks <= 0 || ticks > DateTime.MaxValue.Ticks - (_options.AliveInterval + _options.AliveMargin).Ticks)
             return null;
         return new DateTime(ticks, DateTimeKind.Utc) + _options.AliveInterval + _options.AliveMargin;
-    }
-
-    private static void SyncData(SafeFileHandle handle, string path)
-    {
-        var added = false;
-        handle.DangerousAddRef(ref added);
-        try
-        {
-            if (LibC.fdatasync((int)handle.DangerousGetHandle()) != 0)
-                throw LibC.ErrnoException(LibC.LastErrno, path, "fdatasync");
-        }
-        finally
-        {
-            if (added)
-                handle.DangerousRelease();
-        }
     }
 
     /// <summary>Logs the first of a run of failed writes of the sign of life (it is retried every interval).</summary>
