@@ -179,12 +179,7 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
         // Every recovered entry is folded into a checkpoint by now: recorded (durably, before the old
         // segments go) as the folded-through sequence, so a recovery never takes their absence for damage.
         _alive = File.OpenHandle(_prefix + AliveSuffix, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
-        lock (_aliveFileLock)
-        {
-            _aliveDurable = nextSequence - 1;
-            _aliveFolded = nextSequence - 1;
-            WriteAliveFileLocked(_time.GetUtcNow().UtcTicks, sync: true);
-        }
+        RecordCheckpointedThrough(nextSequence - 1);
         // A crash between these deletes and the new segment leaves no entry, and the checkpoints'
         // sequences keep numbering ahead.
         foreach (var path in _recovered.Concat(ListSegments().Select(s => s.Path)).Distinct(StringComparer.Ordinal))
@@ -377,12 +372,7 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
         // As at a start: the checkpoints cover everything below nextSequence, recorded durably before
         // the segments go, so a recovery never takes their absence for damage (and a disk still full
         // fails the restart here, before anything is deleted).
-        lock (_aliveFileLock)
-        {
-            _aliveDurable = nextSequence - 1;
-            _aliveFolded = nextSequence - 1;
-            WriteAliveFileLocked(_time.GetUtcNow().UtcTicks, sync: true);
-        }
+        RecordCheckpointedThrough(nextSequence - 1);
         foreach (var path in paths.Concat(ListSegments().Select(s => s.Path)).Distinct(StringComparer.Ordinal))
             File.Delete(path);
         StateNative.FsyncDirectory(_directory);
@@ -575,6 +565,20 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
         {
             // As for a missed sign of life: a lower mark only makes a recovery stricter.
             AliveNotWritten(e);
+        }
+    }
+
+    /// <summary>
+    /// A start or restart: the checkpoints cover every entry through <paramref name="through"/>, recorded
+    /// durably as both marks of the <c>.alive</c> file before the caller deletes the old segments.
+    /// </summary>
+    private void RecordCheckpointedThrough(long through)
+    {
+        lock (_aliveFileLock)
+        {
+            _aliveDurable = through;
+            _aliveFolded = through;
+            WriteAliveFileLocked(_time.GetUtcNow().UtcTicks, sync: true);
         }
     }
 
