@@ -230,10 +230,6 @@ public sealed class BlockLayer : IAsyncDisposable
     public Task<IReadOnlyList<object?>> TransactionAsync(IReadOnlyList<TransactionAction> actions, CancellationToken cancellationToken = default) =>
         _transactions.RunAsync(actions, cancellationToken);
 
-    /// <inheritdoc cref="BitmapPersistence.SaveBitmapAsync"/>
-    public Task SaveBitmapAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default) =>
-        _persistence.SaveBitmapAsync(node, bitmap, cancellationToken);
-
     /// <summary>Folds the sealed journal segments into the checkpoints now (the journal also asks for it when one seals).</summary>
     public Task FoldJournalAsync(CancellationToken cancellationToken = default) =>
         ControlAsync(_persistence.FoldJournalControlLockedAsync, cancellationToken);

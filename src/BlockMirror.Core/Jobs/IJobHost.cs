@@ -56,5 +56,5 @@ public interface IJobHost
     Task<IBlockImage> PivotControlLockedAsync(BlockNode device, BlockNode target, CancellationToken cancellationToken = default);
 
     /// <summary>Stores a bitmap the job changed (a checkpoint of the node's persistent bitmaps, with its writes quiesced).</summary>
-    Task CheckpointAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default);
+    Task CheckpointControlLockedAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default);
 }

@@ -382,7 +382,7 @@ public abstract class Job
         }
         CancelAccepted(force);
         if (abortNow)
-            await AbortControlLockedAsync(null).ConfigureAwait(false);
+            await RunAbortControlLockedAsync(null).ConfigureAwait(false);
         else
             Save();
     }
@@ -495,7 +495,7 @@ public abstract class Job
         }
         CancelAccepted(force: true);
         if (abortNow)
-            await AbortControlLockedAsync(reason).ConfigureAwait(false);
+            await RunAbortControlLockedAsync(reason).ConfigureAwait(false);
     }
 
     // ---- driver hooks -------------------------------------------------------------------------
@@ -504,16 +504,16 @@ public abstract class Job
     protected abstract Task RunAsync();
 
     /// <summary>Graph changes of a successful job (QEMU's .prepare); throwing fails the job.</summary>
-    protected virtual Task PrepareAsync() => Task.CompletedTask;
+    protected virtual Task PrepareControlLockedAsync() => Task.CompletedTask;
 
     /// <summary>After a successful prepare (QEMU's .commit).</summary>
-    protected virtual Task CommitAsync() => Task.CompletedTask;
+    protected virtual Task CommitControlLockedAsync() => Task.CompletedTask;
 
     /// <summary>The job failed or was cancelled (QEMU's .abort).</summary>
-    protected virtual Task AbortAsync() => Task.CompletedTask;
+    protected virtual Task AbortControlLockedAsync() => Task.CompletedTask;
 
     /// <summary>After commit or abort, in both cases (QEMU's .clean).</summary>
-    protected virtual Task CleanAsync() => Task.CompletedTask;
+    protected virtual Task CleanControlLockedAsync() => Task.CompletedTask;
 
     /// <summary>Maps a cancel request; returns whether it is a force cancel. Called under the state lock.</summary>
     protected virtual bool OnCancelStateLocked(bool force) => true;
@@ -601,7 +601,7 @@ public abstract class Job
         error ??= stop;
         if (error is not null || force)
         {
-            await AbortControlLockedAsync(error).ConfigureAwait(false);
+            await RunAbortControlLockedAsync(error).ConfigureAwait(false);
             return;
         }
         Transition(JobStatus.Waiting);
@@ -619,15 +619,15 @@ public abstract class Job
     {
         try
         {
-            await PrepareAsync().ConfigureAwait(false);
+            await PrepareControlLockedAsync().ConfigureAwait(false);
         }
         catch (Exception e)
         {
-            await AbortControlLockedAsync(e is JobFailedException ? e.Message : IoErrorText.Of(e)).ConfigureAwait(false);
+            await RunAbortControlLockedAsync(e is JobFailedException ? e.Message : IoErrorText.Of(e)).ConfigureAwait(false);
             return;
         }
-        await CommitAsync().ConfigureAwait(false);
-        await CleanAsync().ConfigureAwait(false);
+        await CommitControlLockedAsync().ConfigureAwait(false);
+        await CleanControlLockedAsync().ConfigureAwait(false);
         lock (StateLock)
         {
             // Success after a soft cancel (and no complete): the point-in-time copy, no pivot.
@@ -644,7 +644,7 @@ public abstract class Job
     /// error. No error means a force cancel, which concludes with ECANCELED's sentence as its error,
     /// as QEMU's job_update_rc does (the CANCELLED event itself carries none).
     /// </summary>
-    private async Task AbortControlLockedAsync(string? error)
+    private async Task RunAbortControlLockedAsync(string? error)
     {
         lock (StateLock)
         {
@@ -656,8 +656,8 @@ public abstract class Job
             _cancelMode = error is null ? JobCancelMode.Force : null;
             TransitionStateLocked(JobStatus.Aborting);
         }
-        await AbortAsync().ConfigureAwait(false);
-        await CleanAsync().ConfigureAwait(false);
+        await AbortControlLockedAsync().ConfigureAwait(false);
+        await CleanControlLockedAsync().ConfigureAwait(false);
         if (error is null)
             PublishEnd("BLOCK_JOB_CANCELLED", null);
         else

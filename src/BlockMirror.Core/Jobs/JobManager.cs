@@ -155,8 +155,8 @@ public sealed partial class JobManager(
         return old.Image;
     }
 
-    public Task CheckpointAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default) =>
-        persistence.SaveBitmapAsync(node, bitmap, cancellationToken);
+    public Task CheckpointControlLockedAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default) =>
+        persistence.CheckpointNodeControlLockedAsync(node, bitmap, cancellationToken);
 
     // ---- the save queue -----------------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ public sealed partial class JobManager(
         if (bitmap.Inconsistent || !bitmap.Disabled)
             return;
         bitmap.Disabled = false;
-        await persistence.SaveBitmapAsync(node, bitmap, cancellationToken).ConfigureAwait(false);
+        await persistence.CheckpointNodeControlLockedAsync(node, bitmap, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>

@@ -250,7 +250,7 @@ public sealed partial class MirrorJob : Job
     /// (writes are still quiesced since the final convergence) and the target node is consumed.
     /// A soft cancel in ready leaves the graph as it is (point-in-time copy).
     /// </summary>
-    protected override Task PrepareAsync()
+    protected override Task PrepareControlLockedAsync()
     {
         if (!_completeRequested)
             return Task.CompletedTask;
@@ -286,7 +286,7 @@ public sealed partial class MirrorJob : Job
         _pivoted = true;
     }
 
-    protected override async Task CommitAsync()
+    protected override async Task CommitControlLockedAsync()
     {
         _succeeded = true;
         if (!_pivoted)
@@ -301,7 +301,7 @@ public sealed partial class MirrorJob : Job
     /// bitmapMode, all with the device's writes quiesced so no write falls between the filter
     /// and the node's own bitmaps.
     /// </summary>
-    protected override async Task CleanAsync()
+    protected override async Task CleanControlLockedAsync()
     {
         var quiesce = _exitQuiesce ?? await Host.QuiesceAsync(_device).ConfigureAwait(false);
         _exitQuiesce = null;
@@ -324,7 +324,7 @@ public sealed partial class MirrorJob : Job
             quiesce.Dispose();
         }
         if (_named is not null && _device.FindBitmap(_named.Name) == _named)
-            await BestEffortAsync($"storing bitmap '{_device.Name}/{_named.Name}'", () => Host.CheckpointAsync(_device, _named)).ConfigureAwait(false);
+            await BestEffortAsync($"storing bitmap '{_device.Name}/{_named.Name}'", () => Host.CheckpointControlLockedAsync(_device, _named)).ConfigureAwait(false);
         ReleaseWorkingCopy();
     }
 

@@ -88,7 +88,7 @@ public sealed partial class BitmapPersistence(
     /// Persists a bitmap a job changed (flags, and the content it leaves): with the node's writes
     /// quiesced, checkpoints every persistent bitmap of the node (after a pivot their image changed).
     /// </summary>
-    public async Task SaveBitmapAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default)
+    public async Task CheckpointNodeControlLockedAsync(BlockNode node, DirtyBitmap bitmap, CancellationToken cancellationToken = default)
     {
         using (await node.QuiesceGate.QuiesceAsync(cancellationToken).ConfigureAwait(false))
         {

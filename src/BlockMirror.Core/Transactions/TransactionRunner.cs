@@ -67,7 +67,7 @@ public sealed class TransactionRunner(BlockLayer layer, ControlLock control, Nod
             {
                 try
                 {
-                    await actions[i].PrepareAsync(context).ConfigureAwait(false);
+                    await actions[i].PrepareControlLockedAsync(context).ConfigureAwait(false);
                     prepared.Add(actions[i]);
                 }
                 catch (BlockException e)
@@ -94,16 +94,16 @@ public sealed class TransactionRunner(BlockLayer layer, ControlLock control, Nod
                 throw;
             }
             foreach (var action in prepared)
-                action.Commit(context);
+                action.CommitControlLocked(context);
         }
         foreach (var action in prepared)
-            action.AfterCommit(context);
+            action.AfterCommitControlLocked(context);
         return [.. actions.Select(a => a.Result)];
     }
 
     private static void AbortPrepared(List<TransactionAction> prepared, TransactionContext context)
     {
         for (var j = prepared.Count - 1; j >= 0; j--)
-            prepared[j].Abort(context);
+            prepared[j].AbortControlLocked(context);
     }
 }
