@@ -23,9 +23,9 @@ public sealed class RawFileImage : IBlockImage
     private const long SmallestBlock = 4096;
 
     private readonly SafeFileHandle _handle;
-    private readonly SemaphoreSlim _writeTurn = new(1, 1);
+    private readonly SemaphoreSlim _pwriteLock = new(1, 1);
     private readonly BlockStatusCache _dataRegion = new();
-    private readonly Lock _seekHoleTurn = new();
+    private readonly Lock _seekHoleLock = new();
     private readonly Action _fdatasync;
     private int _disposed;
     private StatBuffer? _closedStat;
@@ -57,7 +57,7 @@ public sealed class RawFileImage : IBlockImage
     public bool HasZeroInit => true;
 
     /// <summary>st_blocks × 512, from a fresh fstat on every call (allocation changes under us).</summary>
-    public long AllocatedBytes => Stat().Blocks * 512;
+    public long AllocatedBytes => Stat().Blocks * StatBuffer.BlockUnit;
 
     /// <summary>
     /// Forgets fallocate, as on a filesystem without it, so write-zeroes writes zero buffers and
@@ -158,7 +158,7 @@ public sealed class RawFileImage : IBlockImage
         // RandomAccess.WriteAsync already loops until every byte is written.
         return fua
             ? WriteFuaAsync(offset, data, cancellationToken)
-            : WriteInTurnAsync(offset, data, cancellationToken);
+            : WriteSerializedAsync(offset, data, cancellationToken);
     }
 
     /// <summary>
@@ -167,23 +167,23 @@ public sealed class RawFileImage : IBlockImage
     /// NBD server's CPU with 16 writes in flight). Waiting here is asynchronous and costs no thread.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteInTurnAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    private async ValueTask WriteSerializedAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await _writeTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _pwriteLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             await RandomAccess.WriteAsync(_handle, data, offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            _writeTurn.Release();
+            _pwriteLock.Release();
         }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteFuaAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await WriteInTurnAsync(offset, data, cancellationToken).ConfigureAwait(false);
+        await WriteSerializedAsync(offset, data, cancellationToken).ConfigureAwait(false);
         // A file has no FUA; like QEMU we emulate it with a flush after the write.
         await Task.Run(_fdatasync, CancellationToken.None).ConfigureAwait(false);
     }
@@ -345,7 +345,7 @@ public sealed class RawFileImage : IBlockImage
 
         // One SEEK_HOLE at a time: the kernel serializes them on the file's f_pos_lock anyway, and
         // a caller that waited here may find its answer in the region the one before it cached.
-        lock (_seekHoleTurn)
+        lock (_seekHoleLock)
         {
             if (_dataRegion.TryGetData(offset, out dataEnd))
                 return new ImageExtent(offset, Math.Min(length, dataEnd - offset), ExtentKind.Data);
@@ -402,16 +402,7 @@ public sealed class RawFileImage : IBlockImage
         }
     }
 
-    private void SyncData()
-    {
-        using var lease = new FileDescriptorLease(_handle);
-        while (LibC.fdatasync(lease.Fd) != 0)
-        {
-            var errno = LibC.LastErrno;
-            if (errno != LibC.EINTR)
-                throw LibC.ErrnoException(errno, Location, "fdatasync");
-        }
-    }
+    private void SyncData() => LibC.FDataSync(_handle, Location);
 
     private StatBuffer Stat()
     {
