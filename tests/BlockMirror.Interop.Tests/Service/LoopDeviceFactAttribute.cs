@@ -1,0 +1,48 @@
+using BlockMirror.Interop.Tests.Nbd;
+
+namespace BlockMirror.Interop.Tests.Service;
+
+/// <summary>
+/// A fact that attaches loop devices (<c>losetup</c>, util-linux): skipped, saying why, where this
+/// process cannot (not root, no loop driver, a container without /dev/loop-control) — unless
+/// BLOCKMIRROR_REQUIRE_INTEROP=1, when the test runs and fails on what is missing. Decided once, at
+/// discovery, by attaching and detaching a probe.
+/// </summary>
+[AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+[Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Interop.Tests")]
+public sealed class LoopDeviceFactAttribute : FactAttribute
+{
+    private static readonly Lazy<string?> Refusal = new(Probe);
+
+    public LoopDeviceFactAttribute()
+    {
+        if (!InteropTools.Required && Refusal.Value is { } reason)
+            Skip = "needs loop devices: " + reason + " (BLOCKMIRROR_REQUIRE_INTEROP=1 makes this a failure)";
+    }
+
+    private static string? Probe()
+    {
+        if (!OperatingSystem.IsLinux())
+            return "not Linux";
+        if (Environment.UserName != "root")
+            return "not running as root";
+        if (InteropTools.Find("losetup") is null)
+            return "losetup is not installed (apt-get install util-linux)";
+        var dir = Directory.CreateTempSubdirectory("blockmirror-loop-probe-").FullName;
+        try
+        {
+            // Discovery is synchronous; the probe is two short tool runs.
+            var loop = LoopDevice.AttachAsync(dir, 1 << 20).GetAwaiter().GetResult();
+            loop.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            return null;
+        }
+        catch (Exception e) when (e is InvalidOperationException or IOException or Xunit.Sdk.XunitException)
+        {
+            return e.Message.Trim();
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
