@@ -49,7 +49,7 @@ public sealed class DeviceAllowList
     /// </summary>
     public string Resolve(string path)
     {
-        if (path.Contains('\0', StringComparison.Ordinal) || Path.GetFullPath(path) != path)
+        if (path.Contains('\0', StringComparison.Ordinal) || Path.GetFullPath(path) != path || path.Length > 1 && path[^1] == '/')
             throw NotAllowed(path, "the path is not in its plain form (no '.', '..' or '//' segments, no trailing '/')");
         if (!Matches(path))
             throw NotAllowed(path, _patterns.Length == 0

@@ -154,7 +154,7 @@ public sealed class BlockDeviceNodeTests : IAsyncLifetime
         Assert.True(File.Exists(_a.Device));
     }
 
-    [LoopDeviceFact]
+    [LoopDeviceFact("qemu-io", "qemu-nbd")]
     public async Task A_device_node_keeps_a_second_opener_and_qemu_out_until_it_is_removed()
     {
         await AddNodeAsync(new { name = "a", driver = "raw", path = _a.Device });
@@ -173,7 +173,7 @@ public sealed class BlockDeviceNodeTests : IAsyncLifetime
         await ExpectProblemAsync(HttpMethod.Post, "/api/v1/nodes", new { name = "a", driver = "raw", path = _a.Device }, HttpStatusCode.Conflict, "image-locked");
     }
 
-    [LoopDeviceFact]
+    [LoopDeviceFact("qemu-io", "qemu-img")]
     public async Task Writes_zeroes_and_discards_through_REST_and_NBD_reach_the_device_exactly()
     {
         // The device starts full of old data, which a device (unlike a new file) keeps.
@@ -290,11 +290,11 @@ public sealed class BlockDeviceNodeTests : IAsyncLifetime
         Assert.Contains("another device", (string?)node["imageReplacedReason"], StringComparison.Ordinal);
     }
 
-    [LoopDeviceFact]
+    [LoopDeviceFact("qemu-img")]
     public Task Mirror_from_a_raw_file_to_a_loop_device_with_writes_during_the_job_leaves_the_device_equal() =>
         MirrorWithWritesAsync(fileIsSource: true);
 
-    [LoopDeviceFact]
+    [LoopDeviceFact("qemu-img")]
     public Task Mirror_from_a_loop_device_to_a_raw_file_with_writes_during_the_job_leaves_the_file_equal() =>
         MirrorWithWritesAsync(fileIsSource: false);
 

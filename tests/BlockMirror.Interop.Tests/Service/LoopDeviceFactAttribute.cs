@@ -14,10 +14,16 @@ public sealed class LoopDeviceFactAttribute : FactAttribute
 {
     private static readonly Lazy<string?> Refusal = new(Probe);
 
-    public LoopDeviceFactAttribute()
+    /// <param name="tools">The QEMU / libnbd tools the test drives besides losetup (skipped like <see cref="Nbd.NbdInteropFactAttribute"/> when missing).</param>
+    public LoopDeviceFactAttribute(params string[] tools)
     {
-        if (!InteropTools.Required && Refusal.Value is { } reason)
+        if (InteropTools.Required)
+            return;
+        var missing = tools.Where(t => InteropTools.Find(t) is null).ToList();
+        if (Refusal.Value is { } reason)
             Skip = "needs loop devices: " + reason + " (BLOCKMIRROR_REQUIRE_INTEROP=1 makes this a failure)";
+        else if (missing.Count > 0)
+            Skip = InteropTools.MissingMessage(missing);
     }
 
     private static string? Probe()
