@@ -12,7 +12,7 @@ namespace BlockMirror.Interop.Tests.Service;
 [Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Interop.Tests")]
 public sealed class LoopDeviceFactAttribute : FactAttribute
 {
-    private static readonly Lazy<string?> Refusal = new(Probe);
+    private static readonly Lazy<string?> Refusal = new(LoopDevice.Refusal);
 
     /// <param name="tools">The QEMU / libnbd tools the test drives besides losetup (skipped like <see cref="Nbd.NbdInteropFactAttribute"/> when missing).</param>
     public LoopDeviceFactAttribute(params string[] tools)
@@ -24,31 +24,5 @@ public sealed class LoopDeviceFactAttribute : FactAttribute
             Skip = "needs loop devices: " + reason + " (BLOCKMIRROR_REQUIRE_INTEROP=1 makes this a failure)";
         else if (missing.Count > 0)
             Skip = InteropTools.MissingMessage(missing);
-    }
-
-    private static string? Probe()
-    {
-        if (!OperatingSystem.IsLinux())
-            return "not Linux";
-        if (Environment.UserName != "root")
-            return "not running as root";
-        if (InteropTools.Find("losetup") is null)
-            return "losetup is not installed (apt-get install util-linux)";
-        var dir = Directory.CreateTempSubdirectory("blockmirror-loop-probe-").FullName;
-        try
-        {
-            // Discovery is synchronous; the probe is two short tool runs.
-            var loop = LoopDevice.AttachAsync(dir, 1 << 20).GetAwaiter().GetResult();
-            loop.DisposeAsync().AsTask().GetAwaiter().GetResult();
-            return null;
-        }
-        catch (Exception e) when (e is InvalidOperationException or IOException or Xunit.Sdk.XunitException)
-        {
-            return e.Message.Trim();
-        }
-        finally
-        {
-            Directory.Delete(dir, recursive: true);
-        }
     }
 }
