@@ -13,9 +13,12 @@ public sealed class LoopDeviceFactAttribute : FactAttribute
 {
     private static readonly Lazy<string?> Refusal = new(LoopDevice.Refusal);
 
-    public LoopDeviceFactAttribute()
+    /// <param name="browser">The test drives Chromium too: skipped like a <see cref="Browser.BrowserFactAttribute"/> test where it is missing.</param>
+    public LoopDeviceFactAttribute(bool browser = false)
     {
         if (Environment.GetEnvironmentVariable("BLOCKMIRROR_REQUIRE_INTEROP") != "1" && Refusal.Value is { } reason)
             Skip = "needs loop devices: " + reason + " (BLOCKMIRROR_REQUIRE_INTEROP=1 makes this a failure)";
+        else if (browser && !Browser.BrowserEnvironment.Available && !Browser.BrowserEnvironment.Required)
+            Skip = Browser.BrowserEnvironment.MissingMessage;
     }
 }
