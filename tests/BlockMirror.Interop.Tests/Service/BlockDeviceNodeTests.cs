@@ -173,6 +173,30 @@ public sealed class BlockDeviceNodeTests : IAsyncLifetime
         await ExpectProblemAsync(HttpMethod.Post, "/api/v1/nodes", new { name = "a", driver = "raw", path = _a.Device }, HttpStatusCode.Conflict, "image-locked");
     }
 
+    [LoopDeviceFact("mkfs.ext4")]
+    public async Task A_mounted_device_is_refused_read_write_by_the_kernels_claim_and_opened_read_only()
+    {
+        // The OFD lock bytes know nothing of a mount; the exclusive open (O_EXCL) is what the kernel
+        // refuses while a file system holds the device.
+        await InteropTools.RunOkAsync("mkfs.ext4", "-q", "-F", _a.Device);
+        var mountPoint = Directory.CreateDirectory(Path.Combine(_dir, "mnt")).FullName;
+        await InteropTools.RunOkAsync("mount", _a.Device, mountPoint);
+        try
+        {
+            await ExpectProblemAsync(HttpMethod.Post, "/api/v1/nodes", new { name = "a", driver = "raw", path = _a.Device }, HttpStatusCode.Conflict, "image-locked");
+            var node = await AddNodeAsync(new { name = "a", driver = "raw", path = _a.Device, readOnly = true });
+            Assert.True((bool)node["readOnly"]!);
+            Assert.True((bool)node["device"]!);
+            await SendAsync(HttpMethod.Delete, "/api/v1/nodes/a", null, HttpStatusCode.NoContent);
+        }
+        finally
+        {
+            await InteropTools.RunAsync("umount", [mountPoint]);
+        }
+        // Unmounted, the device is the service's to write again.
+        await AddNodeAsync(new { name = "a", driver = "raw", path = _a.Device });
+    }
+
     [LoopDeviceFact("qemu-io", "qemu-img")]
     public async Task Writes_zeroes_and_discards_through_REST_and_NBD_reach_the_device_exactly()
     {
