@@ -61,6 +61,16 @@ public sealed class HostDeviceImage : IBlockImage
     public long LogicalBlockSize => _logicalBlock;
 
     /// <summary>
+    /// Forgets the device's ways of zeroing, as on a device without them: without unmap as well,
+    /// BLKZEROOUT too, so write-zeroes writes zero buffers. Lets tests reach each fallback on a loop device.
+    /// </summary>
+    internal void DisableZeroing(bool punchHole, bool zeroOut)
+    {
+        _noPunchHole |= punchHole;
+        _noZeroOut |= zeroOut;
+    }
+
+    /// <summary>
     /// Opens the block device at <paramref name="path"/> (already resolved and allowed by
     /// <see cref="DeviceAllowList"/>) and locks it. Throws <see cref="BlockException"/>:
     /// <c>image-not-found</c>, <c>not-a-block-device</c> for anything else at the path (checked by stat
