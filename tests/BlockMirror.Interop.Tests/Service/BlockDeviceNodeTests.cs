@@ -314,6 +314,39 @@ public sealed class BlockDeviceNodeTests : IAsyncLifetime
         Assert.Contains("another device", (string?)node["imageReplacedReason"], StringComparison.Ordinal);
     }
 
+    [LoopDeviceFact]
+    public async Task A_completed_mirror_moves_a_node_onto_a_device_and_a_restart_reopens_it_there()
+    {
+        // Old data on the device: where the file is a hole, the mirror must leave zeroes.
+        await File.WriteAllBytesAsync(_a.BackingFile, Pattern(11, (int)SizeA));
+        await AddNodeAsync(new { name = "disk", driver = "raw", path = "disk.img", create = new { size = SizeA } });
+        await AddNodeAsync(new { name = "dev", driver = "raw", path = _a.Device });
+        var data = Pattern(10, 3 << 20);
+        await WriteAsync("disk", 5 << 20, data);
+        await SendAsync(HttpMethod.Post, "/api/v1/jobs/mirror", new { id = "m", sync = "full", device = "disk", target = "dev" }, HttpStatusCode.Created);
+        await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "ready", TimeSpan.FromSeconds(120));
+        await SendAsync(HttpMethod.Post, "/api/v1/jobs/m/complete", new { }, HttpStatusCode.OK);
+        var done = await ServiceFactory.WaitForJobAsync(_http, "m", j => (string?)j["status"] == "concluded", TimeSpan.FromSeconds(60));
+        Assert.Null(done["error"]);
+
+        // The pivot: node disk now is the device (QEMU's blockdev-mirror completion); the target node is gone.
+        var node = await SendAsync(HttpMethod.Get, "/api/v1/nodes/disk", null, HttpStatusCode.OK);
+        Assert.True((bool)node["device"]!);
+        Assert.Equal(_a.Device, (string?)node["path"]);
+        await SendAsync(HttpMethod.Get, "/api/v1/nodes/dev", null, HttpStatusCode.NotFound);
+
+        var dataDir = _factory.DataDir;
+        _factory.KeepDataDir = true;
+        await _factory.DisposeAsync();
+        _factory = NewService(dataDir);
+        _factory.KeepDataDir = false;
+        _http = _factory.CreateClient();
+        node = await SendAsync(HttpMethod.Get, "/api/v1/nodes/disk", null, HttpStatusCode.OK);
+        Assert.True((bool)node["device"]!);
+        Assert.Equal(data, await ReadAsync("disk", 5 << 20, data.Length));
+        Assert.Equal(new byte[1 << 20], await ReadAsync("disk", 0, 1 << 20));
+    }
+
     [LoopDeviceFact("qemu-img")]
     public Task Mirror_from_a_raw_file_to_a_loop_device_with_writes_during_the_job_leaves_the_device_equal() =>
         MirrorWithWritesAsync(fileIsSource: true);
