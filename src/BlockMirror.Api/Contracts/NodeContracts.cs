@@ -7,9 +7,9 @@ namespace BlockMirror.Api.Contracts;
 /// <summary>Body of POST /api/v1/nodes: open (or create) an image the service then owns.</summary>
 /// <param name="Name">Node name, unique in the service: 1–128 characters of [A-Za-z0-9._:-], starting with a letter, digit or '_'.</param>
 /// <param name="Driver">How the image is reached: <c>raw</c> (a file under the image root, needs <c>path</c>) or <c>nbd</c> (a remote NBD export, needs <c>uri</c>).</param>
-/// <param name="Path">raw: the image file, relative to the image root (Storage:Root); no absolute paths, no '..'.</param>
+/// <param name="Path">raw: the image file, relative to the image root (Storage:Root), no '..'; or a host block device by absolute path (/dev/...), only where Storage:Devices allows it (device-not-allowed otherwise).</param>
 /// <param name="Uri">nbd: nbd://host:port/export or nbd+unix:///export?socket=/path.sock.</param>
-/// <param name="Create">raw: create the file (sparse) with this size instead of opening an existing one; the file must not exist.</param>
+/// <param name="Create">raw: create the file (sparse) with this size instead of opening an existing one; the file must not exist. Never for a device (device-not-creatable).</param>
 /// <param name="ReadOnly">Open without write access: writes, mirrors into it and writable exports are refused. Default false.</param>
 public sealed record CreateNodeRequest(
     [property: Required] string? Name,
@@ -26,10 +26,10 @@ public sealed record CreateImageSpec([property: Required, JsonConverter(typeof(B
 /// <summary>A node: an image the service owns.</summary>
 /// <param name="Name">The node's name.</param>
 /// <param name="Driver"><c>raw</c> or <c>nbd</c>.</param>
-/// <param name="Path">raw: the image file relative to the image root; null for nbd.</param>
+/// <param name="Path">raw: the image file relative to the image root, or the block device's absolute path as given; null for nbd.</param>
 /// <param name="Uri">nbd: the export's URI; null for raw.</param>
 /// <param name="Size">Virtual size in bytes.</param>
-/// <param name="AllocatedBytes">Bytes the image occupies on disk (0 where unknown, e.g. nbd).</param>
+/// <param name="AllocatedBytes">Bytes the image occupies on disk (0 where unknown, e.g. nbd; the whole size for a block device).</param>
 /// <param name="ReadOnly">Opened without write access.</param>
 /// <param name="Busy">A job uses the node (as its device or target).</param>
 /// <param name="JobId">The job using the node, or null.</param>
@@ -42,6 +42,10 @@ public sealed record CreateImageSpec([property: Required, JsonConverter(typeof(B
 /// with <c>image-replaced</c> and its persistent bitmaps are inconsistent. Remove the node and add it again.
 /// </param>
 /// <param name="ImageReplacedReason">What was found; null while <c>imageReplaced</c> is false.</param>
+/// <param name="Device">
+/// The image is a host block device (driver raw, <c>path</c> absolute): its size is the device's,
+/// every byte of it is data (allocation, block status), and <c>deleteImage</c> is refused.
+/// </param>
 public sealed record NodeDto(
     string Name,
     string Driver,
@@ -56,7 +60,8 @@ public sealed record NodeDto(
     IReadOnlyList<string> Exports,
     DateTime CreatedAt,
     bool ImageReplaced,
-    string? ImageReplacedReason);
+    string? ImageReplacedReason,
+    bool Device);
 
 /// <summary>Body of POST /api/v1/nodes/{node}/zero: a write of zeroes (it marks bitmaps).</summary>
 /// <param name="Offset">First byte (an integer, or a size such as 1M).</param>

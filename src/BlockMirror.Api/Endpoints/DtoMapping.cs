@@ -1,5 +1,6 @@
 using BlockMirror.Api.Contracts;
 using BlockMirror.Core.Bitmaps;
+using BlockMirror.Core.Images;
 using BlockMirror.Core.Jobs;
 using BlockMirror.Core.Nodes;
 
@@ -20,7 +21,8 @@ public static class DtoMapping
             allocated = 0;
         }
         return new NodeDto(node.Name, node.Driver, node.Path, node.Uri, node.Size, allocated, node.ReadOnly, node.Busy, node.JobId,
-            [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason);
+            [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason,
+            node.Image is HostDeviceImage);
     }
 
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>
