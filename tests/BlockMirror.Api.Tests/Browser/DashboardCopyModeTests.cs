@@ -67,6 +67,11 @@ public sealed class DashboardCopyModeTests : DashboardTestBase
         await Expect(chart).ToHaveAttributeAsync("data-switch-mark", "auto → write-blocking");
         await Http.PostJsonAsync("/api/v1/jobs/j0/complete", new { });
         await Expect(job).ToHaveCountAsync(0, new() { Timeout = 60_000 });
+
+        // The events view says why, in a sentence.
+        await Dashboard.GotoAsync("#/events");
+        var switched = Page.Locator("[data-testid=event][data-event=BLOCK_JOB_COPY_MODE_SWITCHED][data-job=j0]");
+        await Expect(switched.GetByTestId("event-text")).ToContainTextAsync("j0 switched to write-blocking by itself: writes dirtied");
         Dashboard.AssertNoScriptErrors();
     }
 }
