@@ -111,12 +111,18 @@ public sealed partial class MirrorJob
     }
 
     /// <summary>
-    /// One look per pass of the copy loop, for copy mode auto while writes are still background:
-    /// once a whole window went by without the remaining bytes shrinking while writes went on,
-    /// switch to write-blocking, as a PATCH would. Nothing is watched once complete or cancel was
-    /// asked for (the final convergence holds writes anyway), and a pause restarts the window
+    /// One look per pass of the copy loop, for copy mode auto while writes are still background and
+    /// the job was never ready: once a whole window went by without the remaining bytes shrinking
+    /// while writes went on, switch to write-blocking, as a PATCH would. A pause restarts the window
     /// (<see cref="RestartConvergenceWatch"/>).
     /// </summary>
+    /// <remarks>
+    /// Auto's promise is to reach ready, which needs the remaining bytes at zero once: before that,
+    /// a backlog that only hovers means it never gets there. Once ready, a backlog that hovers
+    /// above zero under a steady writer is a job keeping up (complete drains it with writes held),
+    /// and "not shrinking" there would be noise, so the watch ends. Nothing is watched once
+    /// complete or cancel was asked for either (the final convergence holds writes anyway).
+    /// </remarks>
     private void WatchConvergence()
     {
         if (!WatchesConvergence())
@@ -144,7 +150,7 @@ public sealed partial class MirrorJob
     {
         lock (StateLock)
             return _requestedCopyMode == MirrorCopyMode.Auto && CopyMode == MirrorCopyMode.Background
-                && !_completeRequested && !CancelRequested && !Paused;
+                && !_ready && !_completeRequested && !CancelRequested && !Paused;
     }
 
     /// <summary>A pause (by the user or an error policy) starts a new window when the job copies again.</summary>

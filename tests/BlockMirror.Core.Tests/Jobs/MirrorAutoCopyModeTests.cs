@@ -130,6 +130,35 @@ public sealed class MirrorAutoCopyModeTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Auto_without_writes_reaches_ready_in_background_however_slow_the_copy()
+    {
+        var model = await CreateSourceAsync("d", 7);
+        // 1 MiB/s over 4 MiB: several windows in which the remaining bytes shrink by a chunk or not
+        // at all (a chunk, then a second of debt) but nothing writes: write-blocking would not help.
+        var job = await _f.StartAsync(new MirrorOptions { Id = "j", Device = "d", Target = "d-copy", Speed = 1L << 20, BufSize = 1 << 20, CopyMode = MirrorCopyMode.Auto });
+        await _f.WaitReadyAsync("j");
+        Assert.True(job.GetInfo().ReadyAt - job.CreatedAt > 2 * Window, "the copy was not slower than two windows");
+        Assert.Empty(_f.Events.Named(MirrorJob.CopyModeSwitchedEvent));
+        var info = job.GetInfo();
+        Assert.Equal(("auto", "background"), (info.CopyMode, info.EffectiveCopyMode));
+        Assert.Null(info.CopyModeSwitchedAt);
+        Assert.False(info.ActivelySynced);
+
+        // Ready: the watch is over, writes that now outpace the copy do not switch it.
+        using var stop = new CancellationTokenSource();
+        var writer = Task.Run(() => WriterAsync(_f.Layer.GetNode("d"), model, 8, stop.Token));
+        // Nothing to wait for but time: two windows in which writes go on and the job is not in sync.
+        var writing = DateTime.UtcNow;
+        await WaitUntilAsync(() => DateTime.UtcNow - writing > 2 * Window && job.GetInfo().Remaining > 0);
+        await _f.Layer.CompleteJobAsync("j");
+        await stop.CancelAsync();
+        await writer;
+        Assert.Equal("BLOCK_JOB_COMPLETED", (await _f.WaitEndAsync("j")).Name);
+        Assert.Empty(_f.Events.Named(MirrorJob.CopyModeSwitchedEvent));
+        MirrorFixture.AssertSame(model, await MirrorFixture.ReadAllAsync(_f.Layer.GetNode("d").Image));
+    }
+
+    [Fact]
     public async Task A_pause_does_not_count_toward_the_window()
     {
         var model = await CreateSourceAsync("auto", 3);
