@@ -2,19 +2,21 @@ namespace BlockMirror.Core.Jobs;
 
 /// <summary>
 /// Decides when copy mode auto gives up on the background copy: the remaining bytes (dirty plus in
-/// flight) at the end of a whole window are no fewer than at its start, the job was never in sync
-/// during it, and writes dirtied something in it. Then the dirty rate is at or above the copy rate
+/// flight) at the end of a whole window are no fewer than at its start, less one copy chunk
+/// (<c>minShrink</c>), the job was never in sync during it, and writes dirtied something in it. Then the dirty rate is at or above the copy rate
 /// and more background copying cannot converge (QEMU leaves this to the operator, who switches
 /// with block-job-change; Proxmox does it when a migration's mirror does not converge).
 /// </summary>
 /// <remarks>
 /// One sample at each end of the window, not the lowest value seen in it: the remaining count
 /// jumps by a chunk each time one lands, and the lowest of many noisy samples would almost always
-/// look like progress. A window without writes never stalls: the copy is only slow (a low
+/// look like progress. For the same reason a window that shrank by no more than one chunk made no
+/// progress: a copy that writes keep up with settles towards a backlog that never drains (random
+/// writes re-dirty what was copied), and the last steps of that approach are smaller than the noise. A window without writes never stalls: the copy is only slow (a low
 /// <c>speed</c>), and write-blocking would not make it faster. Not thread-safe: the copy loop
 /// alone calls it.
 /// </remarks>
-internal sealed class ConvergenceWatch(TimeSpan window)
+internal sealed class ConvergenceWatch(TimeSpan window, long minShrink = 0)
 {
     private bool _open;
     private TimeSpan _start;
@@ -44,7 +46,7 @@ internal sealed class ConvergenceWatch(TimeSpan window)
             return null;
         var stall = new ConvergenceStall(elapsed, _remaining, remaining, dirtied - _dirtied);
         Open(now, remaining, dirtied);
-        return remaining >= stall.RemainingAtStart && stall.Dirtied > 0 ? stall : null;
+        return stall.RemainingAtStart - remaining <= minShrink && stall.Dirtied > 0 ? stall : null;
     }
 
     private void Open(TimeSpan now, long remaining, long dirtied)

@@ -130,7 +130,8 @@ public sealed partial class MirrorJob
             _watch?.Restart();
             return;
         }
-        _watch ??= new ConvergenceWatch(AutoCopyModeWindow);
+        // Less than one chunk's worth of shrinking is the noise of chunks landing, not progress.
+        _watch ??= new ConvergenceWatch(AutoCopyModeWindow, ChunkMax);
         var remaining = _working.Count + Interlocked.Read(ref _inFlightBytes);
         // GetElapsedTime(0) is the steady clock itself, as a TimeSpan.
         if (_watch.Observe(Host.Time.GetElapsedTime(0), remaining, Interlocked.Read(ref _bytesDirtied)) is not { } stall)

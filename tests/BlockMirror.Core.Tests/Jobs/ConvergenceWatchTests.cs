@@ -43,6 +43,18 @@ public sealed class ConvergenceWatchTests
     }
 
     [Fact]
+    public void Shrinking_by_no_more_than_the_minimum_is_no_progress()
+    {
+        var watch = new ConvergenceWatch(Window, minShrink: 10);
+        watch.Observe(At(0), 100, dirtied: 0);
+        var stall = watch.Observe(At(5), 90, dirtied: 50);
+        Assert.NotNull(stall);
+        Assert.Equal(90, stall.Value.Remaining);
+        // The next window starts at 90; 11 less is progress.
+        Assert.Null(watch.Observe(At(10), 79, dirtied: 100));
+    }
+
+    [Fact]
     public void A_window_without_writes_is_no_stall_however_slow_the_copy()
     {
         var watch = new ConvergenceWatch(Window);

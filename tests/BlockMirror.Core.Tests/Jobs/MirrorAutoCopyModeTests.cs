@@ -85,7 +85,8 @@ public sealed class MirrorAutoCopyModeTests : IAsyncLifetime
         Assert.Equal("write-blocking", switched.Str("copyMode"));
         Assert.Equal("mirror", switched.Str("type"));
         Assert.True(switched.Data.GetProperty("windowSeconds").GetDouble() >= Window.TotalSeconds);
-        Assert.True(switched.Num("remaining") >= switched.Num("remainingAtWindowStart"), "remaining shrank over the window");
+        // Shrinking by one chunk (1 MiB here) or less is no progress.
+        Assert.True(switched.Num("remainingAtWindowStart") - switched.Num("remaining") <= 1L << 20, "remaining shrank over the window");
         Assert.True(switched.Num("remaining") > 0);
         Assert.True(switched.Num("dirtiedInWindow") > 0);
         Assert.Equal(switched.Num("len") - switched.Num("offset"), switched.Num("remaining"));
