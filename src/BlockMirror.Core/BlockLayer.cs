@@ -31,6 +31,7 @@ public sealed class BlockLayer : IAsyncDisposable
     private readonly BitmapLimits _limits;
     private readonly TransactionRunner _transactions;
     private readonly JobManager _jobs;
+    private TimeSpan _autoCopyModeWindow = MirrorJob.DefaultAutoCopyModeWindow;
 
     public BlockLayer(ImageRoot root, IBlockStore store, IEventSink events, TimeProvider time, IRemoteImageOpener? remote = null,
         ILoggerFactory? loggers = null)
@@ -282,6 +283,16 @@ public sealed class BlockLayer : IAsyncDisposable
         init => _limits.MaxPersistentBitmapBytes = value;
     }
 
+    /// <summary>
+    /// How long a mirror in copy mode auto lets its remaining bytes fail to shrink while writes go on
+    /// before it switches itself to write-blocking; jobs started afterwards use it. Positive.
+    /// </summary>
+    public TimeSpan AutoCopyModeWindow
+    {
+        get => _autoCopyModeWindow;
+        set => _autoCopyModeWindow = value > TimeSpan.Zero ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "The window must be positive");
+    }
+
     /// <inheritdoc cref="BitmapLimits.MemoryInUse"/>
     public long BitmapMemoryInUse => _limits.MemoryInUse;
 
@@ -324,7 +335,7 @@ public sealed class BlockLayer : IAsyncDisposable
     public Task<Job> SetJobSpeedAsync(string id, long speed, CancellationToken cancellationToken = default) =>
         ChangeJobAsync(id, speed, null, cancellationToken);
 
-    /// <summary>block-job-change: only background → write-blocking (<c>copy-mode-change</c> otherwise).</summary>
+    /// <summary>block-job-change: background → write-blocking or auto, auto (not yet switched) → write-blocking or background (<c>copy-mode-change</c> otherwise).</summary>
     public Task<Job> ChangeJobAsync(string id, MirrorCopyMode copyMode, CancellationToken cancellationToken = default) =>
         ChangeJobAsync(id, null, copyMode, cancellationToken);
 

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using BlockMirror.Api.Data;
+using BlockMirror.Api.Endpoints;
 using BlockMirror.Core.Jobs;
 
 namespace BlockMirror.Api.Tests;
@@ -17,7 +18,8 @@ public sealed class StoredJobSnapshotTests
     {
         var info = new JobInfo("m0", "mirror", "concluded", "src", "dst", "full", "b0", "always", "write-blocking",
             65536, 16 << 20, 0, 100, 200, 100, 300, 5, 6, 7, false, false, true, "ok", "Input/output error",
-            true, false, Created, Created.AddSeconds(5), Created.AddSeconds(6), "failed", null, Created.AddSeconds(2));
+            true, false, Created, Created.AddSeconds(5), Created.AddSeconds(6), "failed", null, Created.AddSeconds(2),
+            "write-blocking", Created.AddSeconds(1));
 
         var stored = EfJobStore.SerializeSnapshot(info);
 
@@ -45,5 +47,11 @@ public sealed class StoredJobSnapshotTests
         Assert.Null(info.Outcome);
         Assert.Null(info.CancelMode);
         Assert.Null(info.ReadyAt);
+        // Before copy mode auto, what writes did was the mode asked for.
+        Assert.Null(info.EffectiveCopyMode);
+        Assert.Null(info.CopyModeSwitchedAt);
+        var dto = info.ToDto(Created.AddSeconds(9));
+        Assert.Equal("background", dto.EffectiveCopyMode);
+        Assert.Null(dto.CopyModeSwitchedAt);
     }
 }

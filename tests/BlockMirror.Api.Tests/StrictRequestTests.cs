@@ -124,7 +124,8 @@ public sealed class StrictRequestTests : ServiceTest
     [InlineData("/api/v1/nodes/disk0/bitmaps/b0/merge", """{"sources":[{"node":"disk0"}]}""", "sources[0].name", "required")]
     [InlineData("/api/v1/jobs/mirror", """{"device":"disk0","target":"copy","sync":"incremental"}""", "sync", "one of: full, top, none")]
     [InlineData("/api/v1/jobs/mirror", """{"device":"disk0","target":"copy","sync":"full","speed":"fast"}""", "speed", "got \"fast\"")]
-    [InlineData("/api/v1/jobs/mirror", """{"device":"disk0","target":"copy","sync":"full","copyMode":1}""", "copyMode", "background, write-blocking")]
+    [InlineData("/api/v1/jobs/mirror", """{"device":"disk0","target":"copy","sync":"full","copyMode":1}""", "copyMode", "background, write-blocking, auto")]
+    [InlineData("/api/v1/jobs/mirror", """{"device":"disk0","target":"copy","sync":"full","copyMode":"active"}""", "copyMode", "one of: background, write-blocking, auto")]
     [InlineData("/api/v1/jobs/mirror", """{"device":"disk0","target":"copy","sync":"full","onTargetError":"retry"}""", "onTargetError", "report, ignore, stop, enospc")]
     [InlineData("/api/v1/transactions", """{"actions":[{"type":"mirror-start","job":{"device":"disk0","target":"copy","sync":"fast"}}]}""", "actions[0].job.sync", "one of: full, top, none")]
     public async Task A_value_of_the_wrong_kind_names_the_field_and_what_was_expected(string url, string json, string field, string message)

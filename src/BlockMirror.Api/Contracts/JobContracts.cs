@@ -15,7 +15,7 @@ namespace BlockMirror.Api.Contracts;
 /// <param name="Granularity">Bytes per working-bitmap bit: a power of two in 512 … 64 MiB, or 0 for the default (64 KiB); not with <c>bitmap</c>.</param>
 /// <param name="BufSize">Bytes in flight at most (QEMU's buf-size), rounded up to the granularity. Default 16 MiB.</param>
 /// <param name="Speed">Copy rate limit in bytes per second (an integer, or a size such as 10M); 0 = unlimited. Default 0.</param>
-/// <param name="CopyMode"><c>background</c> (writes dirty the working bitmap and are copied later) or <c>write-blocking</c> (after the first pass a write completes only once it is on both nodes). Default background.</param>
+/// <param name="CopyMode"><c>background</c> (writes dirty the working bitmap and are copied later), <c>write-blocking</c> (a write completes only once it is on both nodes) or <c>auto</c> (background until the remaining bytes stop shrinking for <c>Jobs:AutoCopyModeWindow</c> while writes go on, then write-blocking by itself). Default background.</param>
 /// <param name="OnSourceError">On a read error: <c>report</c> (the job fails), <c>ignore</c> (retry later), <c>stop</c> (pause with ioStatus set), <c>enospc</c> (stop on no-space, report otherwise). Default report.</param>
 /// <param name="OnTargetError">On a write error, as onSourceError. Default report.</param>
 /// <param name="AutoFinalize">Finalize (pivot) by itself once complete; false waits in pending for POST .../finalize. Default true.</param>
@@ -47,7 +47,9 @@ public sealed record MirrorJobRequest(
 /// <param name="Sync">full, top or none.</param>
 /// <param name="Bitmap">The caller's bitmap the job started from, or null.</param>
 /// <param name="BitmapMode">always, never or on-success; null without a bitmap.</param>
-/// <param name="CopyMode">background or write-blocking (now).</param>
+/// <param name="CopyMode">The copy mode asked for (at the start or by the last PATCH): background, write-blocking or auto.</param>
+/// <param name="EffectiveCopyMode">What writes do now: background or write-blocking (an auto job shows write-blocking once it switched).</param>
+/// <param name="CopyModeSwitchedAt">When writes became write-blocking while the job ran (auto's switch or a PATCH; UTC), or null. The BLOCK_JOB_COPY_MODE_SWITCHED event says why.</param>
 /// <param name="Granularity">Bytes per working-bitmap bit.</param>
 /// <param name="BufSize">Bytes in flight at most.</param>
 /// <param name="Speed">Rate limit in bytes per second, 0 = unlimited.</param>
@@ -60,7 +62,7 @@ public sealed record MirrorJobRequest(
 /// <param name="EtaSeconds">Seconds until in sync at the current rates; null while paused, while not converging (writes outpace the copy) and once finished.</param>
 /// <param name="Ready">In ready (or standby): device and target match; complete or soft cancel may be sent.</param>
 /// <param name="Paused">A pause is requested or in force (by the user or an error policy 'stop'): nothing is copied.</param>
-/// <param name="ActivelySynced">write-blocking: device and target are identical and stay so.</param>
+/// <param name="ActivelySynced">Writes are write-blocking and device and target were found identical: they stay so (until an error).</param>
 /// <param name="IoStatus"><c>ok</c>, or after an error policy 'stop': <c>failed</c> / <c>nospace</c> (reset by resume).</param>
 /// <param name="Error">The error the job concluded with: a failure's sentence, or "Operation canceled" after a force cancel (as in QEMU); null otherwise.</param>
 /// <param name="AutoFinalize">Finalizes by itself once complete.</param>
@@ -82,6 +84,8 @@ public sealed record JobDto(
     string? Bitmap,
     string? BitmapMode,
     string? CopyMode,
+    string? EffectiveCopyMode,
+    DateTime? CopyModeSwitchedAt,
     long Granularity,
     long BufSize,
     long Speed,

@@ -43,6 +43,8 @@ internal sealed class StoredJobSnapshot
     [JsonPropertyName("outcome")] public string? Outcome { get; init; }
     [JsonPropertyName("cancelMode")] public string? CancelMode { get; init; }
     [JsonPropertyName("readyAt")] public DateTime? ReadyAt { get; init; }
+    [JsonPropertyName("effectiveCopyMode")] public string? EffectiveCopyMode { get; init; }
+    [JsonPropertyName("copyModeSwitchedAt")] public DateTime? CopyModeSwitchedAt { get; init; }
 
     public static StoredJobSnapshot From(JobInfo i) => new()
     {
@@ -54,11 +56,12 @@ internal sealed class StoredJobSnapshot
         IoStatus = i.IoStatus, Error = i.Error, AutoFinalize = i.AutoFinalize, AutoDismiss = i.AutoDismiss,
         CreatedAt = i.CreatedAt, UpdatedAt = i.UpdatedAt, FinishedAt = i.FinishedAt,
         Outcome = i.Outcome, CancelMode = i.CancelMode, ReadyAt = i.ReadyAt,
+        EffectiveCopyMode = i.EffectiveCopyMode, CopyModeSwitchedAt = i.CopyModeSwitchedAt,
     };
 
     public JobInfo ToInfo() => new(
         Id, Type, Status, Device, Target, Sync, Bitmap, BitmapMode, CopyMode,
         Granularity, BufSize, Speed, CurrentProgress, TotalProgress, Remaining, BytesCopied, CopyRate, DirtyRate, EtaSeconds,
         Ready, Paused, ActivelySynced, IoStatus, Error, AutoFinalize, AutoDismiss, CreatedAt, UpdatedAt, FinishedAt,
-        Outcome, CancelMode, ReadyAt);
+        Outcome, CancelMode, ReadyAt, EffectiveCopyMode, CopyModeSwitchedAt);
 }

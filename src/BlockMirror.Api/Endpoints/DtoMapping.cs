@@ -35,6 +35,8 @@ public static class DtoMapping
     /// <summary>A job snapshot; <paramref name="now"/> ends the duration of a job not finished.</summary>
     public static JobDto ToDto(this JobInfo i, DateTime now) => new(
         i.Id, i.Type, i.Status, i.Device, i.Target, i.Sync, i.Bitmap, i.BitmapMode, i.CopyMode,
+        // A record stored before auto existed: what writes did was the mode asked for.
+        i.EffectiveCopyMode ?? i.CopyMode, i.CopyModeSwitchedAt,
         i.Granularity, i.BufSize, i.Speed, i.CurrentProgress, i.TotalProgress, i.Remaining, i.BytesCopied,
         i.CopyRate, i.DirtyRate, i.EtaSeconds, i.Ready, i.Paused, i.ActivelySynced, i.IoStatus, i.Error,
         i.AutoFinalize, i.AutoDismiss, i.CreatedAt, i.ReadyAt, i.UpdatedAt, i.FinishedAt,

@@ -132,7 +132,11 @@ public static class JobEndpoints
         TypedResults.Ok((await layer.CancelJobAsync(id, request?.Force ?? false, cancellationToken)).ToDto());
 
     /// <summary>Change a job's speed and/or copy mode (block-job-set-speed, block-job-change).</summary>
-    /// <remarks>All or nothing; the copy mode can only go from background to write-blocking (copy-mode-change otherwise).</remarks>
+    /// <remarks>
+    /// All or nothing. Writes never go back from write-blocking: background → write-blocking or auto,
+    /// auto (not yet switched) → write-blocking or background; anything else is refused with copy-mode-change.
+    /// A switch to write-blocking is announced by a BLOCK_JOB_COPY_MODE_SWITCHED event (reason requested).
+    /// </remarks>
     public static async Task<Ok<JobDto>> ChangeJob(string id, ChangeJobRequest request, BlockLayer layer, CancellationToken cancellationToken)
     {
         if (request.Speed is null && request.CopyMode is null)

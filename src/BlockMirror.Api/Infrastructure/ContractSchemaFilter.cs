@@ -44,7 +44,7 @@ public sealed class ContractSchemaFilter : ISchemaFilter
     {
         [typeof(MirrorSyncMode)] = "What a mirror copies: full (everything), top (what the device's own layer allocates; for raw = full), none (only writes from now on).",
         [typeof(BitmapMode)] = "What a mirror does with its bitmap: always (it is the working bitmap, empty after success), never (a private copy works; it keeps recording), on-success (like never; on success it keeps only what the job left dirty).",
-        [typeof(MirrorCopyMode)] = "background (writes dirty the working bitmap, copied later) or write-blocking (after the first pass a write completes once it is on both nodes).",
+        [typeof(MirrorCopyMode)] = "background (writes dirty the working bitmap, copied later), write-blocking (a write completes once it is on both nodes) or auto (background until the remaining bytes stop shrinking while writes go on, then write-blocking by itself).",
         [typeof(BlockdevOnError)] = "On an I/O error: report (the job fails), ignore (retry later), stop (pause, ioStatus set), enospc (stop on no-space, report otherwise).",
     };
 

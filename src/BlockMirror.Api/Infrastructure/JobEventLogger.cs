@@ -80,6 +80,9 @@ public sealed partial class JobEventLogger(EventHub hub, ILogger<JobEventLogger>
             case "BLOCK_JOB_ERROR":
                 LogIoError(logger, id, Text(data, "operation") ?? "?", Text(data, "action") ?? "?");
                 break;
+            case "BLOCK_JOB_COPY_MODE_SWITCHED":
+                LogCopyModeSwitched(logger, id, Text(data, "reason") ?? "?", Number(data, "copyRate"), Number(data, "dirtyRate"), Number(data, "remaining"));
+                break;
         }
     }
 
@@ -106,4 +109,8 @@ public sealed partial class JobEventLogger(EventHub hub, ILogger<JobEventLogger>
 
     [LoggerMessage(EventId = 2006, Level = LogLevel.Warning, Message = "Job {JobId} hit an I/O error on {Operation}; action {Action}")]
     private static partial void LogIoError(ILogger logger, string jobId, string operation, string action);
+
+    [LoggerMessage(EventId = 2007, Level = LogLevel.Information,
+        Message = "Job {JobId} switched to write-blocking ({Reason}): copy rate {CopyRate} B/s, dirty rate {DirtyRate} B/s, {Remaining} bytes remaining")]
+    private static partial void LogCopyModeSwitched(ILogger logger, string jobId, string reason, long copyRate, long dirtyRate, long remaining);
 }

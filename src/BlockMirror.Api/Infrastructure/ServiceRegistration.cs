@@ -22,6 +22,7 @@ public static class ServiceRegistration
         services.Configure<NbdOptions>(builder.Configuration.GetSection(NbdOptions.Section));
         services.Configure<AuthOptions>(builder.Configuration.GetSection(AuthOptions.Section));
         services.Configure<LimitsOptions>(builder.Configuration.GetSection(LimitsOptions.Section));
+        services.Configure<JobsOptions>(builder.Configuration.GetSection(JobsOptions.Section));
         services.AddSingleton(TimeProvider.System);
         // Owned by this process from StartupChecks on (before any file of the folder is read) until
         // the host is disposed; created first, so disposed after everything that writes the folder.
@@ -99,6 +100,7 @@ public static class ServiceRegistration
                 BitmapMemoryBudget = limits.BitmapMemoryBytes,
                 MaxTransactionActions = limits.MaxTransactionActions,
                 ImageCheckInterval = sp.GetRequiredService<IOptions<StorageOptions>>().Value.ImageCheckInterval,
+                AutoCopyModeWindow = sp.GetRequiredService<IOptions<JobsOptions>>().Value.AutoCopyModeWindow,
             };
         });
 

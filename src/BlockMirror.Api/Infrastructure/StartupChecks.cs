@@ -41,6 +41,7 @@ public static partial class StartupChecks
             var nbd = services.GetRequiredService<IOptions<NbdOptions>>().Value;
             var limits = services.GetRequiredService<IOptions<LimitsOptions>>().Value;
             _ = services.GetRequiredService<IOptions<AuthOptions>>().Value;
+            var jobs = services.GetRequiredService<IOptions<JobsOptions>>().Value;
             var problems = new List<string>();
             Require(problems, storage.MaxDataBodyBytes >= 1, "Storage:MaxDataBodyBytes must be at least 1");
             Require(problems, !string.IsNullOrWhiteSpace(storage.Root), "Storage:Root must not be empty");
@@ -53,6 +54,7 @@ public static partial class StartupChecks
             Require(problems, limits.HttpRequestHeadersTimeout > TimeSpan.Zero, "Limits:HttpRequestHeadersTimeout must be positive");
             Require(problems, limits.HttpKeepAliveTimeout > TimeSpan.Zero, "Limits:HttpKeepAliveTimeout must be positive");
             Require(problems, limits.ReservedFileDescriptors >= 0, "Limits:ReservedFileDescriptors must not be negative");
+            Require(problems, jobs.AutoCopyModeWindow > TimeSpan.Zero, "Jobs:AutoCopyModeWindow must be positive");
             if (problems.Count > 0)
                 throw new StartupRefusedException(ExitCodes.Configuration, "invalid configuration: " + string.Join("; ", problems));
             return (limits, nbd);

@@ -4,7 +4,9 @@ namespace BlockMirror.Core.Jobs;
 /// A point-in-time snapshot of a job with every field of API.md's "Job" (enum values already in
 /// their QEMU spellings), for the host's DTO and the store's JSON snapshot. <see cref="Outcome"/>
 /// and <see cref="CancelMode"/> are set once the job concluded (<see cref="JobOutcome"/>,
-/// <see cref="JobCancelMode"/>); <see cref="ReadyAt"/> when it first became ready. They come last,
+/// <see cref="JobCancelMode"/>); <see cref="ReadyAt"/> when it first became ready. <see cref="CopyMode"/>
+/// is the mode asked for (background, write-blocking, auto), <see cref="EffectiveCopyMode"/> what writes do
+/// (background, write-blocking), <see cref="CopyModeSwitchedAt"/> when they became write-blocking while it ran. They come last,
 /// with defaults, because snapshots stored before them have none.
 /// </summary>
 public sealed record JobInfo(
@@ -39,4 +41,6 @@ public sealed record JobInfo(
     DateTime? FinishedAt,
     string? Outcome = null,
     string? CancelMode = null,
-    DateTime? ReadyAt = null);
+    DateTime? ReadyAt = null,
+    string? EffectiveCopyMode = null,
+    DateTime? CopyModeSwitchedAt = null);

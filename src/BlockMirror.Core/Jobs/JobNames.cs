@@ -40,7 +40,12 @@ public static class JobNames
         _ => "none",
     };
 
-    public static string Of(MirrorCopyMode mode) => mode == MirrorCopyMode.WriteBlocking ? "write-blocking" : "background";
+    public static string Of(MirrorCopyMode mode) => mode switch
+    {
+        MirrorCopyMode.WriteBlocking => "write-blocking",
+        MirrorCopyMode.Auto => "auto",
+        _ => "background",
+    };
 
     public static string Of(BitmapMode mode) => mode switch
     {

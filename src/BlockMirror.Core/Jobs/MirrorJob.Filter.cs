@@ -73,6 +73,7 @@ public sealed partial class MirrorJob
         if (newly == 0)
             return ValueTask.CompletedTask;
         _dirtyRate.Add(newly * Granularity);
+        CountDirtied(newly * Granularity);
         // The caller's persistent bitmap is disabled while the filter marks it, so the node does
         // not journal it: the filter must, before the write is acknowledged.
         if (ReferenceEquals(_working, _named) && _named.Persistent && node.EnsureBitmapRangeDurable is { } journal)

@@ -35,6 +35,7 @@ public sealed partial class MirrorJob
                 if (ForceCancelled)
                     return;
                 SaveProgressIfDue();
+                WatchConvergence();
 
                 var dirty = _working.Count;
                 var inFlight = Volatile.Read(ref _inFlightChunks);
@@ -167,7 +168,11 @@ public sealed partial class MirrorJob
         Wake.Set();
     }
 
-    protected override ValueTask OnPausingAsync() => new(DrainAsync());
+    protected override ValueTask OnPausingAsync()
+    {
+        RestartConvergenceWatch();
+        return new(DrainAsync());
+    }
 
     // ---- dirty initialisation -------------------------------------------------------------------
 

@@ -62,7 +62,8 @@ public sealed partial class MirrorJob : Job
         BufSize = bufSize;
         _named = named;
         BitmapMode = bitmapMode;
-        _copyMode = (int)options.CopyMode;
+        _copyMode = (int)InitialEffectiveMode(options.CopyMode);
+        _requestedCopyMode = options.CopyMode;
         _filter = new MirrorWriteFilter(this);
         _guard = new TargetGuardFilter(id);
         _limiter = new ByteRateLimiter(host.Time, options.Speed);
@@ -90,6 +91,7 @@ public sealed partial class MirrorJob : Job
 
     public BitmapMode? BitmapMode { get; }
 
+    /// <summary>What writes do now: background or write-blocking (never auto; see <see cref="RequestedCopyMode"/>).</summary>
     public MirrorCopyMode CopyMode => (MirrorCopyMode)Volatile.Read(ref _copyMode);
 
     public bool ActivelySynced => Volatile.Read(ref _activelySynced) != 0;
@@ -198,15 +200,8 @@ public sealed partial class MirrorJob : Job
         _completeRequested = true;
     }
 
-    /// <summary>mirror_change: only background → write-blocking.</summary>
-    protected override void OnChangeStateLocked(MirrorCopyMode copyMode)
-    {
-        if (copyMode != MirrorCopyMode.WriteBlocking)
-            throw BlockErrors.Conflict("copy-mode-change", $"Change to copy mode '{JobNames.Of(copyMode)}' is not implemented");
-        var current = (MirrorCopyMode)Interlocked.CompareExchange(ref _copyMode, (int)MirrorCopyMode.WriteBlocking, (int)MirrorCopyMode.Background);
-        if (current != MirrorCopyMode.Background)
-            throw BlockErrors.Conflict("copy-mode-change", $"Expected current copy mode 'background', got '{JobNames.Of(current)}'");
-    }
+    /// <summary>mirror_change: background → write-blocking, and auto's changes (MirrorJob.CopyMode.cs).</summary>
+    protected override void OnChangeStateLocked(MirrorCopyMode copyMode) => ChangeCopyModeStateLocked(copyMode);
 
     protected override void OnSpeedChanged(long speed) => _limiter.SetSpeed(speed);
 
@@ -228,12 +223,13 @@ public sealed partial class MirrorJob : Job
         long? eta = !copying ? null : remaining == 0 ? 0 : copyRate > dirtyRate ? (remaining + copyRate - 1) / copyRate : null;
         return new JobInfo(
             Id, Type, VisibleStatus(), Device, Target,
-            JobNames.Of(Options.Sync), _named?.Name, BitmapMode is { } m ? JobNames.Of(m) : null, JobNames.Of(CopyMode),
+            JobNames.Of(Options.Sync), _named?.Name, BitmapMode is { } m ? JobNames.Of(m) : null, JobNames.Of(RequestedCopyMode),
             Granularity, BufSize, Speed,
             current, current + remaining, remaining, Interlocked.Read(ref _bytesCopied), copyRate, dirtyRate, eta,
             status is JobStatus.Ready or JobStatus.Standby, Paused, ActivelySynced, JobNames.Of(IoStatus), Error,
             AutoFinalize, AutoDismiss, CreatedAt, UpdatedAt, FinishedAt,
-            Outcome is { } outcome ? JobNames.Of(outcome) : null, CancelMode is { } cancel ? JobNames.Of(cancel) : null, ReadyAt);
+            Outcome is { } outcome ? JobNames.Of(outcome) : null, CancelMode is { } cancel ? JobNames.Of(cancel) : null, ReadyAt,
+            JobNames.Of(CopyMode), CopyModeSwitchedAt);
     }
 
     protected override (long Len, long Offset) EventProgress()

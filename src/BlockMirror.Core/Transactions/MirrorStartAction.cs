@@ -51,7 +51,7 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
 
         var mode = named is null ? (BitmapMode?)null : o.BitmapMode ?? BitmapMode.Always;
         ReserveWorkingBitmap(context, device, granularity, named, mode);
-        _job = new MirrorJob(layer.JobHost, id, o, device, target, granularity, bufSize, named, mode);
+        _job = new MirrorJob(layer.JobHost, id, o, device, target, granularity, bufSize, named, mode) { AutoCopyModeWindow = layer.AutoCopyModeWindow };
         _job.AttachControlLocked();
         if (named is not null && mode == BitmapMode.Always)
             context.Touch(device, named);

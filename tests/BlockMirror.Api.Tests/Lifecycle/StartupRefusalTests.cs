@@ -45,6 +45,8 @@ public sealed class StartupRefusalTests : IDisposable
     [InlineData("Nbd:Listen", "nowhere", "Nbd:Listen")]
     [InlineData("Limits:HttpKeepAliveTimeout", "soon", "Limits:HttpKeepAliveTimeout")]
     [InlineData("Urls", "garbage", "Urls 'garbage'")]
+    [InlineData("Jobs:AutoCopyModeWindow", "0", "Jobs:AutoCopyModeWindow")]
+    [InlineData("Jobs:AutoCopyModeWindow", "later", "Jobs:AutoCopyModeWindow")]
     public async Task An_invalid_setting_is_refused_before_anything_starts(string key, string value, string named)
     {
         var exit = await ChildService.RunToExitAsync(_dir, "--" + key, value);

@@ -1,7 +1,9 @@
 // A job's live chart on a <canvas>, no library: progress (left axis, 0–100 %) and the copy and
 // dirty rates (right axis, bytes/s) over the last minutes. The samples are what this page saw on
 // each refresh of GET /api/v1/jobs (the API keeps no time series), so a chart starts when the page
-// first sees the job. The canvas carries what it drew in data attributes, for tests and tools.
+// first sees the job. A switch of the copy mode to write-blocking (copyMode auto's own, or a PATCH)
+// is marked by a vertical line at its time (the job's copyModeSwitchedAt) with a label. The canvas
+// carries what it drew in data attributes, for tests and tools.
 import { formatRate } from './format.js';
 
 export const SERIES = {
@@ -9,6 +11,9 @@ export const SERIES = {
   copy: { color: '#15803d', label: 'copy rate' },
   dirty: { color: '#dc2626', label: 'dirty rate' },
 };
+
+/** The copy-mode switch's mark. */
+export const SWITCH_MARK = { color: '#7c3aed' };
 
 const WINDOW_MS = 5 * 60 * 1000;
 const MIN_SPAN_MS = 30 * 1000;
@@ -28,6 +33,9 @@ export function sample(job, now = Date.now()) {
     history.set(job.id, list);
   }
   const progress = job.totalProgress > 0 ? Math.min(1, job.currentProgress / job.totalProgress) : (job.ready ? 1 : 0);
+  // The switch is a fact of the job, not a sample: it is drawn even if no refresh fell on it.
+  list.switchedAt = job.copyModeSwitchedAt ? Date.parse(job.copyModeSwitchedAt) : null;
+  list.switchLabel = job.copyMode === 'auto' ? 'auto → write-blocking' : '→ write-blocking';
   list.push({ t: now, progress, copyRate: job.copyRate, dirtyRate: job.dirtyRate });
   if (list.length > MAX_SAMPLES) list.splice(0, list.length - MAX_SAMPLES);
 }
@@ -113,8 +121,12 @@ export function drawChart(canvas, jobId, now = Date.now()) {
   line(SERIES.copy.color, (s) => rateY(s.copyRate));
   line(SERIES.progress.color, (s) => plot.y + plot.h - s.progress * (plot.h - 1) - 1);
 
+  const mark = drawSwitchMark(g, samples, plot, from, now, xOf);
+
   const last = shown[shown.length - 1];
   Object.assign(canvas.dataset, {
+    switchMark: mark ? mark.label : '',
+    switchX: mark ? mark.x.toFixed(1) : '',
     samples: String(shown.length),
     maxRate: String(maxRate),
     progress: last ? last.progress.toFixed(4) : '',
@@ -122,4 +134,35 @@ export function drawChart(canvas, jobId, now = Date.now()) {
     peakDirtyRate: String(Math.max(0, ...shown.map((s) => s.dirtyRate))),
   });
   canvas.title = `${shown.length} samples over the last ${Math.round(span / 1000)} s`;
+}
+
+/**
+ * The copy-mode switch as a dashed vertical line with its label at the top, when it falls in the
+ * chart's time span. The server's clock stamps it; one a little ahead of this page's clock is
+ * drawn at 'now' rather than not at all. Returns what was drawn, or null.
+ */
+function drawSwitchMark(g, samples, plot, from, now, xOf) {
+  if (samples.switchedAt == null) return null;
+  const t = Math.min(samples.switchedAt, now);
+  if (t < from) return null;
+  const x = Math.round(xOf(t)) + 0.5;
+  g.save();
+  g.strokeStyle = SWITCH_MARK.color;
+  g.lineWidth = 2;
+  g.setLineDash([4, 3]);
+  g.beginPath();
+  g.moveTo(x, plot.y);
+  g.lineTo(x, plot.y + plot.h);
+  g.stroke();
+  g.setLineDash([]);
+  g.fillStyle = SWITCH_MARK.color;
+  g.font = '10px system-ui, sans-serif';
+  g.textBaseline = 'top';
+  // Right of the line, or left of it when the line is near the right edge.
+  const label = samples.switchLabel;
+  const room = plot.x + plot.w - x;
+  g.textAlign = room > g.measureText(label).width + 8 ? 'left' : 'right';
+  g.fillText(label, g.textAlign === 'left' ? x + 4 : x - 4, plot.y + 2);
+  g.restore();
+  return { x, label };
 }

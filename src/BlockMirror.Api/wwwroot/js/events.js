@@ -1,12 +1,12 @@
 // The event stream as a list a person reads: local time, the event's name and what it says about
 // which job, newest first. Events carry a timestamp (UTC) from the service.
 import { h } from './dom.js';
-import { formatBytes, formatClock, formatTime } from './format.js';
+import { formatBytes, formatClock, formatRate, formatTime } from './format.js';
 
 const MAX_EVENTS = 200;
 
 export const JOB_EVENTS = ['JOB_STATUS_CHANGE', 'BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED', 'BLOCK_JOB_CANCELLED',
-  'BLOCK_JOB_PENDING', 'BLOCK_JOB_ERROR'];
+  'BLOCK_JOB_PENDING', 'BLOCK_JOB_ERROR', 'BLOCK_JOB_COPY_MODE_SWITCHED'];
 
 /** One sentence per event, from its data (QEMU's members). */
 export function describe(name, d) {
@@ -19,6 +19,9 @@ export function describe(name, d) {
     case 'BLOCK_JOB_CANCELLED': return `${d.id} was cancelled${at}`;
     case 'BLOCK_JOB_PENDING': return `${d.id} is pending: waiting for finalize`;
     case 'BLOCK_JOB_ERROR': return `${d.id}: I/O error on ${d.operation}, action ${d.action}`;
+    case 'BLOCK_JOB_COPY_MODE_SWITCHED': return d.reason === 'not-converging'
+      ? `${d.id} switched to write-blocking by itself: writes dirtied ${formatRate(d.dirtyRate)}, the copy did ${formatRate(d.copyRate)}, ${formatBytes(d.remaining)} still to copy`
+      : `${d.id} switched to write-blocking as requested`;
     default: return JSON.stringify(d);
   }
 }
@@ -26,7 +29,7 @@ export function describe(name, d) {
 const kind = (name, d) => {
   if (name === 'BLOCK_JOB_ERROR' || (name === 'BLOCK_JOB_COMPLETED' && d.error)) return 'bad';
   if (name === 'BLOCK_JOB_READY' || name === 'BLOCK_JOB_COMPLETED') return 'good';
-  if (name === 'BLOCK_JOB_CANCELLED' || name === 'BLOCK_JOB_PENDING') return 'warn';
+  if (name === 'BLOCK_JOB_CANCELLED' || name === 'BLOCK_JOB_PENDING' || name === 'BLOCK_JOB_COPY_MODE_SWITCHED') return 'warn';
   return '';
 };
 

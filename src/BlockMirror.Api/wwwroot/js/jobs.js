@@ -42,8 +42,9 @@ export function verbStates(job) {
     finalize: state(allowed('finalize'), 'Only in pending (a job started without auto-finalize)'),
     dismiss: state(allowed('dismiss'), 'Only once concluded (a job started without auto-dismiss)'),
     'set-speed': state(allowed('set-speed'), notIn('set-speed')),
+    // Offered while writes are background: a background job, or an auto one that has not switched.
     'write-blocking': allowed('change')
-      ? state(job.copyMode === 'background', 'Already write-blocking (the mode cannot go back)')
+      ? state((job.effectiveCopyMode ?? job.copyMode) === 'background', 'Already write-blocking (the mode cannot go back)')
       : state(false, notIn('change')),
   };
 }
@@ -132,10 +133,10 @@ function updateJob(card, job) {
   }
 
   const route = card.querySelector('[data-role="route"]');
-  const routeKey = `${job.device}|${job.target}|${job.sync}|${job.copyMode}|${job.granularity}|${job.bitmap}|${job.bitmapMode}`;
+  const routeKey = `${job.device}|${job.target}|${job.sync}|${job.copyMode}|${job.effectiveCopyMode}|${job.granularity}|${job.bitmap}|${job.bitmapMode}`;
   if (route.dataset.key !== routeKey) {
     const link = (n) => (n ? h('a', { href: `#/nodes/${seg(n)}` }, n) : '—');
-    const details = [job.sync && `sync ${job.sync}`, job.copyMode, `granularity ${formatBytes(job.granularity)}`,
+    const details = [job.sync && `sync ${job.sync}`, copyModeText(job), `granularity ${formatBytes(job.granularity)}`,
       job.bitmap && `bitmap ${job.bitmap} (${job.bitmapMode})`].filter(Boolean).join(' · ');
     route.replaceChildren(link(job.device), ' → ', link(job.target), ` · ${details}`);
     route.dataset.key = routeKey;
@@ -180,6 +181,13 @@ function updateJob(card, job) {
   const force = card.querySelector('[data-verb="force"]');
   if (states.force.enabled) force.title = 'Abort now: no pivot, the job ends with "Operation canceled"';
   card.querySelector('[data-testid="job-speed"]').disabled = !states['set-speed'].enabled;
+}
+
+/** The copy mode asked for, and for auto what writes do now: 'auto (background)', 'auto (write-blocking since 10:02:03)'. */
+function copyModeText(job) {
+  if (job.copyMode !== 'auto') return job.copyMode;
+  const effective = job.effectiveCopyMode ?? 'background';
+  return job.copyModeSwitchedAt ? `auto (${effective} since ${formatTime(job.copyModeSwitchedAt)})` : `auto (${effective})`;
 }
 
 function etaText(job) {

@@ -23,7 +23,7 @@ export function createMirrorForm(ctx, device) {
     granularity: h('input', { 'data-testid': 'mirror-granularity', placeholder: 'default', size: 8 }),
     bufSize: h('input', { 'data-testid': 'mirror-buf-size', placeholder: '16M', size: 8 }),
     speed: h('input', { 'data-testid': 'mirror-speed', placeholder: '0 = unlimited', size: 10 }),
-    copyMode: select('mirror-copy-mode', [['background'], ['write-blocking']]),
+    copyMode: select('mirror-copy-mode', [['background'], ['write-blocking'], ['auto', 'auto (write-blocking once the copy falls behind)']]),
     onSourceError: select('mirror-on-source-error', errorPolicies),
     onTargetError: select('mirror-on-target-error', errorPolicies),
     autoFinalize: h('input', { type: 'checkbox', 'data-testid': 'mirror-auto-finalize', checked: true }),
