@@ -179,8 +179,8 @@ public sealed partial class JobManager(
         catch (Exception e)
         {
             // The record is advisory while the process lives; the next save carries the state again.
+            LogSaveFailed(logger, e, record.Id, record.Status); // before the count: whoever sees it finds the reason logged
             Interlocked.Increment(ref _failedSaves);
-            LogSaveFailed(logger, e, record.Id, record.Status);
         }
     }
 

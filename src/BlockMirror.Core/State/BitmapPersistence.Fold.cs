@@ -46,9 +46,11 @@ public sealed partial class BitmapPersistence
         catch (Exception e)
         {
             // The segments stay and are folded by the next attempt (or replayed by the next start).
+            // Logged before it is counted: whoever sees the count (an operator at /metrics, a
+            // test) finds the reason already in the log.
             LastFoldError = e.Message;
-            Interlocked.Increment(ref _failedFolds);
             LogFoldFailed(logger, e, _journal?.LastSequence ?? 0);
+            Interlocked.Increment(ref _failedFolds);
         }
     }
 
