@@ -147,6 +147,12 @@ internal static class Qcow2Check
     }
 
     /// <summary>Counts what uses each cluster; returns the number of entries that cannot be right (with messages).</summary>
+    /// <remarks>
+    /// A rebuild (<paramref name="includeRefcountStructures"/> false) accepts references past the end of
+    /// the file: with lazy refcounts an L2 entry may reach the disk before the data write that would
+    /// have grown the file, and the new refcount structure, written past every referenced cluster,
+    /// grows it over them (they read as zeroes: their data was never flushed).
+    /// </remarks>
     private static int CountReferences(IQcow2File file, Qcow2Header h, Qcow2Geometry g, Counts refs, bool includeRefcountStructures,
         bool includeBitmaps, List<string> messages, List<(long Cluster, bool Copied, string What)>? copiedFlags)
     {
@@ -159,7 +165,7 @@ internal static class Qcow2Check
             if (length <= 0)
                 return;
             // The last cluster may be half-written, but a reference a whole cluster past the end is wrong.
-            if (offset + length - fileLength >= cs)
+            if (includeRefcountStructures && offset + length - fileLength >= cs)
             {
                 errors++;
                 messages.Add($"ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {length:#x} ({what})");
@@ -199,7 +205,9 @@ internal static class Qcow2Check
             Use(tableOffset, cs, "L2 table");
             copiedFlags?.Add((tableOffset >> g.ClusterBits, (entry & Qcow2Format.FlagCopied) != 0, "L2 cluster"));
             file.Read(tableOffset, l2);
-            errors += CountL2(g, l2, messages, copiedFlags, Use);
+            // Not "errors += CountL2(...)": that reads errors before the call, losing what Use counted in it.
+            var l2Errors = CountL2(g, l2, messages, copiedFlags, Use);
+            errors += l2Errors;
         }
 
         if (includeRefcountStructures)
@@ -227,7 +235,10 @@ internal static class Qcow2Check
         }
 
         if (includeBitmaps && h.BitmapsExtension is { Length: >= 24 } ext)
-            errors += CountBitmaps(file, g, ext, messages, Use);
+        {
+            var bitmapErrors = CountBitmaps(file, g, ext, messages, Use);
+            errors += bitmapErrors;
+        }
         return errors;
     }
 

@@ -80,7 +80,7 @@ public sealed class Qcow2Image : IBlockImage
             _refcounts = new Qcow2Refcounts(file, geometry, header, table, refCache, FileSyncAsync);
             _l2Cache.BeforeWriteback = BeforeL2WritebackAsync;
         }
-        _l2 = new Qcow2L2Tables(geometry, file, l1, _l2Cache, () => Refcounts);
+        _l2 = new Qcow2L2Tables(geometry, file, l1, _l2Cache, () => Refcounts, () => _metadataWrittenSinceSync = true);
     }
 
     /// <inheritdoc />

@@ -13,9 +13,12 @@ internal sealed class Qcow2L2Tables
     private readonly Qcow2L1Table _l1;
     private readonly Qcow2MetadataCache _cache;
     private readonly Func<Qcow2Refcounts> _refcounts;
+    private readonly Action _metadataWritten;
 
-    public Qcow2L2Tables(Qcow2Geometry geometry, IQcow2File file, Qcow2L1Table l1, Qcow2MetadataCache cache, Func<Qcow2Refcounts> refcounts)
+    /// <param name="metadataWritten">Told when a table is written outside the cache (it must be flushed before the L1 points to it).</param>
+    public Qcow2L2Tables(Qcow2Geometry geometry, IQcow2File file, Qcow2L1Table l1, Qcow2MetadataCache cache, Func<Qcow2Refcounts> refcounts, Action metadataWritten)
     {
+        _metadataWritten = metadataWritten;
         _g = geometry;
         _file = file;
         _l1 = l1;
@@ -89,7 +92,10 @@ internal sealed class Qcow2L2Tables
         var (offset, pristine) = await _refcounts().AllocateAsync(1).ConfigureAwait(false);
         // A reused cluster may hold anything; one past the old end of the file reads as zeroes already.
         if (!pristine)
+        {
             await _file.WriteAsync(offset, new byte[_g.ClusterSize]).ConfigureAwait(false);
+            _metadataWritten();
+        }
         // Only in memory: the L1 entry is written after the table (and its refcount) are on disk.
         _l1.Set(l1Index, (ulong)offset | Qcow2Format.FlagCopied);
         return offset;

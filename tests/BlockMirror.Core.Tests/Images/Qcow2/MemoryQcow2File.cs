@@ -15,11 +15,17 @@ internal sealed class MemoryQcow2File : IQcow2File
     private byte[] _data;
     private long _length;
 
-    public MemoryQcow2File(byte[]? content = null)
+    public MemoryQcow2File(byte[]? content = null, bool yieldOnAsync = true)
     {
         _data = content ?? new byte[1 << 20];
         _length = content?.LongLength ?? 0;
+        _yield = yieldOnAsync;
     }
+
+    private readonly bool _yield;
+
+    /// <summary>Runs just before each flush, while the writes since the last one are still undecided (to take crash images).</summary>
+    public Action<MemoryQcow2File>? BeforeFlush { get; set; }
 
     public string Path => "memory.qcow2";
 
@@ -80,6 +86,7 @@ internal sealed class MemoryQcow2File : IQcow2File
     {
         if (FailIo is { } failure)
             throw failure;
+        BeforeFlush?.Invoke(this);
         lock (_lock)
         {
             _unsynced.Clear();
@@ -108,13 +115,15 @@ internal sealed class MemoryQcow2File : IQcow2File
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
     {
         // Yield so concurrent requests really interleave, as they do on a real file.
-        await Task.Yield();
+        if (_yield)
+            await Task.Yield();
         Write(offset, data.Span);
     }
 
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
-        await Task.Yield();
+        if (_yield)
+            await Task.Yield();
         Flush();
     }
 
