@@ -305,6 +305,7 @@ public sealed class Qcow2Image : IBlockImage
     /// starts at guest offset <paramref name="dataOffset"/>): first in place under a shared cluster
     /// lock, and what needs allocation under an exclusive one.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteRangeAsync(long start, long end, ReadOnlyMemory<byte> data, long dataOffset)
     {
         var pos = start;
@@ -327,6 +328,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>Writes what maps to data clusters with refcount one; returns where that stopped.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<long> WriteInPlaceAsync(long pos, long end, ReadOnlyMemory<byte> data, long dataOffset)
     {
         while (pos < end)
@@ -341,6 +343,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>Writes with the clusters held exclusively: in place, or allocating with copy-on-write.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<long> WriteExclusiveAsync(long pos, long end, ReadOnlyMemory<byte> data, long dataOffset)
     {
         while (pos < end)
@@ -376,6 +379,7 @@ public sealed class Qcow2Image : IBlockImage
         return length == 0 ? ValueTask.CompletedTask : WriteZeroesCoreAsync(offset, offset + length, mayUnmap);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteZeroesCoreAsync(long start, long end, bool mayUnmap)
     {
         var held = await _ranges.AcquireAsync(_g.ClusterOf(start), _g.ClusterOf(end - 1) + 1, exclusive: true).ConfigureAwait(false);
@@ -417,6 +421,7 @@ public sealed class Qcow2Image : IBlockImage
         return from >= to ? ValueTask.CompletedTask : DiscardCoreAsync(from, to);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask DiscardCoreAsync(long from, long to)
     {
         var held = await _ranges.AcquireAsync(_g.ClusterOf(from), _g.ClusterOf(to - 1) + 1, exclusive: true).ConfigureAwait(false);
@@ -431,6 +436,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <inheritdoc />
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
@@ -456,6 +462,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <inheritdoc />
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<ImageExtent> GetBlockStatusAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
     {
         var layer = await GetLayerStatusAsync(offset, maxLength, cancellationToken).ConfigureAwait(false);
@@ -477,6 +484,7 @@ public sealed class Qcow2Image : IBlockImage
     /// Block status of this layer alone: data here, zeroes here, or nothing here (the range reads from
     /// the backing image). One extent starting at <paramref name="offset"/>, at most <paramref name="maxLength"/> long.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<Qcow2LayerExtent> GetLayerStatusAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
@@ -550,6 +558,7 @@ public sealed class Qcow2Image : IBlockImage
 
     // ---- mapping ----------------------------------------------------------------------------
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Qcow2Run> MapAsync(long offset, long maxLength)
     {
         await _meta.WaitAsync().ConfigureAwait(false);
@@ -568,6 +577,7 @@ public sealed class Qcow2Image : IBlockImage
     /// L2 slice) that reads one way: contiguous host data of one copied state, zeroes, unallocated,
     /// or a single compressed cluster.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Qcow2Run> MapLockedAsync(long offset, long maxLength)
     {
         var cluster = _g.ClusterOf(offset);
@@ -642,6 +652,7 @@ public sealed class Qcow2Image : IBlockImage
 
     // ---- reading helpers -------------------------------------------------------------------
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadBackingAsync(long offset, Memory<byte> buffer)
     {
         var backing = Volatile.Read(ref _backing);
@@ -651,6 +662,7 @@ public sealed class Qcow2Image : IBlockImage
         buffer.Span[available..].Clear();
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadCompressedAsync(ulong entry, long guestOffset, Memory<byte> buffer)
     {
         var inCluster = _g.OffsetInCluster(guestOffset);
@@ -687,6 +699,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>Reads what part of one cluster held before a write (the copy-on-write source), given its old entry.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ReadOldClusterPartAsync(long clusterStart, ulong entry, ulong bitmap, long from, Memory<byte> buffer)
     {
         var done = 0;
@@ -723,6 +736,7 @@ public sealed class Qcow2Image : IBlockImage
     /// (QEMU's handle_copied / handle_alloc): in place, keep the cluster's own host cluster, or
     /// allocate contiguous new host clusters for as many following clusters as need them.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<Qcow2WritePlan> PlanWriteAsync(long pos, long end)
     {
         await _meta.WaitAsync().ConfigureAwait(false);
@@ -880,6 +894,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>Writes the data and its copy-on-write edges into the plan's host clusters, then links them.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ExecuteAllocationAsync(Qcow2WritePlan plan, ReadOnlyMemory<byte> data, long dataOffset)
     {
         var firstStart = plan.FirstCluster << _g.ClusterBits;
@@ -914,6 +929,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>Copies the old content of guest [<paramref name="from"/>, +length) into its place in the new host cluster.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteCowAsync(Qcow2WritePlan plan, long clusterStart, ulong entry, ulong bitmap, long from, int length)
     {
         var buffer = ArrayPool<byte>.Shared.Rent(length);
@@ -933,6 +949,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>Points the L2 entries at the written clusters (QEMU's qcow2_alloc_cluster_link_l2) and queues the old ones for freeing.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask LinkAsync(Qcow2WritePlan plan)
     {
         await _meta.WaitAsync().ConfigureAwait(false);
@@ -1023,6 +1040,7 @@ public sealed class Qcow2Image : IBlockImage
     /// Zeroes [<paramref name="from"/>, <paramref name="to"/>) inside one subcluster: when the rest of
     /// the subcluster already reads as zeroes the whole becomes a zero subcluster, else zero bytes are written.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ZeroPartialUnitAsync(long from, long to)
     {
         var unitStart = AlignDown(from, _g.SubclusterSize);
@@ -1037,6 +1055,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>True when the subcluster's type says it reads as zeroes (a zero subcluster, or unallocated over nothing or over zeroes).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> UnitReadsAsZeroAsync(long unitStart, long unitEnd)
     {
         var run = await MapAsync(unitStart, unitEnd - unitStart).ConfigureAwait(false);
@@ -1060,6 +1079,7 @@ public sealed class Qcow2Image : IBlockImage
         return true;
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteZeroBytesAsync(long from, long to)
     {
         // The clusters are already held exclusively by the caller.
@@ -1077,6 +1097,7 @@ public sealed class Qcow2Image : IBlockImage
     /// Zeroes whole subclusters [<paramref name="from"/>, <paramref name="to"/>) (<paramref name="to"/>
     /// may be the image's end), per L2 slice under the metadata lock (QEMU's qcow2_subcluster_zeroize).
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask ZeroAlignedAsync(long from, long to, bool mayUnmap)
     {
         if (_header.Version < 3)
@@ -1183,6 +1204,7 @@ public sealed class Qcow2Image : IBlockImage
     /// <paramref name="to"/>): each allocated cluster (or each cluster, over a backing image) becomes a
     /// zero cluster in version 3 and unallocated in version 2, and its host cluster is freed.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask DeallocateClustersAsync(long from, long to)
     {
         var pos = from;
@@ -1247,6 +1269,7 @@ public sealed class Qcow2Image : IBlockImage
     /// Writes all dirty metadata in the order that keeps the image consistent at every step:
     /// refcounts, [flush], L2 slices, [flush], L1 entries, [flush], then the queued frees.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask SyncMetadataLockedAsync()
     {
         if (ReadOnly)
@@ -1272,6 +1295,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>Before an L2 slice is written: the refcounts and data of what it links must be on disk (QEMU's L2 → refcount cache dependency).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask BeforeL2WritebackAsync()
     {
         if (_lazyRefcounts)
@@ -1281,6 +1305,7 @@ public sealed class Qcow2Image : IBlockImage
             await FileSyncAsync().ConfigureAwait(false);
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask FileSyncAsync()
     {
         _linkedSinceSync = false;
@@ -1300,6 +1325,7 @@ public sealed class Qcow2Image : IBlockImage
     }
 
     /// <summary>Before the first metadata change: refuse on a corrupt image; with lazy refcounts, mark the image dirty on disk.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask EnsureWritableLockedAsync()
     {
         if (_corrupt)

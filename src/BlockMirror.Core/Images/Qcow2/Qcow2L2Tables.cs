@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 
 namespace BlockMirror.Core.Images.Qcow2;
 
@@ -39,6 +40,7 @@ internal sealed class Qcow2L2Tables
     /// table's range; with <paramref name="allocate"/> a missing table is made first (zeroes on disk,
     /// the L1 entry changed in memory and written back after the table).
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<Qcow2L2Slice> GetAsync(long guestCluster, bool allocate)
     {
         var l1Index = guestCluster >> _g.L2Bits;

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace BlockMirror.Core.Images.Qcow2;
 
 /// <summary>
@@ -39,6 +41,7 @@ internal sealed class Qcow2MetadataCache
     public bool WrittenSinceSync { get; set; }
 
     /// <summary>The slot holding the slice at <paramref name="offset"/>, read from the file on a miss; pinned until <see cref="Release"/>.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<int> GetAsync(long offset)
     {
         if (_index.TryGetValue(offset, out var slot))
@@ -58,28 +61,6 @@ internal sealed class Qcow2MetadataCache
         }
         _offsets[slot] = offset;
         _index[offset] = slot;
-        Pin(slot);
-        return slot;
-    }
-
-    /// <summary>
-    /// Puts a slice known to be all zeroes on disk (a table just written as zeroes) without reading it,
-    /// replacing whatever stale copy of that offset the cache had. Returns the slot, pinned.
-    /// </summary>
-    public async ValueTask<int> GetZeroedAsync(long offset)
-    {
-        if (!_index.TryGetValue(offset, out var slot))
-        {
-            slot = await FreeSlotAsync().ConfigureAwait(false);
-            _offsets[slot] = offset;
-            _index[offset] = slot;
-        }
-        else if (_dirty[slot])
-        {
-            _dirty[slot] = false;
-            _dirtyCount--;
-        }
-        _buffers[slot].AsSpan().Clear();
         Pin(slot);
         return slot;
     }
@@ -131,6 +112,7 @@ internal sealed class Qcow2MetadataCache
         _lastUse[slot] = ++_clock;
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteSlotAsync(int slot)
     {
         await _file.WriteAsync(_offsets[slot], _buffers[slot]).ConfigureAwait(false);
@@ -139,6 +121,7 @@ internal sealed class Qcow2MetadataCache
         _dirtyCount--;
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<int> FreeSlotAsync()
     {
         if (_buffers.Count < _capacity)

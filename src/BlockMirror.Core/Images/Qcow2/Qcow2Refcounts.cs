@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 
 namespace BlockMirror.Core.Images.Qcow2;
 
@@ -61,6 +62,7 @@ internal sealed class Qcow2Refcounts
     }
 
     /// <summary>The refcount of host cluster <paramref name="cluster"/> (0 where no block describes it).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<ulong> GetAsync(long cluster)
     {
         var (sliceOffset, index) = Locate(cluster);
@@ -78,6 +80,7 @@ internal sealed class Qcow2Refcounts
     }
 
     /// <summary>Adds <paramref name="delta"/> to a cluster's refcount (its block must exist); returns the new value.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<ulong> AddAsync(long cluster, long delta)
     {
         var (sliceOffset, index) = Locate(cluster);
@@ -106,6 +109,7 @@ internal sealed class Qcow2Refcounts
     /// qcow2_alloc_clusters) and returns the offset of the first. <paramref name="pristine"/> tells
     /// that they lie past everything the file ever held, so they read as zeroes without being written.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<(long Offset, bool Pristine)> AllocateAsync(long count)
     {
         while (true)
@@ -172,6 +176,7 @@ internal sealed class Qcow2Refcounts
         _file.PunchHoleAsync(firstCluster << _g.ClusterBits, (endCluster - firstCluster) << _g.ClusterBits);
 
     /// <summary>The first run of <paramref name="count"/> free clusters at or after the hint.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<long> FindFreeAsync(long count)
     {
         var cluster = Math.Max(_freeHint, 1);
@@ -205,6 +210,7 @@ internal sealed class Qcow2Refcounts
     }
 
     /// <summary>Makes sure refcount blocks describe [start, start + count); true when it had to make one (the caller starts over).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> EnsureBlocksAsync(long start, long count)
     {
         var first = start >> _g.RefcountBlockBits;
