@@ -131,7 +131,8 @@ public sealed class Qcow2Image : IBlockImage
     /// Opens an existing qcow2 image, locked as QEMU locks it. <paramref name="backing"/> is what
     /// unallocated ranges read through to: the opener resolves <see cref="BackingFileName"/> /
     /// <see cref="BackingFormat"/> and passes the backing image (opened read-only), here or later with
-    /// <see cref="SetBacking"/>; without one they read as zeroes. Read-write opening repairs an image
+    /// <see cref="SetBacking"/>; without one they read as zeroes. The image does not own its backing
+    /// image (a chain may be shared): dispose that after this one. Read-write opening repairs an image
     /// left dirty (refcounts rebuilt, as <c>qemu-img check -r all</c>) and clears autoclear feature bits
     /// it does not maintain. Throws what <see cref="RawFileImage.Open"/> throws, and
     /// <see cref="BlockException"/> <c>image-not-qcow2</c>, <c>image-feature-unsupported</c> (with the

@@ -31,6 +31,10 @@ public sealed class Qcow2ModelTests(ITestOutputHelper output)
         "cs=512 v=3 refbits=64",
         "cs=65536 v=3 prealloc",
         "cs=32768 v=3 extl2 prealloc backing",
+        "cs=65536 v=3 odd",
+        "cs=4096 v=2 odd backing",
+        "cs=16384 v=3 extl2 odd",
+        "cs=512 v=3 odd lazy",
     };
 
     [Theory]
@@ -52,7 +56,7 @@ public sealed class Qcow2ModelTests(ITestOutputHelper output)
         var size = Math.Clamp(clusterSize * 40L, 256 << 10, 24 << 20);
         size -= size % 512;
         if (parts.Contains("odd"))
-            size += 3 * 512;
+            size += 3 * 512; // the last cluster is partial: discards and zeroes at the end treat it as whole
 
         var rng = new Random(seed);
         byte[]? backingBytes = null;
