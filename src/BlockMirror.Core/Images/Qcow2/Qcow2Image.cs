@@ -54,6 +54,7 @@ public sealed class Qcow2Image : IBlockImage
     private bool _dirtyOnDisk;
     private bool _linkedSinceSync;
     private bool _metadataWrittenSinceSync;
+    private long _ownMetadataWrites;
     private volatile bool _corrupt;
     private int _disposed;
 
@@ -80,7 +81,7 @@ public sealed class Qcow2Image : IBlockImage
             _refcounts = new Qcow2Refcounts(file, geometry, header, table, refCache, FileSyncAsync);
             _l2Cache.BeforeWriteback = BeforeL2WritebackAsync;
         }
-        _l2 = new Qcow2L2Tables(geometry, file, l1, _l2Cache, () => Refcounts, () => _metadataWrittenSinceSync = true);
+        _l2 = new Qcow2L2Tables(geometry, file, l1, _l2Cache, () => Refcounts, MetadataWritten);
     }
 
     /// <inheritdoc />
@@ -441,25 +442,41 @@ public sealed class Qcow2Image : IBlockImage
     public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        if (!ReadOnly)
+        if (ReadOnly)
+        {
+            await _file.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+            return;
+        }
+        long marker;
+        bool unsynced;
+        await _meta.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+        try
+        {
+            await SyncMetadataLockedAsync().ConfigureAwait(false);
+            marker = MetadataWrites;
+            unsynced = HasUnsyncedMetadata;
+        }
+        finally
+        {
+            _meta.Release();
+        }
+        // The last fdatasync only makes things durable (the metadata is in order already): as QEMU
+        // flushes the file outside s->lock, lookups need not wait for the disk.
+        await _file.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+        if (unsynced)
         {
             await _meta.WaitAsync(CancellationToken.None).ConfigureAwait(false);
             try
             {
-                await SyncMetadataLockedAsync().ConfigureAwait(false);
-                if (HasUnsyncedMetadata)
-                {
-                    await FileSyncAsync().ConfigureAwait(false);
-                    return;
-                }
+                // Only when nothing was written meanwhile is everything written known durable.
+                if (MetadataWrites == marker)
+                    ClearSyncFlags();
             }
             finally
             {
                 _meta.Release();
             }
         }
-        // Nothing of the metadata to order: make the data durable without holding up lookups.
-        await _file.FlushAsync(CancellationToken.None).ConfigureAwait(false);
     }
 
     /// <inheritdoc />
@@ -983,6 +1000,7 @@ public sealed class Qcow2Image : IBlockImage
                         QueueFreeLocked(old);
                 }
                 _linkedSinceSync = true;
+                _ownMetadataWrites++;
             }
             finally
             {
@@ -1283,7 +1301,7 @@ public sealed class Qcow2Image : IBlockImage
             if (HasUnsyncedMetadata)
                 await FileSyncAsync().ConfigureAwait(false);
             await _l1.WriteDirtyAsync().ConfigureAwait(false);
-            _metadataWrittenSinceSync = true;
+            MetadataWritten();
         }
         if (refcounts.HasPendingFrees)
         {
@@ -1309,20 +1327,34 @@ public sealed class Qcow2Image : IBlockImage
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask FileSyncAsync()
     {
-        _linkedSinceSync = false;
-        _metadataWrittenSinceSync = false;
-        _l2Cache.WrittenSinceSync = false;
-        if (_refcounts is not null)
-            _refcounts.Cache.WrittenSinceSync = false;
+        ClearSyncFlags();
         try
         {
             await _file.FlushAsync().ConfigureAwait(false);
         }
         catch
         {
-            _metadataWrittenSinceSync = true; // nothing is known durable
+            MetadataWritten(); // nothing is known durable, also to a flush that was running meanwhile
             throw;
         }
+    }
+
+    private void ClearSyncFlags()
+    {
+        _linkedSinceSync = false;
+        _metadataWrittenSinceSync = false;
+        _l2Cache.WrittenSinceSync = false;
+        if (_refcounts is not null)
+            _refcounts.Cache.WrittenSinceSync = false;
+    }
+
+    /// <summary>Metadata (or the data of newly linked clusters) written since the image was opened; see <see cref="FlushAsync"/>.</summary>
+    private long MetadataWrites => _ownMetadataWrites + _l2Cache.Writes + (_refcounts?.Cache.Writes ?? 0);
+
+    private void MetadataWritten()
+    {
+        _metadataWrittenSinceSync = true;
+        _ownMetadataWrites++;
     }
 
     /// <summary>Before the first metadata change: refuse on a corrupt image; with lazy refcounts, mark the image dirty on disk.</summary>

@@ -40,6 +40,9 @@ internal sealed class Qcow2MetadataCache
     /// <summary>Set whenever a slice was written to the file; the owner clears it after an fdatasync.</summary>
     public bool WrittenSinceSync { get; set; }
 
+    /// <summary>Slices written since the cache was made (tells whether anything was written between two moments).</summary>
+    public long Writes { get; private set; }
+
     /// <summary>The slot holding the slice at <paramref name="offset"/>, read from the file on a miss; pinned until <see cref="Release"/>.</summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<int> GetAsync(long offset)
@@ -117,6 +120,7 @@ internal sealed class Qcow2MetadataCache
     {
         await _file.WriteAsync(_offsets[slot], _buffers[slot]).ConfigureAwait(false);
         WrittenSinceSync = true;
+        Writes++;
         _dirty[slot] = false;
         _dirtyCount--;
     }
