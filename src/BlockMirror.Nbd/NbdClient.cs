@@ -43,7 +43,7 @@ public sealed class NbdClient : IAsyncDisposable
         Options = options;
         _socket = socket;
         _network = new NetworkStream(socket, ownsSocket: false);
-        _input = new BufferedStream(_network, 64 * 1024);
+        _input = new BufferedStream(_network, NbdConstants.StreamBufferBytes);
         _inFlight = new SemaphoreSlim(options.MaxInFlight, options.MaxInFlight);
         ExportName = uri.ExportName;
     }
@@ -440,7 +440,7 @@ public sealed class NbdClient : IAsyncDisposable
     private async ValueTask SendRequestAsync(ushort type, ushort flags, ulong cookie, ulong offset, uint length, ReadOnlyMemory<byte> payload, CancellationToken ct)
     {
         // Small payloads go in the same write as their header (one segment on the wire).
-        var inline = payload.Length <= 64 * 1024 ? payload.Length : 0;
+        var inline = payload.Length <= NbdConstants.StreamBufferBytes ? payload.Length : 0;
         var message = ArrayPool<byte>.Shared.Rent(NbdConstants.RequestHeaderSize + inline);
         try
         {
@@ -690,7 +690,7 @@ public sealed class NbdClient : IAsyncDisposable
 
     private async ValueTask OnErrorChunkAsync(NbdPendingRequest pending, uint length)
     {
-        if (length < 6 || length > 64 * 1024)
+        if (length < 6 || length > NbdConstants.MaxMessageBytes)
             throw new NbdProtocolException($"bad error chunk of {length} bytes");
         var data = new byte[length];
         await ReadExactAsync(data, CancellationToken.None).ConfigureAwait(false);

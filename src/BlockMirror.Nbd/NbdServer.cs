@@ -165,7 +165,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         lock (_lock)
             victims = [.. _connections.Where(c => c.ExportName == name)];
         foreach (var c in victims)
-            c.BeginClose(TimeSpan.FromSeconds(5));
+            c.BeginClose(Options.StopGracePeriod);
         return victims.Length;
     }
 
@@ -188,11 +188,17 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
             Socket socket;
             try
             {
-                socket = await listener.AcceptAsync(_stopping.Token).ConfigureAwait(false);
+                socket = _unixPath is null
+                    ? await listener.AcceptAsync(_stopping.Token).ConfigureAwait(false)
+                    : await AcceptUnixAsync(listener).ConfigureAwait(false);
             }
             catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException)
             {
                 return;
+            }
+            catch (SocketException) when (_stopping.IsCancellationRequested)
+            {
+                return; // the listener was closed under a blocking accept
             }
             catch (SocketException e)
             {
@@ -217,6 +223,15 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
             _ = RunConnectionAsync(connection);
         }
     }
+
+    /// <summary>
+    /// Accepts on a Unix socket with the blocking accept, on a thread of its own. .NET's asynchronous
+    /// accept copies the peer's address into a buffer sized for the listener's own address, and throws
+    /// ArgumentException ("Destination is too short") when a client bound its socket to a longer
+    /// name: any local user could stop the server taking clients. The blocking accept does not.
+    /// </summary>
+    private static Task<Socket> AcceptUnixAsync(Socket listener) =>
+        Task.Factory.StartNew(listener.Accept, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
     private async Task RunConnectionAsync(NbdServerConnection connection)
     {
@@ -245,7 +260,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
             await c.Completion.ConfigureAwait(false);
     }
 
-    private static void RemoveStaleSocket(string path)
+    private void RemoveStaleSocket(string path)
     {
         // A socket file left by a killed process makes bind fail with EADDRINUSE. Remove it only
         // when it is a socket (open(2) of a socket fails with ENXIO; a regular file opens) and
@@ -278,17 +293,16 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         TryDelete(path);
     }
 
-    private static void TryDelete(string path)
+    private void TryDelete(string path)
     {
         try
         {
             File.Delete(path);
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-        }
-        catch (UnauthorizedAccessException)
-        {
+            // A socket file left behind is removed by the next start (RemoveStaleSocket).
+            Log($"NBD socket '{path}' could not be removed: {e.Message}");
         }
     }
 

@@ -75,7 +75,7 @@ internal sealed partial class NbdServerConnection
         {
             error = NbdConstants.ESHUTDOWN;
             message = "the export was removed";
-            BeginClose(TimeSpan.FromSeconds(5));
+            BeginClose(_options.StopGracePeriod);
         }
         if (error != 0)
         {
@@ -590,7 +590,7 @@ internal sealed partial class NbdServerConnection
             }
             return;
         }
-        var text = Encoding.UTF8.GetBytes(message.Length > 1024 ? message[..1024] : message);
+        var text = Encoding.UTF8.GetBytes(Truncate(message));
         var size = NbdConstants.StructuredReplyHeaderSize + 6 + text.Length;
         var chunk = ArrayPool<byte>.Shared.Rent(size);
         try

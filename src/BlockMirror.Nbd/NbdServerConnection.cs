@@ -14,7 +14,7 @@ namespace BlockMirror.Nbd;
 internal sealed partial class NbdServerConnection : IAsyncDisposable
 {
     /// <summary>Option data we read into memory; longer options are skipped and refused (NBD_REP_ERR_TOO_BIG).</summary>
-    private const int MaxOptionData = 64 * 1024;
+    private const int MaxOptionData = NbdConstants.MaxMessageBytes;
 
     /// <summary>An oversized WRITE's payload is read and dropped up to this size, so the connection survives; beyond it we hang up.</summary>
     private const long MaxSkippablePayload = 256L * 1024 * 1024;
@@ -65,7 +65,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         Peer = RemoteEndPoint?.ToString() is { Length: > 0 } remote ? remote : "unix-client";
         _network = new NetworkStream(socket, ownsSocket: false);
         // Reads of 28-byte headers come from this buffer; large payload reads bypass it.
-        _input = new BufferedStream(_network, 64 * 1024);
+        _input = new BufferedStream(_network, NbdConstants.StreamBufferBytes);
         _slots = new SemaphoreSlim(_options.MaxInFlightPerConnection, _options.MaxInFlightPerConnection);
     }
 
@@ -194,7 +194,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
 
     private async ValueTask DiscardAsync(long count, CancellationToken cancellationToken)
     {
-        _scratch ??= new byte[64 * 1024];
+        _scratch ??= new byte[NbdConstants.StreamBufferBytes];
         while (count > 0)
         {
             var chunk = (int)Math.Min(count, _scratch.Length);

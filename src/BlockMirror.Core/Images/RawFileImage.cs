@@ -19,8 +19,13 @@ namespace BlockMirror.Core.Images;
 /// </remarks>
 public sealed class RawFileImage : IBlockImage
 {
+    /// <summary>The smallest unit in which a file on Linux is data or hole (a page; ext4's and XFS's usual block).</summary>
+    private const long SmallestBlock = 4096;
+
     private readonly SafeFileHandle _handle;
-    private readonly SemaphoreSlim _writeTurn = new(1, 1);
+    private readonly SemaphoreSlim _pwriteLock = new(1, 1);
+    private readonly BlockStatusCache _dataRegion = new();
+    private readonly Lock _seekHoleLock = new();
     private readonly Action _fdatasync;
     private int _disposed;
     private StatBuffer? _closedStat;
@@ -52,7 +57,7 @@ public sealed class RawFileImage : IBlockImage
     public bool HasZeroInit => true;
 
     /// <summary>st_blocks × 512, from a fresh fstat on every call (allocation changes under us).</summary>
-    public long AllocatedBytes => Stat().Blocks * 512;
+    public long AllocatedBytes => Stat().Blocks * StatBuffer.BlockUnit;
 
     /// <summary>
     /// Forgets fallocate, as on a filesystem without it, so write-zeroes writes zero buffers and
@@ -153,7 +158,7 @@ public sealed class RawFileImage : IBlockImage
         // RandomAccess.WriteAsync already loops until every byte is written.
         return fua
             ? WriteFuaAsync(offset, data, cancellationToken)
-            : WriteInTurnAsync(offset, data, cancellationToken);
+            : WriteSerializedAsync(offset, data, cancellationToken);
     }
 
     /// <summary>
@@ -162,23 +167,23 @@ public sealed class RawFileImage : IBlockImage
     /// NBD server's CPU with 16 writes in flight). Waiting here is asynchronous and costs no thread.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteInTurnAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    private async ValueTask WriteSerializedAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await _writeTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _pwriteLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             await RandomAccess.WriteAsync(_handle, data, offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            _writeTurn.Release();
+            _pwriteLock.Release();
         }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteFuaAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await WriteInTurnAsync(offset, data, cancellationToken).ConfigureAwait(false);
+        await WriteSerializedAsync(offset, data, cancellationToken).ConfigureAwait(false);
         // A file has no FUA; like QEMU we emulate it with a flush after the write.
         await Task.Run(_fdatasync, CancellationToken.None).ConfigureAwait(false);
     }
@@ -192,7 +197,20 @@ public sealed class RawFileImage : IBlockImage
         cancellationToken.ThrowIfCancellationRequested();
         if (length == 0)
             return;
+        _dataRegion.Invalidate(offset, length);
+        try
+        {
+            await WriteZeroesCoreAsync(offset, length, mayUnmap, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            // Again once the range reads as zeroes: an answer the kernel gave meanwhile may predate it.
+            _dataRegion.Invalidate(offset, length);
+        }
+    }
 
+    private async ValueTask WriteZeroesCoreAsync(long offset, long length, bool mayUnmap, CancellationToken cancellationToken)
+    {
         // fallocate can take a while on a large range (it walks and frees extents); run it on the
         // thread pool as QEMU runs it in its worker threads, not on the caller's.
         if (mayUnmap && !_noPunchHole)
@@ -230,7 +248,15 @@ public sealed class RawFileImage : IBlockImage
         cancellationToken.ThrowIfCancellationRequested();
         if (length == 0 || _noPunchHole)
             return;
-        await Task.Run(() => TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length), CancellationToken.None).ConfigureAwait(false);
+        _dataRegion.Invalidate(offset, length);
+        try
+        {
+            await Task.Run(() => TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length), CancellationToken.None).ConfigureAwait(false);
+        }
+        finally
+        {
+            _dataRegion.Invalidate(offset, length);
+        }
     }
 
     /// <inheritdoc />
@@ -246,7 +272,8 @@ public sealed class RawFileImage : IBlockImage
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         cancellationToken.ThrowIfCancellationRequested();
-        // Two lseeks and an fstat cost microseconds: answer inline, as QEMU does from its coroutine.
+        // Answered inline, as QEMU does from its coroutine: two lseeks and an fstat cost
+        // microseconds, except the SEEK_HOLE that the data-region cache is there to avoid.
         return new ValueTask<ImageExtent>(BlockStatus(offset, maxLength));
     }
 
@@ -291,6 +318,9 @@ public sealed class RawFileImage : IBlockImage
         var length = Math.Min(maxLength, Size - offset);
         if (length <= 0)
             return new ImageExtent(offset, 0, ExtentKind.Zero);
+        if (_dataRegion.TryGetData(offset, out var dataEnd))
+            return new ImageExtent(offset, Math.Min(length, dataEnd - offset), ExtentKind.Data);
+        var generation = _dataRegion.Generation;
 
         using var lease = new FileDescriptorLease(_handle);
         var fileLength = Stat(lease.Fd).Size;
@@ -306,14 +336,30 @@ public sealed class RawFileImage : IBlockImage
         }
         if (data > offset)
             return new ImageExtent(offset, Math.Min(length, data - offset), ExtentKind.Zero);
-
-        var hole = LibC.lseek(lease.Fd, offset, LibC.SEEK_HOLE);
-        if (hole <= offset)
-        {
-            // An error, or the range changed between the two seeks (a concurrent punch): say data.
+        // Data at offset means the whole block holding it is data: holes and page-cache data come
+        // in blocks of at least 4 KiB (a smaller filesystem block only makes the answer less
+        // sparse, never wrong). A range ending in that block, such as a 4 KiB read's, needs no
+        // SEEK_HOLE, the one call here that can take milliseconds (BlockStatusCache says why).
+        if ((offset & (SmallestBlock - 1)) + length <= SmallestBlock)
             return new ImageExtent(offset, length, ExtentKind.Data);
+
+        // One SEEK_HOLE at a time: the kernel serializes them on the file's f_pos_lock anyway, and
+        // a caller that waited here may find its answer in the region the one before it cached.
+        lock (_seekHoleLock)
+        {
+            if (_dataRegion.TryGetData(offset, out dataEnd))
+                return new ImageExtent(offset, Math.Min(length, dataEnd - offset), ExtentKind.Data);
+            var hole = LibC.lseek(lease.Fd, offset, LibC.SEEK_HOLE);
+            if (hole <= offset)
+            {
+                // An error, or the range changed between the two seeks (a concurrent punch): say data.
+                return new ImageExtent(offset, length, ExtentKind.Data);
+            }
+            // The whole run up to the hole, not only the asked length (QEMU's file-posix returns it
+            // uncapped for the same reason): the next queries in it need no SEEK_HOLE.
+            _dataRegion.Fill(offset, hole, generation);
+            return new ImageExtent(offset, Math.Min(length, hole - offset), ExtentKind.Data);
         }
-        return new ImageExtent(offset, Math.Min(length, hole - offset), ExtentKind.Data);
     }
 
     /// <summary>
@@ -356,16 +402,7 @@ public sealed class RawFileImage : IBlockImage
         }
     }
 
-    private void SyncData()
-    {
-        using var lease = new FileDescriptorLease(_handle);
-        while (LibC.fdatasync(lease.Fd) != 0)
-        {
-            var errno = LibC.LastErrno;
-            if (errno != LibC.EINTR)
-                throw LibC.ErrnoException(errno, Location, "fdatasync");
-        }
-    }
+    private void SyncData() => LibC.FDataSync(_handle, Location);
 
     private StatBuffer Stat()
     {

@@ -416,4 +416,23 @@ public sealed class NbdServerTests
         await again.DisposeAsync();
         await first.DisposeAsync();
     }
+
+    [Fact]
+    public async Task A_unix_client_bound_to_a_longer_address_than_the_listeners_does_not_stop_the_server()
+    {
+        await using var env = await NbdTestServer.StartAsync(unix: true);
+        // A client may bind its own socket to any name; .NET's accept copies the peer's address into a
+        // buffer sized for the listener's, and threw ArgumentException ("Destination is too short"),
+        // which ended the accept loop: the server stopped taking clients for good.
+        var longName = env.TempPath(new string('c', 100 - env.TempPath("").Length));
+        using (var odd = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified))
+        {
+            odd.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(longName));
+            await odd.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(env.Server.Options.Listen.SocketPath!));
+            await using var during = await env.ConnectAsync();
+            Assert.Equal(NbdTestServer.DiskSize, during.Size);
+        }
+        await using var after = await env.ConnectAsync();
+        Assert.Equal(NbdTestServer.DiskSize, after.Size);
+    }
 }
