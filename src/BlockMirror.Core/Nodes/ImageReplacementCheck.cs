@@ -53,7 +53,7 @@ public sealed partial class ImageReplacementCheck(ImageRoot root, TimeProvider t
     /// <summary>Why the path no longer leads to the open file (fstat against stat of the resolved path), or null while it does or nobody can tell.</summary>
     private string? Mismatch(BlockNode node)
     {
-        if (node.Path is not { } path || node.Image is not RawFileImage raw || raw.TryStat() is not { } open)
+        if (node.Path is not { } path || ImageHostFile.Of(node.Image) is not { } file || file.TryStat() is not { } open)
             return null;
         string full;
         try

@@ -13,13 +13,13 @@ public readonly record struct ImageStamp(long Size, long Inode, DateTime Modifie
         StateNative.stat(fullPath, out var st) == 0 ? Of(st) : null;
 
     /// <summary>
-    /// The stamp of the file a raw image has open (fstat of its descriptor; after the image was
+    /// The stamp of the file a raw or qcow2 image has open (fstat of its descriptor; after the image was
     /// closed, as it was then), or null for other images and when it cannot be read. Checkpoints
     /// stamp this, not the path: a file renamed over the path while the node had the old one open
     /// must not inherit the old file's checkpoint.
     /// </summary>
     public static ImageStamp? Of(IBlockImage image) =>
-        image is RawFileImage raw && raw.TryStat() is { } st ? Of(st) : null;
+        ImageHostFile.Of(image) is { } file && file.TryStat() is { } st ? Of(st) : null;
 
     internal static ImageStamp Of(in StatBuffer st)
     {

@@ -15,6 +15,8 @@ internal sealed class Qcow2HostFile : IQcow2File
         _raw = raw;
     }
 
+    internal RawFileImage Raw => _raw;
+
     public string Path => _raw.Location;
 
     public long Length => RandomAccess.GetLength(_raw.Handle);

@@ -27,7 +27,7 @@ namespace BlockMirror.Core.Images.Qcow2;
 /// <para>Not supported: writing to images with internal snapshots (read-only is fine), encryption,
 /// external data files, writing compressed clusters, resizing.</para>
 /// </remarks>
-public sealed class Qcow2Image : IBlockImage
+public sealed class Qcow2Image : ILayeredImage
 {
     /// <summary>Frees waiting for an L2 write-back before one is forced (bounds memory between flushes).</summary>
     private const int MaxPendingFrees = 4096;
@@ -49,6 +49,7 @@ public sealed class Qcow2Image : IBlockImage
     private readonly bool _lazyRefcounts;
     private readonly Lock _compressedLock = new();
     private IBlockImage? _backing;
+    private IAsyncDisposable? _backingLease;
     private ulong _cachedCompressedEntry;
     private byte[]? _cachedCompressedCluster;
     private bool _dirtyOnDisk;
@@ -99,6 +100,12 @@ public sealed class Qcow2Image : IBlockImage
 
     /// <inheritdoc />
     public long AllocatedBytes => _file.AllocatedBytes;
+
+    /// <inheritdoc />
+    public string Format => "qcow2";
+
+    /// <summary>The file the image lives in (its stat identifies the image, as a raw image's does).</summary>
+    internal RawFileImage? HostFile => (_file as Qcow2HostFile)?.Raw;
 
     public int ClusterSize => _g.ClusterSize;
 
@@ -239,6 +246,17 @@ public sealed class Qcow2Image : IBlockImage
 
     /// <summary>Attaches (or detaches, with null) the image unallocated ranges read through to.</summary>
     public void SetBacking(IBlockImage? backing) => Volatile.Write(ref _backing, backing);
+
+    /// <summary>
+    /// Attaches a backing image this image holds a share of (a chain opened by the driver, possibly
+    /// shared with other images): <paramref name="lease"/> is released when this image is disposed,
+    /// after its own file is closed.
+    /// </summary>
+    internal void SetBacking(IBlockImage backing, IAsyncDisposable lease)
+    {
+        _backingLease = lease;
+        SetBacking(backing);
+    }
 
     /// <inheritdoc />
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
@@ -557,6 +575,8 @@ public sealed class Qcow2Image : IBlockImage
             _cachedCompressedCluster = null;
         }
         await _file.DisposeAsync().ConfigureAwait(false);
+        if (Interlocked.Exchange(ref _backingLease, null) is { } lease)
+            await lease.DisposeAsync().ConfigureAwait(false);
     }
 
     /// <summary>Writes back metadata and checks the image's refcounts as <c>qemu-img check</c> does (tests).</summary>
