@@ -33,6 +33,8 @@ public sealed class Qcow2ImageDriver(ImageRoot root) : IImageDriver
         var image = request.CreateSize is { } size
             ? Create(full, relative, size, request.CreateOptions)
             : Open(full, relative, request.ReadOnly);
+        // A node's acknowledged writes survive a kill -9 of the service, as a raw node's do.
+        image.MetadataWriteThrough = !image.ReadOnly;
         return Task.FromResult(new OpenedImage(image, relative, null));
     }
 

@@ -315,6 +315,7 @@ public sealed class Qcow2Image : ILayeredImage
     {
         if (data.Length > 0)
             await WriteRangeAsync(offset, offset + data.Length, data, offset).ConfigureAwait(false);
+        await WriteThroughIfAskedAsync().ConfigureAwait(false);
         // A file has no FUA: like QEMU's generic layer, flush after the write.
         if (fua)
             await FlushAsync().ConfigureAwait(false);
@@ -419,6 +420,7 @@ public sealed class Qcow2Image : ILayeredImage
         {
             _ranges.Release(held);
         }
+        await WriteThroughIfAskedAsync().ConfigureAwait(false);
     }
 
     /// <inheritdoc />
@@ -452,6 +454,51 @@ public sealed class Qcow2Image : ILayeredImage
         finally
         {
             _ranges.Release(held);
+        }
+        await WriteThroughIfAskedAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// When set, a write, zero write or discard that changed the mapping returns only once the L2 and
+    /// L1 entries it changed are written to the file (in the order a power cut needs: refcounts and
+    /// the new clusters' data made durable first), so what was acknowledged survives the process being
+    /// killed, as a raw file's writes do: the page cache outlives the process, this image's metadata
+    /// cache does not. Concurrent requests share the write-back (and its fdatasync). QEMU keeps them
+    /// in its cache until a flush (cache=writeback); with this it behaves as its metadata were
+    /// written through, while the data itself still waits for a flush to be durable against power loss.
+    /// </summary>
+    public bool MetadataWriteThrough { get; set; }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteThroughIfAskedAsync()
+    {
+        if (!MetadataWriteThrough || !(_l2Cache.HasDirty || _l1.HasDirty))
+            return;
+        await _meta.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+        try
+        {
+            // Another request may have written it back meanwhile.
+            if (_l2Cache.HasDirty || _l1.HasDirty)
+                await WriteMappingLockedAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _meta.Release();
+        }
+    }
+
+    /// <summary>Writes the changed L2 slices (after their refcounts and data, see <see cref="BeforeL2WritebackAsync"/>), then L1 entries after their L2 tables are durable.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask WriteMappingLockedAsync()
+    {
+        await Refcounts.WriteDirtyAsync().ConfigureAwait(false);
+        await _l2Cache.WriteDirtyAsync().ConfigureAwait(false);
+        if (_l1.HasDirty)
+        {
+            if (HasUnsyncedMetadata)
+                await FileSyncAsync().ConfigureAwait(false);
+            await _l1.WriteDirtyAsync().ConfigureAwait(false);
+            MetadataWritten();
         }
     }
 
