@@ -39,8 +39,8 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
         var target = layer.GetNode(o.Target);
         CheckGranularityArgument(o);
         CheckNotInJob(device, target);
-        o = TopWithoutBackingIsFull(o, device);
         var named = CheckBitmap(device, o);
+        o = TopWithoutBackingIsFull(o, device);
         var granularity = named is null ? (int)(o.Granularity is > 0 ? o.Granularity.Value : DirtyBitmap.DefaultGranularity) : CheckBitmapGranularity(named);
         var bufSize = CheckBufSize(o, granularity);
         CheckNotIntoItself(layer, device, target);
@@ -86,8 +86,9 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
     }
 
     /// <summary>
-    /// blockdev_mirror_common: sync=top on a device without a backing image is sync=full (before the
-    /// bitmap checks, so such a job reports and is checked as full, as in QEMU).
+    /// blockdev_mirror_common: sync=top on a device without a backing image is sync=full, and the job
+    /// reports full. After the working-bitmap checks (the proposed series places them before this), so
+    /// a bitmap with sync=top is refused as 'top' whatever the device.
     /// </summary>
     private static MirrorOptions TopWithoutBackingIsFull(MirrorOptions o, BlockNode device) =>
         o.Sync == MirrorSyncMode.Top && device.Image is not ILayeredImage { Backing: not null }
