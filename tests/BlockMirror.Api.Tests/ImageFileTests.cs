@@ -48,6 +48,19 @@ public sealed partial class ImageFileTests : ServiceTest
         Assert.Equal(["a"], (await Http.GetJsonAsync("/api/v1/nodes"))["items"]!.AsArray().Select(n => (string)n!["name"]!));
     }
 
+    [Theory]
+    [InlineData("/dev/null")]
+    [InlineData("/dev/loop0")]
+    [InlineData("/etc/passwd")]
+    [InlineData("/does/not/exist")]
+    public async Task An_absolute_path_names_a_device_and_is_refused_while_Storage_Devices_allows_none(string path)
+    {
+        // Devices are opt-in (Storage:Devices is empty by default): nothing is opened, nothing is even resolved.
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "d", driver = "raw", path }, 400, "device-not-allowed");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "d", driver = "raw", path, readOnly = true }, 400, "device-not-allowed");
+        Assert.Empty((await Http.GetJsonAsync("/api/v1/nodes"))["items"]!.AsArray());
+    }
+
     [Fact]
     public async Task An_nbd_unix_socket_path_longer_than_sun_path_is_refused_with_invalid_uri()
     {

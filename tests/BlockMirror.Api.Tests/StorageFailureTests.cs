@@ -13,28 +13,14 @@ public sealed class StorageFailureTests : IDisposable
 {
     private const long G = 65536;
     private readonly string _dir = Directory.CreateTempSubdirectory("blockmirror-storage-").FullName;
-    private readonly List<string> _immutable = [];
+    private ImmutableDatabase? _database;
+
+    private ImmutableDatabase Database => _database ??= new(_dir);
 
     public void Dispose()
     {
-        HealDatabase();
+        Database.Heal();
         BlockMirrorFactory.DeleteDir(_dir);
-    }
-
-    /// <summary>The database and its WAL refuse every write (not the -shm: SQLite maps it, a write fault there would be SIGBUS).</summary>
-    private void FailDatabase()
-    {
-        foreach (var file in new[] { "blockmirror.db", "blockmirror.db-wal" }.Select(f => Path.Combine(_dir, f)).Where(File.Exists))
-            _immutable.Add(file);
-        ChattrFactAttribute.SetImmutable(true, [.. _immutable]);
-    }
-
-    private void HealDatabase()
-    {
-        if (_immutable.Count == 0)
-            return;
-        ChattrFactAttribute.SetImmutable(false, [.. _immutable]);
-        _immutable.Clear();
     }
 
     private static async Task<HttpStatusCode> HealthAsync(HttpClient http)
@@ -130,7 +116,7 @@ public sealed class StorageFailureTests : IDisposable
             await http.AddBitmapAsync("disk", "keep", G, persistent: true);
             await http.WriteAsync("disk", 0, new byte[G]);
             Assert.Equal(HttpStatusCode.OK, await HealthAsync(http));
-            FailDatabase();
+            Database.Fail();
 
             var add = await http.PostProblemAsync("/api/v1/nodes/disk/bitmaps", new { name = "new", persistent = true }, 503, "storage-unavailable");
             await http.PostProblemAsync("/api/v1/nodes/disk/bitmaps", new { name = "plain" }, 503, "storage-unavailable");
@@ -141,7 +127,7 @@ public sealed class StorageFailureTests : IDisposable
             Assert.Equal(G, (long)(await http.GetJsonAsync("/api/v1/nodes/disk/bitmaps/keep"))["count"]!);
             Assert.Equal(HttpStatusCode.ServiceUnavailable, await HealthAsync(http));
 
-            HealDatabase();
+            Database.Heal();
             await WaitHealthAsync(http, HttpStatusCode.OK);
         }
 
@@ -161,13 +147,13 @@ public sealed class StorageFailureTests : IDisposable
         await using var factory = new BlockMirrorFactory(_dir);
         var http = factory.CreateClient();
         await http.CreateNodeAsync("first", 1L << 20);
-        FailDatabase();
+        Database.Fail();
 
         await http.PostProblemAsync("/api/v1/nodes", new { name = "disk", driver = "raw", path = "disk.img", create = new { size = 1L << 20 } }, 503, "storage-unavailable");
 
         Assert.False(File.Exists(Path.Combine(factory.ImageRoot, "disk.img")));
         await http.GetJsonAsync("/api/v1/nodes/disk", HttpStatusCode.NotFound);
-        HealDatabase();
+        Database.Heal();
         await http.CreateNodeAsync("disk", 1L << 20);
     }
 
@@ -184,7 +170,7 @@ public sealed class StorageFailureTests : IDisposable
             await using var events = await EventWaiter.StartAsync(http);
             await http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "m", device = "src", target = "tgt", sync = "full" }, HttpStatusCode.Created);
             await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "m");
-            FailDatabase();
+            Database.Fail();
 
             await http.PostJsonAsync("/api/v1/jobs/m/complete", new { });
             var done = await events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == "m");
@@ -192,7 +178,7 @@ public sealed class StorageFailureTests : IDisposable
             Assert.Contains("could not be stored", (string?)done.Data["error"]);
             Assert.Equal("src.img", (string?)(await http.GetJsonAsync("/api/v1/nodes/src"))["path"]);
             Assert.Equal("tgt.img", (string?)(await http.GetJsonAsync("/api/v1/nodes/tgt"))["path"]);
-            HealDatabase();
+            Database.Heal();
             await http.WriteAsync("src", 2 * G, after);
             Assert.Equal(after, await http.ReadAsync("src", 2 * G, after.Length));
         }

@@ -6,10 +6,10 @@ namespace BlockMirror.Api.Contracts;
 
 /// <summary>Body of POST /api/v1/nodes: open (or create) an image the service then owns.</summary>
 /// <param name="Name">Node name, unique in the service: 1–128 characters of [A-Za-z0-9._:-], starting with a letter, digit or '_'.</param>
-/// <param name="Driver">How the image is reached: <c>raw</c> (a file under the image root, needs <c>path</c>), <c>qcow2</c> (a qcow2 image file under the image root, needs <c>path</c>) or <c>nbd</c> (a remote NBD export, needs <c>uri</c>).</param>
-/// <param name="Path">raw, qcow2: the image file, relative to the image root (Storage:Root); no absolute paths, no '..'.</param>
+/// <param name="Driver">How the image is reached: <c>raw</c> (a file under the image root, or a host block device, needs <c>path</c>), <c>qcow2</c> (a qcow2 image file under the image root, needs <c>path</c>) or <c>nbd</c> (a remote NBD export, needs <c>uri</c>).</param>
+/// <param name="Path">raw, qcow2: the image file, relative to the image root (Storage:Root), no '..'; raw: or a host block device by absolute path (/dev/...), only where Storage:Devices allows it (device-not-allowed otherwise).</param>
 /// <param name="Uri">nbd: nbd://host:port/export or nbd+unix:///export?socket=/path.sock.</param>
-/// <param name="Create">raw, qcow2: create the image with this size instead of opening an existing one (raw: a sparse file; qcow2: as <c>qemu-img create -f qcow2</c>); the file must not exist.</param>
+/// <param name="Create">raw, qcow2: create the image with this size instead of opening an existing one (raw: a sparse file; qcow2: as <c>qemu-img create -f qcow2</c>); the file must not exist. Never for a device (device-not-creatable).</param>
 /// <param name="ReadOnly">Open without write access: writes, mirrors into it and writable exports are refused. Default false.</param>
 public sealed record CreateNodeRequest(
     [property: Required] string? Name,
@@ -38,12 +38,12 @@ public sealed record BackingImageDto(string Path, string Format);
 /// <summary>A node: an image the service owns.</summary>
 /// <param name="Name">The node's name.</param>
 /// <param name="Driver"><c>raw</c>, <c>qcow2</c> or <c>nbd</c>.</param>
-/// <param name="Format">The image format: <c>raw</c>, <c>qcow2</c>, or <c>nbd</c> for a remote export.</param>
+/// <param name="Format">The image format: <c>raw</c> (also a block device), <c>qcow2</c>, or <c>nbd</c> for a remote export.</param>
 /// <param name="Backing">The backing chain (qcow2), nearest first: what unallocated ranges read through to. Empty without one.</param>
-/// <param name="Path">raw, qcow2: the image file relative to the image root; null for nbd.</param>
+/// <param name="Path">raw, qcow2: the image file relative to the image root, or a block device's absolute path as given; null for nbd.</param>
 /// <param name="Uri">nbd: the export's URI; null for raw.</param>
 /// <param name="Size">Virtual size in bytes.</param>
-/// <param name="AllocatedBytes">Bytes the image occupies on disk (0 where unknown, e.g. nbd).</param>
+/// <param name="AllocatedBytes">Bytes the image occupies on disk (0 where unknown, e.g. nbd; the whole size for a block device).</param>
 /// <param name="ReadOnly">Opened without write access.</param>
 /// <param name="Busy">A job uses the node (as its device or target).</param>
 /// <param name="JobId">The job using the node, or null.</param>
@@ -56,6 +56,10 @@ public sealed record BackingImageDto(string Path, string Format);
 /// with <c>image-replaced</c> and its persistent bitmaps are inconsistent. Remove the node and add it again.
 /// </param>
 /// <param name="ImageReplacedReason">What was found; null while <c>imageReplaced</c> is false.</param>
+/// <param name="Device">
+/// The image is a host block device (driver raw, <c>path</c> absolute): its size is the device's,
+/// every byte of it is data (allocation, block status), and <c>deleteImage</c> is refused.
+/// </param>
 public sealed record NodeDto(
     string Name,
     string Driver,
@@ -72,7 +76,8 @@ public sealed record NodeDto(
     IReadOnlyList<string> Exports,
     DateTime CreatedAt,
     bool ImageReplaced,
-    string? ImageReplacedReason);
+    string? ImageReplacedReason,
+    bool Device);
 
 /// <summary>Body of POST /api/v1/nodes/{node}/zero: a write of zeroes (it marks bitmaps).</summary>
 /// <param name="Offset">First byte (an integer, or a size such as 1M).</param>

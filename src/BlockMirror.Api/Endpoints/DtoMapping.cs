@@ -24,7 +24,8 @@ public static class DtoMapping
         var format = image is ILayeredImage layered ? layered.Format : node.Driver;
         var backing = BackingLayer.ChainOf(image, root).Select(b => new BackingImageDto(b.Path, b.Format)).ToList();
         return new NodeDto(node.Name, node.Driver, format, backing, node.Path, node.Uri, node.Size, allocated, node.ReadOnly, node.Busy, node.JobId,
-            [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason);
+            [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason,
+            image is HostDeviceImage);
     }
 
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>

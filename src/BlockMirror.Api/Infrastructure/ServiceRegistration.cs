@@ -60,7 +60,11 @@ public static class ServiceRegistration
         services.AddSingleton(sp =>
         {
             var storage = sp.GetRequiredService<IOptions<StorageOptions>>().Value;
-            return new ImageRoot(Path.GetFullPath(storage.Root, builder.Environment.ContentRootPath)) { AllowHardLinks = storage.AllowHardLinks };
+            return new ImageRoot(Path.GetFullPath(storage.Root, builder.Environment.ContentRootPath)) 
+            {
+                AllowHardLinks = storage.AllowHardLinks,
+                Devices = new DeviceAllowList(storage.Devices),
+            };
         });
         services.AddSingleton<SqliteWriteLock>();
         services.AddSingleton<IBlockStore, EfBlockStore>();

@@ -18,6 +18,14 @@ public sealed class StorageOptions
     public bool AllowHardLinks { get; set; }
 
     /// <summary>
+    /// Host block devices a raw node may name by absolute path: paths or glob patterns
+    /// (<c>/dev/vg0/*</c>, <c>/dev/disk/by-id/wwn-*</c>). Empty by default: no device at all. Both the
+    /// path as given and the device it leads to (symbolic links followed) must match; anything
+    /// else is refused with <c>device-not-allowed</c>.
+    /// </summary>
+    public List<string> Devices { get; set; } = [];
+
+    /// <summary>
     /// How often every node's open image is compared with the file at its path (a file renamed over
     /// it, removed, or a directory on the path swapped for a symlink out of the root); zero = only at
     /// control operations and checkpoints.

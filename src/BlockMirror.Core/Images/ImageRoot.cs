@@ -34,6 +34,12 @@ public sealed partial class ImageRoot
 
     private string RealPath { get; }
 
+    /// <summary>
+    /// The host block devices a node may name by absolute path (<c>Storage:Devices</c>); none by default.
+    /// Everything else a client names is a file under the root.
+    /// </summary>
+    public DeviceAllowList Devices { get; init; } = DeviceAllowList.None;
+
     /// <summary>Resolves a client-supplied relative path to an absolute path inside the root.</summary>
     public string Resolve(string? relative)
     {
@@ -97,12 +103,16 @@ public sealed partial class ImageRoot
         }
     }
 
-    private static string RealPathOf(string path)
+    /// <summary>realpath(3) of <paramref name="path"/>; <see cref="IOException"/> (HResult = errno) when it cannot be resolved.</summary>
+    internal static string RealPathOf(string path)
     {
         // realpath(3) resolves every component, including symlinks in the middle of a link's target.
         var resolved = realpath(path, IntPtr.Zero);
         if (resolved == IntPtr.Zero)
-            throw new IOException($"Cannot resolve '{path}' (errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()})");
+        {
+            var errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+            throw new IOException($"Cannot resolve '{path}' (errno {errno})", errno);
+        }
         try
         {
             return System.Runtime.InteropServices.Marshal.PtrToStringUTF8(resolved)!;

@@ -48,6 +48,7 @@ internal static partial class LibC
     internal const int EINTR = 4;
     internal const int ENXIO = 6;
     internal const int EAGAIN = 11;
+    internal const int EBUSY = 16;
     internal const int EACCES = 13;
     internal const int EEXIST = 17;
     internal const int ENODEV = 19;
@@ -62,6 +63,18 @@ internal static partial class LibC
     internal const int ENOSYS = 38;
     internal const int ELOOP = 40;
     internal const int EOPNOTSUPP = 95;
+
+    // Block device ioctls (linux/fs.h; _IO/_IOR encodings shared by x86_64 and arm64). Ranges are
+    // byte offsets and lengths, which must be multiples of the logical block size (BLKSSZGET).
+    internal const uint BLKROGET = 0x125E;        // _IO(0x12, 94): int, non-zero when the device is read-only
+    internal const uint BLKSSZGET = 0x1268;       // _IO(0x12, 104): int, the logical block size
+    internal const uint BLKDISCARD = 0x1277;      // _IO(0x12, 119): uint64_t[2] {start, length}
+    internal const uint BLKZEROOUT = 0x127F;      // _IO(0x12, 127): uint64_t[2] {start, length}
+    internal const uint BLKGETSIZE64 = 0x80081272; // _IOR(0x12, 114, size_t): uint64_t, the size in bytes
+
+    // fnmatch(3) flags: '*' and '?' never match '/', a leading '.' of a name only explicitly.
+    internal const int FNM_PATHNAME = 1 << 0;
+    internal const int FNM_PERIOD = 1 << 2;
 
     [LibraryImport("libc", SetLastError = true)]
     internal static partial long lseek(int fd, long offset, int whence);
@@ -84,6 +97,20 @@ internal static partial class LibC
 
     [LibraryImport("libc", SetLastError = true)]
     internal static partial int ftruncate(int fd, long length);
+
+    // ioctl is variadic; a pointer third argument is passed as in a fixed call on x86_64 and arm64.
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    internal static partial int ioctl(int fd, nuint request, out ulong value);
+
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    internal static partial int ioctl(int fd, nuint request, out int value);
+
+    /// <summary>ioctl with a <c>uint64_t[2]</c> range (BLKDISCARD, BLKZEROOUT).</summary>
+    [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    internal static partial int ioctl(int fd, nuint request, in ByteRange range);
+
+    [LibraryImport("libc", StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int fnmatch(string pattern, string name, int flags);
 
     [LibraryImport("libc", SetLastError = true)]
     internal static partial int fsync(int fd);

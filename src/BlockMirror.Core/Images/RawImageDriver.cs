@@ -2,7 +2,9 @@ namespace BlockMirror.Core.Images;
 
 /// <summary>
 /// The <c>raw</c> driver: a regular file under the image root (<see cref="RawFileImage"/>), created
-/// sparse on request. Open failures become codes by errno (<see cref="LibC"/>), never by message text.
+/// sparse on request, or a host block device named by an absolute path that <c>Storage:Devices</c>
+/// allows (<see cref="HostDeviceImage"/>, QEMU's host_device). Open failures become codes by errno
+/// (<see cref="LibC"/>), never by message text.
 /// </summary>
 public sealed class RawImageDriver(ImageRoot root) : IImageDriver
 {
@@ -13,6 +15,8 @@ public sealed class RawImageDriver(ImageRoot root) : IImageDriver
 
     public Task<OpenedImage> OpenAsync(ImageRequest request, CancellationToken cancellationToken)
     {
+        if (DeviceAllowList.NamesDevice(request.Path))
+            return Task.FromResult(new OpenedImage(OpenDevice(request.Path!, request.CreateSize, request.ReadOnly), request.Path, null));
         var image = Open(request.Path, request.CreateSize, request.ReadOnly);
         return Task.FromResult(new OpenedImage(image, root.ToRelative(root.Resolve(request.Path)), null));
     }
@@ -57,6 +61,23 @@ public sealed class RawImageDriver(ImageRoot root) : IImageDriver
                 _ => BlockErrors.Invalid("invalid-path", $"Could not open '{path}': {e.Message}"),
             };
         }
+    }
+
+    /// <summary>
+    /// A host block device: opened by its real path once the allow list passed the path as given and
+    /// where it leads; the node keeps the path as given (a stable name is reopened by that name at the
+    /// next start). Devices are never created: a <c>create</c> on an allowed device is refused, one on
+    /// any other absolute path is outside the root, as it always was.
+    /// </summary>
+    private HostDeviceImage OpenDevice(string path, long? createSize, bool readOnly)
+    {
+        if (createSize is not null)
+        {
+            if (!root.Devices.Matches(path))
+                root.Resolve(path); // throws path-outside-root: files are only created under the root
+            throw BlockErrors.Invalid("device-not-creatable", $"Device '{path}' exists: block devices are opened, never created (leave out 'create')");
+        }
+        return HostDeviceImage.Open(root.Devices.Resolve(path), readOnly, path);
     }
 
     /// <summary>

@@ -7,7 +7,8 @@ namespace BlockMirror.Core.Images;
 /// are declared. st_dev, st_ino, st_size, st_blocks and st_mtim sit at the same offsets on the
 /// generic layout (arm64, riscv64: 128 bytes, so the larger buffer is safe there too); st_mode and
 /// st_nlink do not (x86_64: nlink 8 bytes at 16, mode at 24; generic: mode at 16, nlink 4 bytes at
-/// 20), so they are read through <see cref="Mode"/> and <see cref="LinkCount"/>.
+/// 20), so they are read through <see cref="Mode"/> and <see cref="LinkCount"/>; st_rdev neither
+/// (x86_64: at 40, after st_gid and a pad; generic: at 32), read through <see cref="DeviceNumber"/>.
 /// </summary>
 [StructLayout(LayoutKind.Explicit, Size = 144)]
 internal struct StatBuffer
@@ -43,6 +44,12 @@ internal struct StatBuffer
     [FieldOffset(24)]
     private uint _word24;
 
+    [FieldOffset(32)]
+    private ulong _long32;
+
+    [FieldOffset(40)]
+    private ulong _long40;
+
     /// <summary>st_size: the file's length in bytes.</summary>
     [FieldOffset(48)]
     public long Size;
@@ -64,6 +71,9 @@ internal struct StatBuffer
 
     /// <summary>st_nlink: how many directory entries name the file (0 once it was unlinked).</summary>
     public readonly ulong LinkCount => s_x64 ? _word16 | ((ulong)_word20 << 32) : _word20;
+
+    /// <summary>st_rdev: which device a block or character device file stands for (major and minor).</summary>
+    public readonly ulong DeviceNumber => s_x64 ? _long40 : _long32;
 
     /// <summary>The file type bits of <see cref="Mode"/> (one of the constants above).</summary>
     public readonly uint FileType => Mode & TypeMask;

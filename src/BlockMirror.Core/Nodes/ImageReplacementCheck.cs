@@ -53,6 +53,8 @@ public sealed partial class ImageReplacementCheck(ImageRoot root, TimeProvider t
     /// <summary>Why the path no longer leads to the open file (fstat against stat of the resolved path), or null while it does or nobody can tell.</summary>
     private string? Mismatch(BlockNode node)
     {
+        if (node.Path is { } devicePath && node.Image is HostDeviceImage device)
+            return DeviceMismatch(devicePath, device);
         if (node.Path is not { } path || ImageHostFile.Of(node.Image) is not { } file || file.TryStat() is not { } open)
             return null;
         string full;
@@ -68,6 +70,23 @@ public sealed partial class ImageReplacementCheck(ImageRoot root, TimeProvider t
             return LibC.LastErrno is LibC.ENOENT or LibC.ENOTDIR ? $"the image file '{path}' was removed" : null;
         if (now.Device != open.Device || now.Inode != open.Inode)
             return $"the image file '{path}' was replaced by another file";
+        return null;
+    }
+
+    /// <summary>
+    /// Why a device node's path no longer leads to the device it has open: by device number (st_rdev),
+    /// never by the node's inode, since the data lives on the device, not on its node in /dev (a node
+    /// made again for the same device is the same image; a by-id link that now leads to another disk
+    /// is not). Null while it does, or when nobody can tell.
+    /// </summary>
+    private static string? DeviceMismatch(string path, HostDeviceImage device)
+    {
+        if (device.TryStat() is not { } open)
+            return null;
+        if (StateNative.stat(path, out var now) != 0)
+            return LibC.LastErrno is LibC.ENOENT or LibC.ENOTDIR ? $"the device '{path}' was removed" : null;
+        if (now.FileType != StatBuffer.BlockDevice || now.DeviceNumber != open.DeviceNumber)
+            return $"the path '{path}' now leads to another device";
         return null;
     }
 

@@ -104,6 +104,8 @@ public sealed partial class NodeRegistry(
             throw BlockErrors.NodeBusy(name, $"block device is in use by NBD export '{node.Exports.First()}'");
         // The file to delete must still be the node's own and its path must still resolve inside the root.
         string? imageFile = null;
+        if (deleteImage && node.Image is HostDeviceImage)
+            throw BlockErrors.Invalid("device-not-deletable", $"Node '{name}' is on the block device '{node.Path}': deleteImage would remove the device's node, and devices are never deleted");
         if (deleteImage && node.Path is { } path)
         {
             replacements.ThrowIfReplacedControlLocked(node);

@@ -17,32 +17,19 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
     private const long Size = 8L << 20;
     private const long G = 65536;
     private readonly string _dir = Directory.CreateTempSubdirectory("blockmirror-crash-storage-").FullName;
-    private readonly List<string> _immutable = [];
+    private ImmutableDatabase? _database;
     private readonly List<TmpfsMount> _mounts = [];
+
+    private ImmutableDatabase Database => _database ??= new(_dir);
 
     public Task InitializeAsync() => Task.CompletedTask;
 
     public async Task DisposeAsync()
     {
-        HealDatabase();
+        Database.Heal();
         foreach (var mount in Enumerable.Reverse(_mounts))
             await mount.DisposeAsync();
         BlockMirrorFactory.DeleteDir(_dir);
-    }
-
-    private void FailDatabase()
-    {
-        foreach (var file in new[] { "blockmirror.db", "blockmirror.db-wal" }.Select(f => Path.Combine(_dir, f)).Where(File.Exists))
-            _immutable.Add(file);
-        ChattrFactAttribute.SetImmutable(true, [.. _immutable]);
-    }
-
-    private void HealDatabase()
-    {
-        if (_immutable.Count == 0)
-            return;
-        ChattrFactAttribute.SetImmutable(false, [.. _immutable]);
-        _immutable.Clear();
     }
 
     [ChattrFact]
@@ -96,7 +83,7 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
             await events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == id);
 
             // The pivot's store fails with the writers running; the job must say so.
-            FailDatabase();
+            Database.Fail();
             await http.PostJsonAsync($"/api/v1/jobs/{id}/complete", new { });
             var done = await events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == id);
             Assert.Contains("could not be stored", (string?)done.Data["error"]);
@@ -105,7 +92,7 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
 
             // Every other life the database comes back before the kill, else the kill finds it still refusing.
             if (life % 2 == 1)
-                HealDatabase();
+                Database.Heal();
             var killAt = writers.Acks + random.Next(1, 40);
             writers.OnAck = count =>
             {
@@ -115,7 +102,7 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
             await child.WaitForKillAsync(TimeSpan.FromSeconds(60));
             await writers.StopAsync();
             Assert.Empty(writers.Errors);
-            HealDatabase();
+            Database.Heal();
             output.WriteLine($"life {life}: pivot store failed ({done.Data["error"]}), killed after {writers.Acks} acks");
         }
         output.WriteLine($"{kills} kills right after a failing pivot store, {acked.Total} acknowledged writes, {checks} checks after restarts");

@@ -26,7 +26,7 @@ public sealed class JournalRepairTests : IAsyncLifetime
     public async Task DisposeAsync()
     {
         if (_immutable.Count > 0)
-            ChattrFactAttribute.SetImmutable(false, [.. _immutable]);
+            Chattr.SetImmutable(false, [.. _immutable]);
         foreach (var o in Enumerable.Reverse(_owned))
             await o.DisposeAsync();
         _dir.Dispose();
@@ -39,12 +39,12 @@ public sealed class JournalRepairTests : IAsyncLifetime
     private void FailSegments()
     {
         _immutable.AddRange(Segments());
-        ChattrFactAttribute.SetImmutable(true, [.. _immutable]);
+        Chattr.SetImmutable(true, [.. _immutable]);
     }
 
     private void HealSegments()
     {
-        ChattrFactAttribute.SetImmutable(false, [.. _immutable]);
+        Chattr.SetImmutable(false, [.. _immutable]);
         _immutable.Clear();
     }
 

@@ -10,9 +10,22 @@ namespace BlockMirror.Interop.Tests.Service;
 /// <summary>The real service in-process (REST over TestServer, NBD on a real loopback port), in a temp folder.</summary>
 public sealed class ServiceFactory : WebApplicationFactory<Program>
 {
-    public string DataDir { get; } = Directory.CreateTempSubdirectory("blockmirror-interop-").FullName;
+    /// <summary>A service in a new temp folder, or (a restart) in <paramref name="dataDir"/>, which it then leaves in place.</summary>
+    public ServiceFactory(string? dataDir = null)
+    {
+        DataDir = dataDir ?? Directory.CreateTempSubdirectory("blockmirror-interop-").FullName;
+        KeepDataDir = dataDir is not null;
+    }
+
+    public string DataDir { get; }
+
+    /// <summary>Leave the folder when disposed (a restart follows in it; the last instance removes it).</summary>
+    public bool KeepDataDir { get; set; }
 
     public string ImageRoot => Path.Combine(DataDir, "images");
+
+    /// <summary>More configuration (e.g. <c>Storage:Devices:0</c>), applied before the host is built.</summary>
+    public Dictionary<string, string> Settings { get; } = [];
 
     protected override void ConfigureWebHost(IWebHostBuilder builder)
     {
@@ -20,12 +33,16 @@ public sealed class ServiceFactory : WebApplicationFactory<Program>
         builder.UseSetting("ConnectionStrings:BlockMirror", $"Data Source={Path.Combine(DataDir, "blockmirror.db")}");
         builder.UseSetting("Storage:Root", ImageRoot);
         builder.UseSetting("Nbd:Listen", "127.0.0.1:0");
+        foreach (var (key, value) in Settings)
+            builder.UseSetting(key, value);
     }
 
     public override async ValueTask DisposeAsync()
     {
         await base.DisposeAsync();
         SqliteConnection.ClearAllPools();
+        if (KeepDataDir)
+            return;
         try
         {
             Directory.Delete(DataDir, recursive: true);

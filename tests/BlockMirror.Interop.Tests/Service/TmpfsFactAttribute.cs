@@ -1,5 +1,3 @@
-using BlockMirror.Interop.Tests.Nbd;
-
 namespace BlockMirror.Interop.Tests.Service;
 
 /// <summary>
@@ -11,45 +9,11 @@ namespace BlockMirror.Interop.Tests.Service;
 [Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Interop.Tests")]
 public sealed class TmpfsFactAttribute : FactAttribute
 {
-    private static readonly Lazy<string?> Refusal = new(ProbeMount);
+    private static readonly Lazy<string?> Refusal = new(TmpfsMount.Refusal);
 
     public TmpfsFactAttribute()
     {
         if (Refusal.Value is { } reason)
             Skip = "needs to mount a tmpfs: " + reason;
-    }
-
-    private static string? ProbeMount()
-    {
-        if (!OperatingSystem.IsLinux())
-            return "not Linux";
-        if (Environment.UserName != "root")
-            return "not running as root";
-        var dir = Directory.CreateTempSubdirectory("blockmirror-mount-probe-").FullName;
-        try
-        {
-            var error = Run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir);
-            if (error is not null)
-                return error;
-            return Run("umount", dir);
-        }
-        finally
-        {
-            Directory.Delete(dir);
-        }
-    }
-
-    private static string? Run(string tool, params string[] arguments)
-    {
-        try
-        {
-            // Discovery is synchronous; the probe is two short tool runs.
-            var result = InteropTools.RunAsync(tool, arguments, TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
-            return result.ExitCode == 0 ? null : $"{tool} exited with {result.ExitCode}: {result.Stderr.Trim()}";
-        }
-        catch (InvalidOperationException e)
-        {
-            return e.Message; // the tool is not installed
-        }
     }
 }

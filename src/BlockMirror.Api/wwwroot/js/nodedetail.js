@@ -70,7 +70,7 @@ export function updateNodePage(ctx, page, data) {
     setText(el, text);
     if (title != null) el.title = title;
   };
-  set('driver', node.driver + (node.readOnly ? ' (read-only)' : ''));
+  set('driver', node.driver + (node.device ? ' · host block device' : '') + (node.readOnly ? ' (read-only)' : ''));
   set('location', node.path ?? node.uri ?? '');
   set('format', node.format);
   // Nearest first, as the API lists it: what this node reads through to where it holds nothing.
@@ -78,9 +78,11 @@ export function updateNodePage(ctx, page, data) {
   set('backing', chain.length ? chain.map((b) => `${b.path} (${b.format})`).join(' → ') : '—',
     chain.length ? 'Opened read-only with the node; unallocated ranges read from the nearest image first' : '');
   set('size', formatBytes(node.size), `${node.size} bytes`);
-  set('allocated', node.driver === 'nbd' ? '—' : formatBytes(node.allocatedBytes), `${node.allocatedBytes} bytes`);
+  // A device is all data: its whole size is the image's, whatever was written.
+  set('allocated', node.driver === 'nbd' ? '—' : node.device ? 'whole device' : formatBytes(node.allocatedBytes), `${node.allocatedBytes} bytes`);
   set('created', formatTime(node.createdAt));
-  s.querySelector('[data-role="delete-image-label"]').hidden = node.driver === 'nbd';
+  // Devices are never deleted (device-not-deletable): no box to tick.
+  s.querySelector('[data-role="delete-image-label"]').hidden = node.driver === 'nbd' || node.device;
   const blocked = node.busy ? `In use by job ${node.jobId ?? ''} (node-busy)` : (node.exports.length ? 'Exported: remove its exports first (node-busy)' : '');
   page.remove.disabled = !!blocked;
   page.remove.title = blocked || 'Remove the node and its bitmaps (the image file stays unless ticked)';

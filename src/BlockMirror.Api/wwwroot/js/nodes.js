@@ -98,6 +98,7 @@ export function nodeBadges(n) {
   return [
     n.busy ? [n.jobId ? `busy · ${n.jobId}` : 'busy', 'warn', 'busy'] : ['idle', '', 'idle'],
     n.readOnly && ['read-only', 'info', 'read-only'],
+    n.device && ['block device', 'info', 'device'],
     n.imageReplaced && ['image replaced', 'bad', 'replaced'],
   ].filter(Boolean);
 }
@@ -116,7 +117,7 @@ function createRow(node) {
 
 function updateRow(tr, node) {
   const col = (c) => tr.querySelector(`[data-col="${c}"]`);
-  setText(col('driver'), node.driver);
+  setText(col('driver'), node.device ? `${node.driver} · device` : node.driver);
   setText(col('location'), node.path ?? node.uri ?? '');
   setText(col('size'), formatBytes(node.size));
   col('size').title = `${node.size} bytes`;

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace BlockMirror.Api.Tests.Infrastructure;
+namespace BlockMirror.Tests.Shared;
 
 /// <summary>
 /// A small tmpfs mounted on a folder: a real file system that runs out of space (ENOSPC after a

@@ -1,0 +1,59 @@
+using System.Diagnostics;
+
+namespace BlockMirror.Tests.Shared;
+
+/// <summary>
+/// Makes files immutable (<c>chattr +i</c>: every write to them fails, through descriptors already
+/// open too, as on a failing disk). <see cref="Refusal"/> says why this process may not (not root,
+/// no chattr, a temp file system without the attribute); the facts that need it skip with that reason.
+/// </summary>
+public static class Chattr
+{
+    private static readonly Lazy<string?> s_refusal = new(Probe);
+
+    /// <summary>Why this process cannot make files immutable, or null when it can. Decided once, by a probe.</summary>
+    public static string? Refusal => s_refusal.Value;
+
+    /// <summary>Sets or clears the immutable attribute of <paramref name="paths"/>.</summary>
+    public static void SetImmutable(bool immutable, params string[] paths)
+    {
+        if (Run([immutable ? "+i" : "-i", .. paths]) is { } error)
+            throw new InvalidOperationException(error);
+    }
+
+    private static string? Probe()
+    {
+        if (!OperatingSystem.IsLinux())
+            return "not Linux";
+        if (Environment.UserName != "root")
+            return "not running as root";
+        var file = Path.GetTempFileName();
+        try
+        {
+            return Run(["+i", file]) ?? Run(["-i", file]);
+        }
+        finally
+        {
+            Run(["-i", file]);
+            File.Delete(file);
+        }
+    }
+
+    private static string? Run(string[] arguments)
+    {
+        var start = new ProcessStartInfo("chattr") { RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in arguments)
+            start.ArgumentList.Add(a);
+        try
+        {
+            using var process = Process.Start(start)!;
+            var stderr = process.StandardError.ReadToEnd();
+            process.WaitForExit();
+            return process.ExitCode == 0 ? null : $"chattr exited with {process.ExitCode}: {stderr.Trim()}";
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            return e.Message; // not installed
+        }
+    }
+}
