@@ -41,7 +41,7 @@ public sealed class BlockLayer : IAsyncDisposable
         Events = events;
         Time = time;
         loggers ??= NullLoggerFactory.Instance;
-        _opener = new ImageOpener(new RawImageDriver(root), new NbdImageDriver(remote));
+        _opener = new ImageOpener(new RawImageDriver(root), new NbdImageDriver(remote), new Qcow2ImageDriver(root));
         _replacements = new ImageReplacementCheck(root, time, loggers.CreateLogger<ImageReplacementCheck>());
         _nodes = new NodeRegistry(root, _opener, store, _replacements, time, loggers.CreateLogger<NodeRegistry>());
         _persistence = new BitmapPersistence(store, _control, _nodes, _replacements, time, loggers.CreateLogger<BitmapPersistence>());

@@ -116,7 +116,7 @@ public sealed class StrictRequestTests : ServiceTest
     [InlineData("/api/v1/nodes", """{"name":5,"driver":"raw","path":"n.img"}""", "name", "expected a string, got 5")]
     [InlineData("/api/v1/nodes", """{"name":"n","driver":"raw","path":"n.img","readOnly":"yes"}""", "readOnly", "expected true or false, got \"yes\"")]
     [InlineData("/api/v1/nodes", """{"name":"n","driver":"raw","path":"n.img","create":"1G"}""", "create", "expected an object")]
-    [InlineData("/api/v1/nodes", """{"name":"n","driver":"qcow3","path":"n.img"}""", "driver", "raw, nbd")]
+    [InlineData("/api/v1/nodes", """{"name":"n","driver":"qcow3","path":"n.img"}""", "driver", "raw, qcow2, nbd")]
     [InlineData("/api/v1/nodes", """{"name":"n","driver":"raw"}""", "path", "required")]
     [InlineData("/api/v1/nodes", """[]""", "body", "expected an object")]
     [InlineData("/api/v1/nodes/disk0/bitmaps", """{"name":"b1","granularity":"64Q"}""", "granularity", "64K")]

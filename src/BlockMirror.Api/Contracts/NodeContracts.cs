@@ -6,10 +6,10 @@ namespace BlockMirror.Api.Contracts;
 
 /// <summary>Body of POST /api/v1/nodes: open (or create) an image the service then owns.</summary>
 /// <param name="Name">Node name, unique in the service: 1–128 characters of [A-Za-z0-9._:-], starting with a letter, digit or '_'.</param>
-/// <param name="Driver">How the image is reached: <c>raw</c> (a file under the image root, needs <c>path</c>) or <c>nbd</c> (a remote NBD export, needs <c>uri</c>).</param>
-/// <param name="Path">raw: the image file, relative to the image root (Storage:Root), no '..'; or a host block device by absolute path (/dev/...), only where Storage:Devices allows it (device-not-allowed otherwise).</param>
+/// <param name="Driver">How the image is reached: <c>raw</c> (a file under the image root, or a host block device, needs <c>path</c>), <c>qcow2</c> (a qcow2 image file under the image root, needs <c>path</c>) or <c>nbd</c> (a remote NBD export, needs <c>uri</c>).</param>
+/// <param name="Path">raw, qcow2: the image file, relative to the image root (Storage:Root), no '..'; raw: or a host block device by absolute path (/dev/...), only where Storage:Devices allows it (device-not-allowed otherwise).</param>
 /// <param name="Uri">nbd: nbd://host:port/export or nbd+unix:///export?socket=/path.sock.</param>
-/// <param name="Create">raw: create the file (sparse) with this size instead of opening an existing one; the file must not exist. Never for a device (device-not-creatable).</param>
+/// <param name="Create">raw, qcow2: create the image with this size instead of opening an existing one (raw: a sparse file; qcow2: as <c>qemu-img create -f qcow2</c>); the file must not exist. Never for a device (device-not-creatable).</param>
 /// <param name="ReadOnly">Open without write access: writes, mirrors into it and writable exports are refused. Default false.</param>
 public sealed record CreateNodeRequest(
     [property: Required] string? Name,
@@ -21,12 +21,26 @@ public sealed record CreateNodeRequest(
 
 /// <summary>Image creation parameters.</summary>
 /// <param name="Size">Virtual size in bytes, a multiple of 512 (an integer, or a size such as 64M, 1G).</param>
-public sealed record CreateImageSpec([property: Required, JsonConverter(typeof(ByteCountJsonConverter))] long? Size);
+/// <param name="ClusterSize">qcow2: the cluster size, a power of two from 512 to 2M (an integer, or a size such as 64K). Default 64K.</param>
+/// <param name="Backing">qcow2: the backing image, a path relative to the image root like every node path; stored in the new image relative to its directory (QEMU's convention). Unallocated ranges read through to it.</param>
+/// <param name="BackingFormat">qcow2: <c>raw</c> or <c>qcow2</c>, the backing image's format; found from the file when not given, and stored in the image either way.</param>
+public sealed record CreateImageSpec(
+    [property: Required, JsonConverter(typeof(ByteCountJsonConverter))] long? Size,
+    [property: JsonConverter(typeof(ByteCountJsonConverter))] long? ClusterSize = null,
+    string? Backing = null,
+    string? BackingFormat = null);
+
+/// <summary>One image of a node's backing chain.</summary>
+/// <param name="Path">The backing image, relative to the image root.</param>
+/// <param name="Format"><c>raw</c> or <c>qcow2</c>.</param>
+public sealed record BackingImageDto(string Path, string Format);
 
 /// <summary>A node: an image the service owns.</summary>
 /// <param name="Name">The node's name.</param>
-/// <param name="Driver"><c>raw</c> or <c>nbd</c>.</param>
-/// <param name="Path">raw: the image file relative to the image root, or the block device's absolute path as given; null for nbd.</param>
+/// <param name="Driver"><c>raw</c>, <c>qcow2</c> or <c>nbd</c>.</param>
+/// <param name="Format">The image format: <c>raw</c> (also a block device), <c>qcow2</c>, or <c>nbd</c> for a remote export.</param>
+/// <param name="Backing">The backing chain (qcow2), nearest first: what unallocated ranges read through to. Empty without one.</param>
+/// <param name="Path">raw, qcow2: the image file relative to the image root, or a block device's absolute path as given; null for nbd.</param>
 /// <param name="Uri">nbd: the export's URI; null for raw.</param>
 /// <param name="Size">Virtual size in bytes.</param>
 /// <param name="AllocatedBytes">Bytes the image occupies on disk (0 where unknown, e.g. nbd; the whole size for a block device).</param>
@@ -49,6 +63,8 @@ public sealed record CreateImageSpec([property: Required, JsonConverter(typeof(B
 public sealed record NodeDto(
     string Name,
     string Driver,
+    string Format,
+    IReadOnlyList<BackingImageDto> Backing,
     string? Path,
     string? Uri,
     long Size,

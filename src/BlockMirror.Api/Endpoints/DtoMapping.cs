@@ -9,7 +9,7 @@ namespace BlockMirror.Api.Endpoints;
 /// <summary>Block-layer objects to their REST shapes.</summary>
 public static class DtoMapping
 {
-    public static NodeDto ToDto(this BlockNode node)
+    public static NodeDto ToDto(this BlockNode node, ImageRoot root)
     {
         long allocated;
         try
@@ -20,9 +20,12 @@ public static class DtoMapping
         {
             allocated = 0;
         }
-        return new NodeDto(node.Name, node.Driver, node.Path, node.Uri, node.Size, allocated, node.ReadOnly, node.Busy, node.JobId,
+        var image = node.Image;
+        var format = image is ILayeredImage layered ? layered.Format : node.Driver;
+        var backing = BackingLayer.ChainOf(image, root).Select(b => new BackingImageDto(b.Path, b.Format)).ToList();
+        return new NodeDto(node.Name, node.Driver, format, backing, node.Path, node.Uri, node.Size, allocated, node.ReadOnly, node.Busy, node.JobId,
             [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason,
-            node.Image is HostDeviceImage);
+            image is HostDeviceImage);
     }
 
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>

@@ -1,4 +1,5 @@
 using BlockMirror.Core.Images;
+using BlockMirror.Core.Images.Qcow2;
 using BlockMirror.Core.Nodes;
 
 namespace BlockMirror.Core.Jobs;
@@ -185,6 +186,11 @@ public sealed partial class MirrorJob
     {
         if (Options.Sync == MirrorSyncMode.None || _named is not null)
             return;
+        if (Options.Sync == MirrorSyncMode.Top && _device.Image is ILayeredImage { Backing: not null } layered)
+        {
+            await MarkTopLayerDirtyAsync(layered).ConfigureAwait(false);
+            return;
+        }
         if (Options.Sync == MirrorSyncMode.Full)
             await MarkTargetRewrittenAsync().ConfigureAwait(false);
         await foreach (var extent in ImageExtents.EnumerateAsync(_device.Image, 0, Size, Abandoned).ConfigureAwait(false))
@@ -195,6 +201,28 @@ public sealed partial class MirrorJob
                 _working.MarkDirty(extent.Offset, extent.Length);
             else
                 await MarkTargetDataAsync(extent.Offset, extent.Length).ConfigureAwait(false);
+            await PausePointAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// mirror_dirty_init for sync=top: what the device's own layer holds (data, or zeroes over its
+    /// backing) is dirty, the rest is the backing's, which the target's own backing supplies
+    /// (bdrv_is_allocated_above with base = the device's backing image). The target is not zeroed:
+    /// the user made it on the same or an equal backing, as for QEMU's blockdev-mirror.
+    /// </summary>
+    private async Task MarkTopLayerDirtyAsync(ILayeredImage device)
+    {
+        for (var pos = 0L; pos < Size;)
+        {
+            if (ForceCancelled)
+                return;
+            var extent = await device.GetLayerStatusAsync(pos, Size - pos, Abandoned).ConfigureAwait(false);
+            if (extent.Length <= 0)
+                throw new InvalidOperationException($"Layer status of '{device.Location}' at {pos} returned [{extent.Offset}, +{extent.Length})");
+            if (extent.Kind != Qcow2LayerKind.Unallocated)
+                _working.MarkDirty(extent.Offset, extent.Length);
+            pos += extent.Length;
             await PausePointAsync().ConfigureAwait(false);
         }
     }

@@ -55,7 +55,7 @@ public sealed partial class ImageReplacementCheck(ImageRoot root, TimeProvider t
     {
         if (node.Path is { } devicePath && node.Image is HostDeviceImage device)
             return DeviceMismatch(devicePath, device);
-        if (node.Path is not { } path || node.Image is not RawFileImage raw || raw.TryStat() is not { } open)
+        if (node.Path is not { } path || ImageHostFile.Of(node.Image) is not { } file || file.TryStat() is not { } open)
             return null;
         string full;
         try

@@ -13,7 +13,7 @@ public readonly record struct ImageStamp(long Size, long Inode, DateTime Modifie
         StateNative.stat(fullPath, out var st) == 0 ? Of(st) : null;
 
     /// <summary>
-    /// The stamp of the file a raw image has open (fstat of its descriptor; after the image was
+    /// The stamp of the file a raw or qcow2 image has open (fstat of its descriptor; after the image was
     /// closed, as it was then), or null for other images and when it cannot be read. Checkpoints
     /// stamp this, not the path: a file renamed over the path while the node had the old one open
     /// must not inherit the old file's checkpoint. A host device is stamped by its device node the same
@@ -26,8 +26,8 @@ public readonly record struct ImageStamp(long Size, long Inode, DateTime Modifie
     /// </summary>
     public static ImageStamp? Of(IBlockImage image) => image switch
     {
-        RawFileImage raw when raw.TryStat() is { } st => Of(st),
         HostDeviceImage device when device.TryStat() is { } st => Of(st),
+        _ when ImageHostFile.Of(image) is { } file && file.TryStat() is { } st => Of(st),
         _ => null,
     };
 

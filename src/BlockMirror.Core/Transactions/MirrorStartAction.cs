@@ -1,4 +1,5 @@
 using BlockMirror.Core.Bitmaps;
+using BlockMirror.Core.Images;
 using BlockMirror.Core.Jobs;
 using BlockMirror.Core.Nodes;
 
@@ -39,6 +40,7 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
         CheckGranularityArgument(o);
         CheckNotInJob(device, target);
         var named = CheckBitmap(device, o);
+        o = TopWithoutBackingIsFull(o, device);
         var granularity = named is null ? (int)(o.Granularity is > 0 ? o.Granularity.Value : DirtyBitmap.DefaultGranularity) : CheckBitmapGranularity(named);
         var bufSize = CheckBufSize(o, granularity);
         CheckNotIntoItself(layer, device, target);
@@ -82,6 +84,16 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
         // Seeding it from the caller's bitmap copies that bitmap's words once.
         context.ReserveBitmapMemory(working, named?.SerializedBytes ?? 0);
     }
+
+    /// <summary>
+    /// blockdev_mirror_common: sync=top on a device without a backing image is sync=full, and the job
+    /// reports full. After the working-bitmap checks (the proposed series places them before this), so
+    /// a bitmap with sync=top is refused as 'top' whatever the device.
+    /// </summary>
+    private static MirrorOptions TopWithoutBackingIsFull(MirrorOptions o, BlockNode device) =>
+        o.Sync == MirrorSyncMode.Top && device.Image is not ILayeredImage { Backing: not null }
+            ? o with { Sync = MirrorSyncMode.Full }
+            : o;
 
     /// <summary>blockdev_mirror_common's op blockers: a node another job owns.</summary>
     private static void CheckNotInJob(BlockNode device, BlockNode target)

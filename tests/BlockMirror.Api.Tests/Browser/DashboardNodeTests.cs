@@ -9,6 +9,33 @@ namespace BlockMirror.Api.Tests.Browser;
 public sealed class DashboardNodeTests(ChromiumFixture chromium) : DashboardTestBase(chromium)
 {
     [BrowserFact]
+    public async Task A_qcow2_image_on_a_backing_file_is_created_from_the_form_and_its_page_shows_format_and_chain()
+    {
+        await Http.CreateNodeAsync("maker", 8 * MiB, "tmpl/base.img");
+        using (var removed = await Http.DeleteAsync("/api/v1/nodes/maker"))
+            Assert.Equal(HttpStatusCode.NoContent, removed.StatusCode);
+
+        await Page.GetByTestId("node-kind-create").CheckAsync();
+        // The qcow2 members show only for qcow2.
+        await Expect(Page.GetByTestId("node-backing")).ToBeHiddenAsync();
+        await Page.GetByTestId("node-format").SelectOptionAsync("qcow2");
+        await Expect(Page.GetByTestId("node-backing")).ToBeVisibleAsync();
+        await Page.GetByTestId("node-name").FillAsync("vm1");
+        await Expect(Page.GetByTestId("node-path")).ToHaveAttributeAsync("placeholder", "vm1.qcow2");
+        await Page.GetByTestId("node-size").FillAsync("8M");
+        await Page.GetByTestId("node-backing").FillAsync("tmpl/base.img");
+        await Page.GetByTestId("node-cluster-size").FillAsync("4K");
+        await Page.GetByTestId("node-create").ClickAsync();
+        await Expect(Dashboard.NodeSummary.Locator("h2")).ToHaveTextAsync("vm1");
+        await Expect(Dashboard.NodeSummary.GetByTestId("node-format")).ToHaveTextAsync("qcow2");
+        await Expect(Dashboard.NodeSummary.GetByTestId("node-backing")).ToHaveTextAsync("tmpl/base.img (raw)");
+        await Expect(Dashboard.NodeSummary.GetByTestId("node-location")).ToHaveTextAsync("vm1.qcow2");
+        var node = await Http.GetJsonAsync("/api/v1/nodes/vm1");
+        Assert.Equal("qcow2", (string?)node["driver"]);
+        Assert.Equal("tmpl/base.img", (string?)node["backing"]![0]!["path"]);
+    }
+
+    [BrowserFact]
     public async Task Existing_image_is_opened_exported_and_read_back_through_an_nbd_node()
     {
         // An image file that exists under the root: made by a node that is then removed (the file stays).

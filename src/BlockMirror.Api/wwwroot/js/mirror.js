@@ -130,7 +130,9 @@ async function startMirror(f, device, size) {
   let created = null;
   if (f.target.value === NEW_TARGET) {
     created = body.target;
-    await api('POST', '/nodes', { name: created, driver: 'raw', path: value(f.newPath) || `${created}.img`, create: { size } });
+    const newPath = value(f.newPath) || `${created}.img`;
+    // A path ending in .qcow2 makes a qcow2 target (for sync=top, make it on the device's backing on the Nodes page).
+    await api('POST', '/nodes', { name: created, driver: newPath.endsWith('.qcow2') ? 'qcow2' : 'raw', path: newPath, create: { size } });
   }
   try {
     await api('POST', '/jobs/mirror', body);

@@ -26,10 +26,10 @@ export function createNodePage(ctx, container, name) {
       h('span', { class: 'badges', 'data-role': 'badges' })),
     h('p', { class: 'reason', 'data-testid': 'node-replaced', hidden: true }),
     h('dl', { class: 'stats' },
-      info('driver', 'driver'), info('path / URI', 'location'), info('size', 'size'),
+      info('driver', 'driver'), info('format', 'format'), info('path / URI', 'location'), info('backing chain', 'backing'), info('size', 'size'),
       info('allocated', 'allocated'), info('added', 'created')),
     h('div', { class: 'actions' },
-      h('label', { 'data-role': 'delete-image-label', title: 'Also delete the raw image file (refused when the path no longer names the node\'s file)' },
+      h('label', { 'data-role': 'delete-image-label', title: 'Also delete the image file (never its backing chain; refused when the path no longer names the node\'s file)' },
         deleteImage, ' also delete the image file'),
       remove),
     h('div', { class: 'action-error', 'data-testid': 'action-error', hidden: true }));
@@ -72,12 +72,17 @@ export function updateNodePage(ctx, page, data) {
   };
   set('driver', node.driver + (node.device ? ' · host block device' : '') + (node.readOnly ? ' (read-only)' : ''));
   set('location', node.path ?? node.uri ?? '');
+  set('format', node.format);
+  // Nearest first, as the API lists it: what this node reads through to where it holds nothing.
+  const chain = node.backing ?? [];
+  set('backing', chain.length ? chain.map((b) => `${b.path} (${b.format})`).join(' → ') : '—',
+    chain.length ? 'Opened read-only with the node; unallocated ranges read from the nearest image first' : '');
   set('size', formatBytes(node.size), `${node.size} bytes`);
   // A device is all data: its whole size is the image's, whatever was written.
   set('allocated', node.driver === 'nbd' ? '—' : node.device ? 'whole device' : formatBytes(node.allocatedBytes), `${node.allocatedBytes} bytes`);
   set('created', formatTime(node.createdAt));
   // Devices are never deleted (device-not-deletable): no box to tick.
-  s.querySelector('[data-role="delete-image-label"]').hidden = node.driver !== 'raw' || node.device;
+  s.querySelector('[data-role="delete-image-label"]').hidden = node.driver === 'nbd' || node.device;
   const blocked = node.busy ? `In use by job ${node.jobId ?? ''} (node-busy)` : (node.exports.length ? 'Exported: remove its exports first (node-busy)' : '');
   page.remove.disabled = !!blocked;
   page.remove.title = blocked || 'Remove the node and its bitmaps (the image file stays unless ticked)';

@@ -1,5 +1,5 @@
-// Nodes: the overview table, the node list in the sidebar, and the add-node form (a new raw image,
-// an existing raw image, or a remote NBD export).
+// Nodes: the overview table, the node list in the sidebar, and the add-node form (a new raw or
+// qcow2 image, an existing one, or a remote NBD export).
 import { api, seg } from './api.js';
 import { h, reconcile, setText } from './dom.js';
 import { formatBytes, parseSize } from './format.js';
@@ -9,15 +9,23 @@ export const nodeHref = (name) => `#/nodes/${seg(name)}`;
 export function initNodes(ctx) {
   const form = document.getElementById('node-form');
   const kind = () => form.querySelector('input[name="kind"]:checked').value;
+  const format = () => form.querySelector('#node-format').value;
   const showKind = () => {
-    for (const el of form.querySelectorAll('[data-kinds]')) el.hidden = !el.dataset.kinds.split(' ').includes(kind());
+    for (const el of form.querySelectorAll('[data-kinds]')) {
+      el.hidden = !el.dataset.kinds.split(' ').includes(kind()) || (el.dataset.formats != null && !el.dataset.formats.split(' ').includes(format()));
+    }
     form.dataset.kind = kind();
   };
   for (const radio of form.querySelectorAll('input[name="kind"]')) radio.addEventListener('change', showKind);
+  form.querySelector('#node-format').addEventListener('change', () => {
+    showKind();
+    path.placeholder = defaultPath(name.value.trim() || 'disk0');
+  });
   showKind();
   const name = form.querySelector('#node-name');
   const path = form.querySelector('#node-path');
-  name.addEventListener('input', () => { path.placeholder = `${name.value.trim() || 'disk0'}.img`; });
+  const defaultPath = (n) => `${n}.${format() === 'qcow2' ? 'qcow2' : 'img'}`;
+  name.addEventListener('input', () => { path.placeholder = defaultPath(name.value.trim() || 'disk0'); });
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     ctx.act(async () => {
@@ -26,11 +34,17 @@ export function initNodes(ctx) {
       const n = value('node-name');
       let body;
       switch (kind()) {
-        case 'create':
-          body = { name: n, driver: 'raw', path: value('node-path') || `${n}.img`, create: { size: parseSize(value('node-size'), 'Size') } };
+        case 'create': {
+          const create = { size: parseSize(value('node-size'), 'Size') };
+          if (format() === 'qcow2') {
+            if (value('node-backing')) create.backing = value('node-backing');
+            if (value('node-cluster-size')) create.clusterSize = parseSize(value('node-cluster-size'), 'Cluster size');
+          }
+          body = { name: n, driver: format(), path: value('node-path') || defaultPath(n), create };
           break;
+        }
         case 'open':
-          body = { name: n, driver: 'raw', path: value('node-path') || `${n}.img`, readOnly };
+          body = { name: n, driver: format(), path: value('node-path') || defaultPath(n), readOnly };
           break;
         default:
           body = { name: n, driver: 'nbd', uri: value('node-uri'), readOnly };
