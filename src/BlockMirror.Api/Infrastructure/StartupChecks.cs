@@ -41,6 +41,7 @@ public static partial class StartupChecks
             var nbd = services.GetRequiredService<IOptions<NbdOptions>>().Value;
             var limits = services.GetRequiredService<IOptions<LimitsOptions>>().Value;
             _ = services.GetRequiredService<IOptions<AuthOptions>>().Value;
+            var bitmaps = services.GetRequiredService<IOptions<BitmapsOptions>>().Value;
             var problems = new List<string>();
             Require(problems, storage.MaxDataBodyBytes >= 1, "Storage:MaxDataBodyBytes must be at least 1");
             Require(problems, !string.IsNullOrWhiteSpace(storage.Root), "Storage:Root must not be empty");
@@ -53,6 +54,9 @@ public static partial class StartupChecks
             Require(problems, limits.HttpRequestHeadersTimeout > TimeSpan.Zero, "Limits:HttpRequestHeadersTimeout must be positive");
             Require(problems, limits.HttpKeepAliveTimeout > TimeSpan.Zero, "Limits:HttpKeepAliveTimeout must be positive");
             Require(problems, limits.ReservedFileDescriptors >= 0, "Limits:ReservedFileDescriptors must not be negative");
+            Require(problems, bitmaps.ActivityLogExtentBytes >= 512 && System.Numerics.BitOperations.IsPow2(bitmaps.ActivityLogExtentBytes),
+                "Bitmaps:ActivityLogExtentBytes must be a power of two of at least 512");
+            Require(problems, bitmaps.ActivityLogHotExtents >= 1, "Bitmaps:ActivityLogHotExtents must be at least 1");
             if (problems.Count > 0)
                 throw new StartupRefusedException(ExitCodes.Configuration, "invalid configuration: " + string.Join("; ", problems));
             return (limits, nbd);
