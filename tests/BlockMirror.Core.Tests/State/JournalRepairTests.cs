@@ -51,7 +51,7 @@ public sealed class JournalRepairTests : IAsyncLifetime
     private async Task<BlockLayer> StartLayerAsync(InMemoryBlockStore store)
     {
         var journal = new FileBitmapJournal(Prefix);
-        var layer = new BlockLayer(new ImageRoot(_dir.PathOf("root")), store, NullEventSink.Instance, TimeProvider.System) { Journal = journal };
+        var layer = new BlockLayer(new ImageRoot(_dir.PathOf("root")), store, NullEventSink.Instance, TimeProvider.System) { Journal = journal, ActivityLog = new BitmapActivityLogOptions { ExtentBytes = 512 } };
         _owned.Add(journal);
         _owned.Add(layer);
         await layer.LoadAsync();
