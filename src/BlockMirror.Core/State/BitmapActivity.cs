@@ -114,7 +114,19 @@ internal sealed class BitmapActivity
             }
             if (appends is not null)
             {
-                var durable = _owner.Journal.AppendAsync(appends).AsTask();
+                Task durable;
+                try
+                {
+                    durable = _owner.Journal.AppendAsync(appends).AsTask();
+                }
+                catch
+                {
+                    // Never journaled: these extents must not pass for hot (the retired one stays hot
+                    // in the journal, which only enlarges a recovery).
+                    foreach (var added in activated!)
+                        Forget(added);
+                    throw;
+                }
                 foreach (var added in activated!)
                     added.Value = (added.Value.Item1, durable);
                 Add(durable, ref wait, ref more);
