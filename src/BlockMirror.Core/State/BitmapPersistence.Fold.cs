@@ -46,9 +46,10 @@ public sealed partial class BitmapPersistence
         catch (Exception e)
         {
             // The segments stay and are folded by the next attempt (or replayed by the next start).
+            // Logged before counted: whoever sees the count can find the log line.
+            LogFoldFailed(logger, e, _journal?.LastSequence ?? 0);
             LastFoldError = e.Message;
             Interlocked.Increment(ref _failedFolds);
-            LogFoldFailed(logger, e, _journal?.LastSequence ?? 0);
         }
     }
 
