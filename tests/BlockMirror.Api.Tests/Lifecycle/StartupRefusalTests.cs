@@ -45,6 +45,8 @@ public sealed class StartupRefusalTests : IDisposable
     [InlineData("Nbd:Listen", "nowhere", "Nbd:Listen")]
     [InlineData("Limits:HttpKeepAliveTimeout", "soon", "Limits:HttpKeepAliveTimeout")]
     [InlineData("Urls", "garbage", "Urls 'garbage'")]
+    [InlineData("Bitmaps:ActivityLogExtentBytes", "3000000", "Bitmaps:ActivityLogExtentBytes")]
+    [InlineData("Bitmaps:ActivityLogHotExtents", "0", "Bitmaps:ActivityLogHotExtents")]
     public async Task An_invalid_setting_is_refused_before_anything_starts(string key, string value, string named)
     {
         var exit = await ChildService.RunToExitAsync(_dir, "--" + key, value);
