@@ -76,6 +76,22 @@ public sealed class BlockLayer : IAsyncDisposable
         init => _persistence.Journal = value;
     }
 
+    /// <summary>The activity log of persistent bitmaps: extent size and hot bound (set before <see cref="LoadAsync"/>).</summary>
+    public BitmapActivityLogOptions ActivityLog
+    {
+        get => _persistence.ActivityLog;
+        init => _persistence.ActivityLog = value;
+    }
+
+    /// <summary>The activity log's counters: hot extents, activations, evictions, relogs.</summary>
+    public ActivityLogStatistics ActivityLogStatistics => _persistence.ActivityLogStatistics;
+
+    /// <summary>Extents of <paramref name="bitmap"/> hot now in the activity log.</summary>
+    public int HotExtentsOf(DirtyBitmap bitmap) => _persistence.HotExtentsOf(bitmap);
+
+    /// <inheritdoc cref="BitmapPersistence.RecoverySuperset"/>
+    public List<(string Node, string Bitmap, long Granules, long Bytes)> RecoverySuperset => _persistence.RecoverySuperset;
+
     /// <summary>Where jobs are written through; null = no job persistence.</summary>
     public IJobStore? JobStore
     {

@@ -123,6 +123,29 @@ public sealed partial class MetricsTests : ServiceTest
         Assert.Contains("# TYPE blockmirror_job_save_failures_total counter", text, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task The_activity_log_of_persistent_bitmaps_is_counted()
+    {
+        var node = $"al-{_suffix}";
+        await Http.CreateNodeAsync(node, 16 * MiB);
+        await Http.AddBitmapAsync(node, "p", persistent: true);
+        var before = await ScrapeAsync();
+
+        // Two 4 MiB extents made hot (one journal sync each at least), then a write into a hot one: nothing more.
+        await Http.WriteAsync(node, 0, ApiClient.Pattern(4096, 1));
+        await Http.WriteAsync(node, 9 * MiB, ApiClient.Pattern(4096, 2));
+        var warm = await ScrapeAsync();
+        await Http.WriteAsync(node, 3 * MiB, ApiClient.Pattern(4096, 3));
+        var after = await ScrapeAsync();
+
+        Assert.Equal(2, warm.Single("blockmirror_journal_extents_activated_total") - before.Single("blockmirror_journal_extents_activated_total"));
+        Assert.Equal(2, warm.Single("blockmirror_journal_hot_extents") - before.Single("blockmirror_journal_hot_extents"));
+        Assert.True(warm.Single("blockmirror_journal_syncs_total") - before.Single("blockmirror_journal_syncs_total") >= 1);
+        Assert.Equal(warm.Single("blockmirror_journal_syncs_total"), after.Single("blockmirror_journal_syncs_total"));
+        Assert.Equal(warm.Single("blockmirror_journal_extents_activated_total"), after.Single("blockmirror_journal_extents_activated_total"));
+        Assert.Equal(before.Single("blockmirror_journal_extents_evicted_total"), after.Single("blockmirror_journal_extents_evicted_total"));
+    }
+
     private async Task<long> BitmapCountAsync(string node, string bitmap) =>
         (long)(await Http.GetJsonAsync($"/api/v1/nodes/{node}/bitmaps/{bitmap}"))["count"]!;
 

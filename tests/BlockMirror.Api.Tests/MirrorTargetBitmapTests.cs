@@ -88,7 +88,8 @@ public sealed class MirrorTargetBitmapTests() : ServiceTest(watchEvents: true)
         try
         {
             List<(long Offset, long Length)> written;
-            await using (var child = await ChildService.StartAsync(dir))
+            // One-granule extents: the activity log is exact, which this test compares against (coarse extents: ActivityLogTests, the crash harness).
+            await using (var child = await ChildService.StartAsync(dir, "--Bitmaps:ActivityLogExtentBytes", "512"))
             {
                 var http = child.Http;
                 await http.CreateNodeAsync("src", Size);

@@ -51,7 +51,8 @@ public sealed class RestartTests : IDisposable
     public async Task Unclean_stop_restores_persistent_bitmaps_exactly_from_the_journal()
     {
         string shaP, shaQ;
-        await using (var first = new BlockMirrorFactory(_dir))
+        // One-granule extents: the activity log is exact, which this test compares against (coarse extents: ActivityLogTests, the crash harness).
+        await using (var first = new BlockMirrorFactory(_dir, new Dictionary<string, string?> { ["Bitmaps:ActivityLogExtentBytes"] = "512" }))
         {
             var http = first.CreateClient();
             await CrashWorkloadAsync(http);

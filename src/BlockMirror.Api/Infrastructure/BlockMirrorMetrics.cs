@@ -44,6 +44,18 @@ public sealed class BlockMirrorMetrics
         meter.CreateObservableCounter("blockmirror.job.save.failures", () => _layer.FailedJobSaves, unit: "{failure}",
             description: "Job records the database refused (the stored job state lags until a save succeeds).");
 
+        // The persistent bitmaps' journal and its activity log: what the write path pays, and what a crash adds.
+        meter.CreateObservableCounter("blockmirror.journal.syncs", () => _layer.Journal?.Statistics.Flushes ?? 0, unit: "{sync}",
+            description: "Group commits of the bitmap journal (one write and one fdatasync each).");
+        meter.CreateObservableGauge("blockmirror.journal.hot_extents", () => _layer.ActivityLogStatistics.HotExtents, unit: "{extent}",
+            description: "Extents of persistent bitmaps hot in the activity log now (a write into one costs no journal write).");
+        meter.CreateObservableCounter("blockmirror.journal.extents.activated", () => _layer.ActivityLogStatistics.Activated, unit: "{extent}",
+            description: "Extents made hot: each a journal append a write waited for.");
+        meter.CreateObservableCounter("blockmirror.journal.extents.evicted", () => _layer.ActivityLogStatistics.Evicted, unit: "{extent}",
+            description: "Hot extents retired to make room (their granules written as marks).");
+        meter.CreateObservableGauge("blockmirror.journal.recovery.superset", ObserveRecoverySuperset, unit: "By",
+            description: "Per bitmap restored after a crash at this start: bytes marked dirty only because their extent was hot (at most Bitmaps:ActivityLogHotExtents x Bitmaps:ActivityLogExtentBytes).");
+
         NbdRequests = meter.CreateCounter<long>("blockmirror.nbd.requests", unit: "{request}",
             description: "NBD transmission requests handled by the NBD server.");
     }
@@ -61,6 +73,12 @@ public sealed class BlockMirrorMetrics
             var info = job.GetInfo();
             yield return new Measurement<long>(info.BytesCopied, new KeyValuePair<string, object?>("job_id", info.Id));
         }
+    }
+
+    private IEnumerable<Measurement<long>> ObserveRecoverySuperset()
+    {
+        foreach (var (node, bitmap, _, bytes) in _layer.RecoverySuperset)
+            yield return new Measurement<long>(bytes, new KeyValuePair<string, object?>("node", node), new KeyValuePair<string, object?>("bitmap", bitmap));
     }
 
     private long ObserveTotalBytesCopied()

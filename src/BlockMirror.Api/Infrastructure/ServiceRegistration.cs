@@ -23,6 +23,7 @@ public static class ServiceRegistration
         services.Configure<AuthOptions>(builder.Configuration.GetSection(AuthOptions.Section));
         services.Configure<LimitsOptions>(builder.Configuration.GetSection(LimitsOptions.Section));
         services.Configure<JobsOptions>(builder.Configuration.GetSection(JobsOptions.Section));
+        services.Configure<BitmapsOptions>(builder.Configuration.GetSection(BitmapsOptions.Section));
         services.AddSingleton(TimeProvider.System);
         // Owned by this process from StartupChecks on (before any file of the folder is read) until
         // the host is disposed; created first, so disposed after everything that writes the folder.
@@ -97,6 +98,7 @@ public static class ServiceRegistration
             {
                 JobStore = sp.GetRequiredService<IJobStore>(),
                 Journal = sp.GetService<IBitmapJournal>(),
+                ActivityLog = sp.GetRequiredService<IOptions<BitmapsOptions>>().Value.ToActivityLog(),
                 BitmapMemoryBudget = limits.BitmapMemoryBytes,
                 MaxTransactionActions = limits.MaxTransactionActions,
                 ImageCheckInterval = sp.GetRequiredService<IOptions<StorageOptions>>().Value.ImageCheckInterval,

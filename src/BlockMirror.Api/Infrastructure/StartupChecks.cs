@@ -42,6 +42,7 @@ public static partial class StartupChecks
             var limits = services.GetRequiredService<IOptions<LimitsOptions>>().Value;
             _ = services.GetRequiredService<IOptions<AuthOptions>>().Value;
             var jobs = services.GetRequiredService<IOptions<JobsOptions>>().Value;
+            var bitmaps = services.GetRequiredService<IOptions<BitmapsOptions>>().Value;
             var problems = new List<string>();
             Require(problems, storage.MaxDataBodyBytes >= 1, "Storage:MaxDataBodyBytes must be at least 1");
             Require(problems, !string.IsNullOrWhiteSpace(storage.Root), "Storage:Root must not be empty");
@@ -55,6 +56,9 @@ public static partial class StartupChecks
             Require(problems, limits.HttpKeepAliveTimeout > TimeSpan.Zero, "Limits:HttpKeepAliveTimeout must be positive");
             Require(problems, limits.ReservedFileDescriptors >= 0, "Limits:ReservedFileDescriptors must not be negative");
             Require(problems, jobs.AutoCopyModeWindow > TimeSpan.Zero, "Jobs:AutoCopyModeWindow must be positive");
+            Require(problems, bitmaps.ActivityLogExtentBytes >= 512 && System.Numerics.BitOperations.IsPow2(bitmaps.ActivityLogExtentBytes),
+                "Bitmaps:ActivityLogExtentBytes must be a power of two of at least 512");
+            Require(problems, bitmaps.ActivityLogHotExtents >= 1, "Bitmaps:ActivityLogHotExtents must be at least 1");
             if (problems.Count > 0)
                 throw new StartupRefusedException(ExitCodes.Configuration, "invalid configuration: " + string.Join("; ", problems));
             return (limits, nbd);

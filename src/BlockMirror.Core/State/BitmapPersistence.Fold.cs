@@ -58,6 +58,9 @@ public sealed partial class BitmapPersistence
     {
         if (await journal.ReadSealedAsync().ConfigureAwait(false) is not { } sealedPart)
             return;
+        // The sealed segments may hold the activations of extents that are still hot: written again
+        // (after the sealed part, durably) before those segments go, so the fold needs only their marks.
+        await RelogHotExtentsAsync().ConfigureAwait(false);
         var sizes = (await store.LoadNodesAsync().ConfigureAwait(false)).ToDictionary(n => n.Name, n => n.Size, StringComparer.Ordinal);
         var byBitmap = sealedPart.Entries.GroupBy(e => (e.Node, e.Bitmap)).ToDictionary(g => g.Key, g => g.ToList());
         var updates = new List<BitmapRecord>();
@@ -69,7 +72,7 @@ public sealed partial class BitmapPersistence
                 continue;
             if (!sizes.TryGetValue(row.Node, out var size))
                 continue;
-            var folded = BitmapFold.Fold(row, size, entries);
+            var folded = BitmapFold.Fold(row, size, entries, markHot: false);
             if (folded is null)
                 LogFoldedInconsistent(logger, row.Node, row.Name);
             updates.Add(folded is null
@@ -79,6 +82,15 @@ public sealed partial class BitmapPersistence
         if (updates.Count > 0)
             await store.SaveBitmapsAsync(updates).ConfigureAwait(false);
         await journal.ReleaseSealedAsync(sealedPart.Through).ConfigureAwait(false);
+    }
+
+    /// <summary>Every hot extent of every persistent bitmap on a node, activated again; completes when durable.</summary>
+    private Task RelogHotExtentsAsync()
+    {
+        if (_durability is not { } durability)
+            return Task.CompletedTask;
+        var relogs = PersistentBitmapsOf(nodes.Nodes).Select(b => durability.RelogAsync(b.Item1, b.Item2)).ToList();
+        return Task.WhenAll(relogs);
     }
 
     [LoggerMessage(10, LogLevel.Error, "Folding the bitmap journal into the checkpoints failed (journal at sequence {Sequence}); its segments stay and the next fold retries")]

@@ -9,6 +9,13 @@ public sealed partial class BitmapPersistence
     /// <summary>Problems met while loading (images that could not be reopened, journal damage).</summary>
     public List<string> LoadFailures { get; } = [];
 
+    /// <summary>
+    /// Per bitmap restored after a crash at the last load, the granules its replay marked only because
+    /// their extent was hot in the activity log: the most a crash added beyond what was written (at most
+    /// <see cref="BitmapActivityLogOptions.HotExtents"/> extents' worth).
+    /// </summary>
+    public List<(string Node, string Bitmap, long Granules, long Bytes)> RecoverySuperset { get; } = [];
+
     /// <summary>Why each bitmap restored inconsistent at the last load ("node/bitmap: reason").</summary>
     public List<string> InconsistentAtLoad { get; } = [];
 
@@ -84,8 +91,13 @@ public sealed partial class BitmapPersistence
             try
             {
                 bitmap.Deserialize(row.Content);
-                if (row.JournalSequence is { } after && !BitmapFold.Apply(bitmap, entries, after))
-                    reason = OutsideTheBitmap;
+                if (row.JournalSequence is { } after)
+                {
+                    if (!BitmapFold.Apply(bitmap, entries, after, markHot: true, out var hot))
+                        reason = OutsideTheBitmap;
+                    else if (row.InUse)
+                        RecoverySuperset.Add((node.Name, row.Name, hot, Math.Min(hot * row.Granularity, node.Size)));
+                }
             }
             catch (ArgumentException)
             {
@@ -175,7 +187,7 @@ public sealed partial class BitmapPersistence
         if (row.Inconsistent || row.JournalSequence is null)
             return row.Inconsistent || !row.InUse ? row : row with { Inconsistent = true, InconsistentReason = NotReopened };
         var entries = journaled.GetValueOrDefault((row.Node, row.Name)) ?? [];
-        var folded = BitmapFold.Fold(row, nodeSize, entries);
+        var folded = BitmapFold.Fold(row, nodeSize, entries, markHot: true);
         return row with
         {
             Content = folded ?? row.Content,

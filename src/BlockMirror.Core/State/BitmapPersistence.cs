@@ -30,7 +30,7 @@ public sealed partial class BitmapPersistence(
         internal set
         {
             _journal = value;
-            _durability = value is null ? null : new BitmapDurability(value);
+            _durability = value is null ? null : new BitmapDurability(value, _activityLog);
             if (value is not null)
             {
                 value.SegmentSealed += QueueFold;
@@ -38,6 +38,26 @@ public sealed partial class BitmapPersistence(
             }
         }
     }
+
+    private BitmapActivityLogOptions _activityLog = new();
+
+    /// <summary>The activity log's extent size and hot bound (set before the layer loads, like <see cref="Journal"/>).</summary>
+    public BitmapActivityLogOptions ActivityLog
+    {
+        get => _activityLog;
+        internal set
+        {
+            _activityLog = value;
+            if (_journal is { } journal)
+                _durability = new BitmapDurability(journal, value);
+        }
+    }
+
+    /// <summary>The activity log's counters (zero without a journal).</summary>
+    public ActivityLogStatistics ActivityLogStatistics => _durability?.Statistics ?? default;
+
+    /// <summary>Extents of <paramref name="bitmap"/> hot now (0 without a journal).</summary>
+    public int HotExtentsOf(DirtyBitmap bitmap) => _durability?.HotExtentsOf(bitmap) ?? 0;
 
     /// <summary>
     /// Whether a bitmap is a running job's working bitmap (the job clears bits before their copies are
@@ -165,7 +185,9 @@ public sealed partial class BitmapPersistence(
                 ImageMtimeUtc = stamp?.ModifiedUtc,
                 ImageInode = stamp?.Inode,
             });
-            if (!bitmap.Inconsistent && !jobHeld)
+            // A job's working bitmap is stored as its shadow, which stays what it is; but the checkpoint
+            // covers the journal through this sequence, so its hot extents must go cold all the same.
+            if (!bitmap.Inconsistent)
                 contents.Add((bitmap, content));
         }
         return (records, contents);

@@ -230,6 +230,41 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
         return new ValueTask(durable);
     }
 
+    public ValueTask AppendAsync(IReadOnlyList<JournalEntry> entries)
+    {
+        ArgumentNullException.ThrowIfNull(entries);
+        if (entries.Count == 0)
+            return ValueTask.CompletedTask;
+        foreach (var e in entries)
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(e.FirstGranule);
+            ArgumentOutOfRangeException.ThrowIfLessThan(e.GranuleCount, 1);
+            if (Encoding.UTF8.GetByteCount(e.Node) > byte.MaxValue || Encoding.UTF8.GetByteCount(e.Bitmap) > byte.MaxValue)
+                throw new ArgumentException("A node or bitmap name is too long for the journal");
+        }
+        Task durable;
+        bool wake = false;
+        lock (_lock)
+        {
+            if (_failure is { } failure)
+                return ValueTask.FromException(Failed(failure));
+            if (!_started || _stopping || _restarting)
+                return ValueTask.FromException(new BitmapJournalException("The bitmap journal is not running"));
+            foreach (var e in entries)
+                _pending.Add(e with { Sequence = ++_lastSequence });
+            durable = _batch.Task;
+            if (!_flusherBusy)
+            {
+                _flusherBusy = true;
+                wake = true;
+            }
+        }
+        Interlocked.Add(ref _appends, entries.Count);
+        if (wake)
+            _wake.Release();
+        return new ValueTask(durable);
+    }
+
     public Task<SealedJournal?> ReadSealedAsync(CancellationToken cancellationToken = default)
     {
         SegmentFile[] segments;
@@ -462,7 +497,12 @@ public sealed partial class FileBitmapJournal : IBitmapJournal
             Interlocked.Increment(ref _flushes);
             Interlocked.Add(ref _bytes, written);
             _lastFlushed = batch[^1].Sequence;
-            _segmentEntries += batch.Count;
+            // Relogs do not fill a segment: a fold writes them, and must not seal the next one by itself.
+            foreach (var entry in batch)
+            {
+                if (entry.Kind != JournalEntryKind.Relog)
+                    _segmentEntries++;
+            }
             RecordDurable(_lastFlushed);
             done.TrySetResult();
         }

@@ -55,6 +55,13 @@ public interface IBitmapJournal : IAsyncDisposable
     ValueTask AppendAsync(string node, string bitmap, long firstGranule, long granuleCount);
 
     /// <summary>
+    /// Appends <paramref name="entries"/> (their sequences are assigned here, consecutive and in list
+    /// order, so no other append falls between them) and completes once the last is durable: the
+    /// activity log's records (<see cref="JournalEntryKind"/>). Fails as <see cref="AppendAsync(string, string, long, long)"/> does.
+    /// </summary>
+    ValueTask AppendAsync(IReadOnlyList<JournalEntry> entries);
+
+    /// <summary>
     /// Repairs a failed journal (no-op when it works): the caller has checkpointed every persistent
     /// bitmap through <paramref name="nextSequence"/> - 1 with every node's writes quiesced, so every
     /// segment is dropped and new entries start at <paramref name="nextSequence"/> in a fresh one, as

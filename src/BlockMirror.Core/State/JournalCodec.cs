@@ -6,7 +6,7 @@ namespace BlockMirror.Core.State;
 /// <summary>
 /// The on-disk form of a journal segment: a header (magic, base sequence and, since version 2, the
 /// last sequence the journal had made durable when the segment was opened) then records
-/// <c>crc32c:u32 | length:u16 | kind:u8 | nodeLength:u8 | sequence:u64 | first:i64 | count:i64 |
+/// <c>crc32c:u32 | length:u16 | kind:u8 (<see cref="JournalEntryKind"/>; journals before the activity log hold kind 1 only) | nodeLength:u8 | sequence:u64 | first:i64 | count:i64 |
 /// bitmapLength:u8 | node | bitmap</c>, little-endian, names in UTF-8 (API names are at most 128
 /// ASCII characters). The checksum covers everything after itself, so a record torn by a crash
 /// in the middle of a write is recognised and ends the segment's valid prefix.
@@ -31,7 +31,6 @@ internal static class JournalCodec
     public const int AliveLength = 28;
 
     private const int FixedLength = 33;
-    private const byte KindMark = 1;
     private static readonly byte[] MagicV1 = "BMJRNL01"u8.ToArray();
     private static readonly byte[] MagicV2 = "BMJRNL02"u8.ToArray();
 
@@ -75,7 +74,7 @@ internal static class JournalCodec
             throw new ArgumentException("A node or bitmap name is too long for the journal", nameof(entry));
         var length = FixedLength + nodeLength + bitmapLength;
         BinaryPrimitives.WriteUInt16LittleEndian(destination[4..], (ushort)length);
-        destination[6] = KindMark;
+        destination[6] = (byte)entry.Kind;
         destination[7] = (byte)nodeLength;
         BinaryPrimitives.WriteInt64LittleEndian(destination[8..], entry.Sequence);
         BinaryPrimitives.WriteInt64LittleEndian(destination[16..], entry.FirstGranule);
@@ -142,7 +141,7 @@ internal static class JournalCodec
         if (length < FixedLength || length > records.Length)
             return false;
         var record = records[..length];
-        if (BinaryPrimitives.ReadUInt32LittleEndian(record) != Crc32C.Compute(record[4..]) || record[6] != KindMark)
+        if (BinaryPrimitives.ReadUInt32LittleEndian(record) != Crc32C.Compute(record[4..]) || record[6] is < (byte)JournalEntryKind.Mark or > (byte)JournalEntryKind.Relog)
             return false;
         int nodeLength = record[7];
         int bitmapLength = record[32];
@@ -153,7 +152,7 @@ internal static class JournalCodec
             return false;
         var node = Encoding.UTF8.GetString(record.Slice(FixedLength, nodeLength));
         var bitmap = Encoding.UTF8.GetString(record.Slice(FixedLength + nodeLength, bitmapLength));
-        entry = new JournalEntry(sequence, node, bitmap, first, count);
+        entry = new JournalEntry(sequence, node, bitmap, first, count, (JournalEntryKind)record[6]);
         return true;
     }
 

@@ -28,6 +28,15 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
 {
     private const long Size = 8L << 20;
     private const int KillPoints = 20;
+
+    // The activity log at a scale where 8 MiB holds 32 extents and only 4 per bitmap stay hot, so
+    // the workload keeps evicting (retired extents must come back exactly, hot ones whole), and what a
+    // crash may add is bounded by 4 × 256 KiB per bitmap.
+    private const long ExtentBytes = 256 << 10;
+    private const int HotExtents = 4;
+    private const long SupersetBound = HotExtents * ExtentBytes;
+    private static readonly string[] ActivityLog =
+        ["--Bitmaps:ActivityLogExtentBytes", $"{ExtentBytes}", "--Bitmaps:ActivityLogHotExtents", $"{HotExtents}"];
     private readonly string _dir = Directory.CreateTempSubdirectory("blockmirror-crash-").FullName;
 
     public void Dispose() => BlockMirrorFactory.DeleteDir(_dir);
@@ -42,6 +51,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
         string? targetHash = null;
         var existing = new HashSet<string>(StringComparer.Ordinal);
         var removed = new HashSet<string>(StringComparer.Ordinal);
+        long largestSuperset = 0;
         long checks = 0, lost = 0, resumed = 0, targetsChecked = 0, pivots = 0, refusedSeconds = 0, startedSeconds = 0;
         string? newTarget = null;
         var kills = new Dictionary<KillPoint, int>();
@@ -50,7 +60,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
         for (var life = 0; life <= KillPoints; life++)
         {
             var lifeClock = Stopwatch.StartNew();
-            await using var child = await ChildService.StartAsync(_dir);
+            await using var child = await ChildService.StartAsync(_dir, ActivityLog);
             var started = lifeClock.Elapsed;
             var http = child.Http;
             if (life == 0)
@@ -80,6 +90,15 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                         }
                     }
                 }
+                // What the kill added beyond the written granules: at most the hot extents, per bitmap.
+                var superset = await RecoverySupersetAsync(http);
+                Assert.True(superset.ContainsKey("p1") && superset.ContainsKey("p2"), $"life {life}: no recovery superset reported for p1 and p2");
+                foreach (var (bitmap, bytes) in superset)
+                {
+                    Assert.InRange(bytes, 0, SupersetBound);
+                    largestSuperset = Math.Max(largestSuperset, bytes);
+                }
+                output.WriteLine($"life {life}: recovery superset {string.Join(", ", superset.Select(x => $"{x.Key} {x.Value >> 10} KiB"))} (bound {SupersetBound >> 10} KiB per bitmap)");
                 foreach (var name in existing)
                     Assert.False((bool)(await http.GetJsonAsync($"/api/v1/nodes/src/bitmaps/{name}"))["inconsistent"]!);
                 foreach (var name in removed)
@@ -249,7 +268,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                     if (random.Next(2) == 0)
                     {
                         // Refused while this one runs, then this one is killed.
-                        second = await ChildService.RunToExitAsync(_dir);
+                        second = await ChildService.RunToExitAsync(_dir, ActivityLog);
                         Assert.True(second.ExitCode == ExitCodes.InUse, second.ToString());
                         KillAtAck(child, writers, writers.Acks + random.Next(1, 100));
                         note = () => " (after a refused second instance)";
@@ -260,7 +279,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                         // acknowledgements): it is refused, or it finds the folder free after the kill and
                         // starts (recovering what this one left), then dies with kill -9 as soon as it is
                         // healthy. Either way the next life checks every acknowledged write.
-                        var starting = ChildService.RunToExitAsync(_dir);
+                        var starting = ChildService.RunToExitAsync(_dir, ActivityLog);
                         KillAtAck(child, writers, writers.Acks + random.Next(1, 600));
                         await child.WaitForKillAsync(TimeSpan.FromSeconds(60));
                         second = await starting;
@@ -286,10 +305,26 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
         var summary = $"crash harness (seed {seed}): {KillPoints} kill points ({string.Join(", ", kills.Select(k => $"{k.Key} {k.Value}"))}), " +
             $"{acked.Total} acknowledged writes, {checks} write×bitmap checks after restarts, lost = {lost}; " +
             $"{resumed} mirrors resumed from the surviving bitmap to target == source, {targetsChecked} completed targets intact, " +
-            $"{pivots} kills after a pivot, {refusedSeconds} second instances refused and {startedSeconds} started after the kill; {clock.Elapsed.TotalSeconds:F0} s";
+            $"{pivots} kills after a pivot, {refusedSeconds} second instances refused and {startedSeconds} started after the kill; " +
+            $"largest recovery superset {largestSuperset >> 10} KiB of a bitmap (bound {SupersetBound >> 10} KiB: {HotExtents} hot extents of {ExtentBytes >> 10} KiB); {clock.Elapsed.TotalSeconds:F0} s";
         output.WriteLine(summary);
         Console.WriteLine(summary);
         Assert.Equal(0, lost);
+    }
+
+    /// <summary>Per bitmap of src restored after the kill, the bytes its recovery marked only because their extent was hot (/metrics).</summary>
+    private static async Task<Dictionary<string, long>> RecoverySupersetAsync(HttpClient http)
+    {
+        var text = await http.GetStringAsync("/metrics");
+        var found = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (var line in text.Split('\n'))
+        {
+            if (!line.StartsWith("blockmirror_journal_recovery_superset_bytes{", StringComparison.Ordinal) || !line.Contains("node=\"src\"", StringComparison.Ordinal))
+                continue;
+            var bitmap = line.Split("bitmap=\"")[1].Split('"')[0];
+            found[bitmap] = long.Parse(line[(line.LastIndexOf('}') + 1)..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        return found;
     }
 
     private static void KillAtAck(ChildService child, CrashWriters writers, int ack) =>

@@ -119,7 +119,8 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
         var acked = new List<long>();
         var filler = Path.Combine(_dir, "filler");
         long refused;
-        await using (var child = await ChildService.StartAsync(_dir))
+        // One-granule extents: every new granule needs the journal, which is what the full disk refuses.
+        await using (var child = await ChildService.StartAsync(_dir, "--Bitmaps:ActivityLogExtentBytes", "512"))
         {
             var http = child.Http;
             await http.CreateNodeAsync("disk", 64L << 20);

@@ -25,7 +25,8 @@ public sealed class DataFolderTests : IDisposable
     {
         ChildExit second;
         int firstPid;
-        await using (var first = await ChildService.StartAsync(_dir))
+        // One-granule extents: the activity log is exact, which this test compares against (coarse extents: ActivityLogTests, the crash harness).
+        await using (var first = await ChildService.StartAsync(_dir, "--Bitmaps:ActivityLogExtentBytes", "512"))
         {
             firstPid = first.Pid;
             var http = first.Http;

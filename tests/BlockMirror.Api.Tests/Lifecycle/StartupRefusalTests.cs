@@ -47,6 +47,8 @@ public sealed class StartupRefusalTests : IDisposable
     [InlineData("Urls", "garbage", "Urls 'garbage'")]
     [InlineData("Jobs:AutoCopyModeWindow", "0", "Jobs:AutoCopyModeWindow")]
     [InlineData("Jobs:AutoCopyModeWindow", "later", "Jobs:AutoCopyModeWindow")]
+    [InlineData("Bitmaps:ActivityLogExtentBytes", "3000000", "Bitmaps:ActivityLogExtentBytes")]
+    [InlineData("Bitmaps:ActivityLogHotExtents", "0", "Bitmaps:ActivityLogHotExtents")]
     public async Task An_invalid_setting_is_refused_before_anything_starts(string key, string value, string named)
     {
         var exit = await ChildService.RunToExitAsync(_dir, "--" + key, value);

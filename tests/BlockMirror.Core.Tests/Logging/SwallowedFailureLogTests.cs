@@ -57,7 +57,12 @@ public sealed class SwallowedFailureLogTests : IAsyncLifetime
         var store = new InMemoryBlockStore();
         var journal = new FileBitmapJournal(_dir.PathOf("journal"), new FileBitmapJournalOptions { SegmentEntries = 2 });
         _owned.Add(journal);
-        var layer = Own(new BlockLayer(Root(), store, NullEventSink.Instance, TimeProvider.System, loggers: _logs) { Journal = journal });
+        // One-granule extents: each first write to a granule is a journal record, so 8 of them seal segments.
+        var layer = Own(new BlockLayer(Root(), store, NullEventSink.Instance, TimeProvider.System, loggers: _logs)
+        {
+            Journal = journal,
+            ActivityLog = new BitmapActivityLogOptions { ExtentBytes = 512 },
+        });
         await layer.LoadAsync();
         var node = await layer.CreateNodeAsync(new NodeSpec("disk0", "raw", "disk0.img", null, 64 * G, false));
         await layer.BitmapActionAsync(new BitmapAddAction("disk0", "p", (int)G, persistent: true, disabled: false));

@@ -33,10 +33,16 @@ public sealed class JournalCostTests(ITestOutputHelper output) : IAsyncLifetime
         _dir.Dispose();
     }
 
+    /// <summary>
+    /// Extents of one granule and room for all of them: every first write to a granule is one
+    /// activation, the journal's cost per new granule measured here (ActivityLogTests measure extents).
+    /// </summary>
+    private static readonly BitmapActivityLogOptions PerGranule = new() { ExtentBytes = 512, HotExtents = 1 << 20 };
+
     private async Task<(BlockNode Node, IBitmapJournal Journal)> NodeAsync(string name, bool persistent, int granules)
     {
         var journal = new FileBitmapJournal(_dir.PathOf(name + ".journal"));
-        var layer = new BlockLayer(new ImageRoot(_dir.PathOf(name)), new InMemoryBlockStore(), NullEventSink.Instance, TimeProvider.System) { Journal = journal };
+        var layer = new BlockLayer(new ImageRoot(_dir.PathOf(name)), new InMemoryBlockStore(), NullEventSink.Instance, TimeProvider.System) { Journal = journal, ActivityLog = PerGranule };
         _owned.Add(journal);
         _owned.Add(layer);
         await layer.LoadAsync();

@@ -40,10 +40,17 @@ public sealed class JournalRecoveryTests : IAsyncLifetime
         _dir.Dispose();
     }
 
+    /// <summary>
+    /// Extents of one granule (512 bytes is below every granularity): the activity log is then exact,
+    /// one activation per written granule, which is what these tests compare bitmaps against. The
+    /// coarse extents' superset and bound are ActivityLogTests'.
+    /// </summary>
+    private static readonly BitmapActivityLogOptions ExactLog = new() { ExtentBytes = 512 };
+
     private async Task<BlockLayer> StartLayerAsync(FileBitmapJournalOptions? options = null, IEventSink? events = null)
     {
         var journal = new FileBitmapJournal(_dir.PathOf("journal"), options);
-        var layer = new BlockLayer(_root, _store, events ?? NullEventSink.Instance, TimeProvider.System) { Journal = journal, JobStore = _jobs };
+        var layer = new BlockLayer(_root, _store, events ?? NullEventSink.Instance, TimeProvider.System) { Journal = journal, JobStore = _jobs, ActivityLog = ExactLog };
         _owned.Add(journal);
         _owned.Add(layer);
         await layer.LoadAsync();

@@ -48,10 +48,15 @@ public sealed class JournalRepairTests : IAsyncLifetime
         _immutable.Clear();
     }
 
-    private async Task<BlockLayer> StartLayerAsync(InMemoryBlockStore store)
+    /// <param name="log">The activity log; by default one-granule extents, so that every first write to a granule needs the journal.</param>
+    private async Task<BlockLayer> StartLayerAsync(InMemoryBlockStore store, BitmapActivityLogOptions? log = null)
     {
         var journal = new FileBitmapJournal(Prefix);
-        var layer = new BlockLayer(new ImageRoot(_dir.PathOf("root")), store, NullEventSink.Instance, TimeProvider.System) { Journal = journal };
+        var layer = new BlockLayer(new ImageRoot(_dir.PathOf("root")), store, NullEventSink.Instance, TimeProvider.System)
+        {
+            Journal = journal,
+            ActivityLog = log ?? new BitmapActivityLogOptions { ExtentBytes = 512 },
+        };
         _owned.Add(journal);
         _owned.Add(layer);
         await layer.LoadAsync();
@@ -131,6 +136,42 @@ public sealed class JournalRepairTests : IAsyncLifetime
         Assert.False(p.Inconsistent);
         Assert.Equal([(0L, G), (5 * G, G), (7 * G, G)], p.GetExtents(0, 64 * G));
         Assert.Equal(Pattern(4096, 5), await ReadAsync(again.GetNode("disk"), 5 * G, 4096));
+    }
+
+    [ChattrFact]
+    public async Task With_coarse_extents_writes_into_hot_ones_go_on_while_the_journal_fails_and_cold_ones_come_back_after_a_repair()
+    {
+        const long Extent = 1 << 20;
+        var layer = await StartLayerAsync(_store, new BitmapActivityLogOptions { ExtentBytes = Extent, HotExtents = 64 });
+        var disk = await layer.CreateNodeAsync(new NodeSpec("disk", "raw", "disk.img", null, 4 * Extent, false));
+        await layer.BitmapActionAsync(new BitmapAddAction("disk", "p", G, persistent: true, disabled: false));
+        await disk.WriteAsync(0, Pattern(4096, 1));
+        FailSegments();
+
+        // Extent 0 is hot: no journal write, so the failing disk does not matter.
+        await disk.WriteAsync(3 * G, Pattern(4096, 2));
+        // Extent 2 is cold: its activation fails, the write never reaches the image, and a retry fails too.
+        await Assert.ThrowsAsync<BitmapJournalException>(async () => await disk.WriteAsync(2 * Extent, Pattern(4096, 3)));
+        await Assert.ThrowsAsync<BitmapJournalException>(async () => await disk.WriteAsync(2 * Extent, Pattern(4096, 3)));
+        Assert.Equal(new byte[4096], await ReadAsync(disk, 2 * Extent, 4096));
+
+        HealSegments();
+        await layer.RepairJournalAsync();
+        await disk.WriteAsync(2 * Extent + G, Pattern(4096, 4));
+
+        // kill -9: the repair's checkpoint holds granules 0 and 3 exactly, the journal extent 2 (hot, whole).
+        await layer.Journal!.DisposeAsync();
+        await disk.Image.DisposeAsync();
+        _owned.Remove(layer);
+        var store = new InMemoryBlockStore();
+        foreach (var n in await _store.LoadNodesAsync())
+            await store.SaveNodeAsync(n);
+        await store.SaveBitmapsAsync(await _store.LoadBitmapsAsync());
+        var again = await StartLayerAsync(store, new BitmapActivityLogOptions { ExtentBytes = Extent, HotExtents = 64 });
+        var p = again.GetNode("disk").GetBitmap("p");
+        Assert.False(p.Inconsistent);
+        Assert.Equal([(0L, G), (3 * G, G), (2 * Extent, Extent)], p.GetExtents(0, 4 * Extent));
+        Assert.Equal(Pattern(4096, 4), await ReadAsync(again.GetNode("disk"), 2 * Extent + G, 4096));
     }
 
     private static byte[] Pattern(int length, byte seed)
