@@ -29,6 +29,29 @@ public sealed class Qcow2QemuInteropTests : IDisposable
 
     private string PathOf(string name) => Path.Combine(_dir, name);
 
+    /// <summary>
+    /// Opens an image this test closed a moment ago. Other test classes start QEMU's tools in
+    /// parallel: between their fork and exec the child holds a copy of every descriptor of this
+    /// process, ours included, and with it the OFD lock bytes of an image just closed, so an open
+    /// right after a close can find the image locked for that instant (the service starts no
+    /// processes and never meets this). Retried for a bounded time on image-locked only.
+    /// </summary>
+    private static T OpenAfterClose<T>(Func<T> open)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (true)
+        {
+            try
+            {
+                return open();
+            }
+            catch (BlockException e) when (e.Code == "image-locked" && DateTime.UtcNow < deadline)
+            {
+                Thread.Sleep(20);
+            }
+        }
+    }
+
     public static TheoryData<string> QemuMadeConfigurations => new()
     {
         "create cluster_size=65536",
@@ -79,7 +102,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         var clusterSize = info.GetProperty("cluster-size").GetInt32();
 
         var workload = new Qcow2Workload(content, clusterSize, version, backing: null);
-        await using (var driver = Qcow2Image.Open(image, readOnly: false))
+        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: false)))
         {
             Assert.Equal(size, driver.Size);
             Assert.Equal(version, driver.Version);
@@ -87,7 +110,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
             await Qcow2Workload.AssertImageEqualsAsync(driver, content);
             await workload.RunAsync(driver, rng, 150);
         }
-        await using (var driver = Qcow2Image.Open(image, readOnly: false))
+        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: false)))
         {
             await Qcow2Workload.AssertImageEqualsAsync(driver, workload.Model);
             await workload.RunAsync(driver, rng, 150);
@@ -160,7 +183,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         await QemuImg.AssertSameAsRawAsync(image, raw);
 
         // Where qemu-img map says zero, the driver must not say data-with-content; where it says data, the driver says data.
-        await using (var driver = Qcow2Image.Open(image, readOnly: true))
+        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: true)))
         {
             foreach (var e in (await QemuImg.MapAsync(image)).EnumerateArray())
             {
@@ -184,7 +207,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         await QemuImg.IoAsync("-f", "qcow2", "-c", "write -P 0xab 100000 300000", "-c", "write -z 2000000 70000", image);
         workload.Model.AsSpan(100000, 300000).Fill(0xab);
         workload.Model.AsSpan(2000000, 70000).Clear();
-        await using (var driver = Qcow2Image.Open(image, readOnly: true))
+        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: true)))
             await Qcow2Workload.AssertImageEqualsAsync(driver, workload.Model);
         await QemuImg.IoAsync("-f", "qcow2", "-r", "-c", "read -P 0xab 100000 300000", image);
         await QemuImg.AssertCleanAsync(image);
@@ -223,7 +246,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         var version = topOptions.Contains("0.10", StringComparison.Ordinal) ? 2 : 3;
         var workload = new Qcow2Workload(model, 65536, version, baseContent);
         var map = await QemuImg.MapAsync(top); // before the driver locks the image
-        await using (var driver = Qcow2Image.Open(top, readOnly: false, backing))
+        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(top, readOnly: false, backing)))
         {
             Assert.Equal(Path.GetFileName(basePath), driver.BackingFileName);
             Assert.Equal(baseFormat, driver.BackingFormat);
@@ -263,7 +286,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         await QemuImg.RunAsync("convert", "-f", "raw", "-O", "qcow2", raw, basePath);
         var top = PathOf("top.qcow2");
         var workload = new Qcow2Workload(baseContent.ToArray(), 65536, 3, baseContent);
-        await using (var backing = Qcow2Image.Open(basePath, readOnly: true))
+        await using (var backing = OpenAfterClose(() => Qcow2Image.Open(basePath, readOnly: true)))
         await using (var driver = Qcow2Image.Create(top, Size, backingPath: "base.qcow2", backingFormat: "qcow2", backing: backing))
         {
             Assert.False(driver.HasZeroInit);
@@ -288,7 +311,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         Assert.NotEqual(0, aborted.ExitCode);
         Assert.Equal(2, (await QemuImg.CheckAsync(image)).ExitCode);
 
-        await using (var readOnly = Qcow2Image.Open(image, readOnly: true))
+        await using (var readOnly = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: true)))
         {
             // Reading needs no refcounts: a dirty image opens read-only as it is (as in QEMU).
             var back = new byte[1 << 20];
@@ -297,7 +320,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         }
         Assert.Equal(2, (await QemuImg.CheckAsync(image)).ExitCode);
 
-        await using (var driver = Qcow2Image.Open(image, readOnly: false))
+        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: false)))
         {
             await driver.WriteAsync(8 << 20, new byte[65536].Select(_ => (byte)0x3c).ToArray());
         }
@@ -349,7 +372,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         e = Assert.Throws<BlockException>(() => Qcow2Image.Open(snap, readOnly: false));
         Assert.Equal(Qcow2Errors.FeatureUnsupportedCode, e.Code);
         Assert.Contains("snapshot", e.Message, StringComparison.Ordinal);
-        await using (var ro = Qcow2Image.Open(snap, readOnly: true))
+        await using (var ro = OpenAfterClose(() => Qcow2Image.Open(snap, readOnly: true)))
         {
             Assert.Equal(1, ro.SnapshotCount);
             var back = new byte[65536];
@@ -398,7 +421,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         await QemuImg.RunAsync("create", "-q", "-f", "qcow2", image, "16M");
         await QemuImg.RunAsync("bitmap", "--add", image, "b1");
         var before = await File.ReadAllBytesAsync(image);
-        await using (var driver = Qcow2Image.Open(image, readOnly: false))
+        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: false)))
             await driver.WriteAsync(0, new byte[65536].Select(_ => (byte)1).ToArray());
         var after = await File.ReadAllBytesAsync(image);
 
