@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
 
@@ -13,6 +14,10 @@ public sealed partial class MirrorJob
     private long _inFlightBytes;
     private long _currentProgress;
     private long _bytesCopied;
+    private long _bytesCopiedInKernel;
+    // Set once the target refused a copy offload from the device (another file system, not two
+    // files): every later chunk is read and written without asking again.
+    private volatile bool _copyOffloadRefused;
     private int _activelySynced;
     private Exception? _failure;
     private long _cursor;
@@ -357,7 +362,7 @@ public sealed partial class MirrorJob
             {
                 await _target.WriteAsOwnerAsync(WriteRequest.ForZeroes(offset, length, Options.Unmap), Abandoned).ConfigureAwait(false);
             }
-            else
+            else if (_copyOffloadRefused || !await TryCopyInKernelAsync(offset, length).ConfigureAwait(false))
             {
                 var data = buffer.AsMemory(0, (int)length);
                 read = true;
@@ -393,6 +398,42 @@ public sealed partial class MirrorJob
             Wake.Set();
         }
     }
+
+    /// <summary>
+    /// Copy offload: the target copies the chunk from the device itself (copy_file_range between two
+    /// raw files), through its write path like any write of the job, so its gate, journal and
+    /// bitmaps see it. The chunk is data by block status; the bytes never reach the job, so data that
+    /// happens to be zeroes is copied as data (QEMU's copy offload does the same), while holes and
+    /// zero extents never come here. False when the chunk must be read and written instead: a
+    /// refusal (remembered for the job when it will not change) or an I/O error, which the read and
+    /// write meet again where it lies, so the error policy of that side decides.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<bool> TryCopyInKernelAsync(long offset, long length)
+    {
+        try
+        {
+            await _target.WriteAsOwnerAsync(WriteRequest.ForCopy(offset, length, _device.Image), Abandoned).ConfigureAwait(false);
+            Interlocked.Add(ref _bytesCopiedInKernel, length);
+            return true;
+        }
+        catch (CopyRangeRefusedException e)
+        {
+            if (e.Permanent)
+                _copyOffloadRefused = true;
+            return false;
+        }
+        catch (Exception e) when (e is not OperationCanceledException && !Abandoning)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Bytes the target copied from the device itself (copy offload), a part of the bytes copied.</summary>
+    internal long BytesCopiedInKernel => Interlocked.Read(ref _bytesCopiedInKernel);
+
+    /// <summary>The target refused a copy offload from the device for good; the job reads and writes.</summary>
+    internal bool CopyOffloadRefused => _copyOffloadRefused;
 
     /// <summary>Drops one reference of a claim; the last one takes it out of flight and wakes its waiters.</summary>
     private void ReleaseClaim(MirrorOp claim)
