@@ -91,6 +91,38 @@ public sealed class MirrorCopyOffloadTests : IAsyncLifetime
     }
 
     /// <summary>
+    /// Zero detection stays with the kernel's copy: a chunk of allocated zeroes becomes a hole on the
+    /// target, never data; a chunk that starts with zeroes and holds data further on is data.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Allocated_zeroes_are_not_copied_as_data_with_either_path(bool offload)
+    {
+        const int MiB = 1 << 20;
+        var src = await _f.CreateRawAsync("src", Size);
+        var dst = await _f.CreateRawAsync("dst", Size);
+        var model = new byte[Size];
+        new Random(9).NextBytes(model.AsSpan(10 * MiB, MiB));
+        new Random(10).NextBytes(model.AsSpan(6 * MiB + 8192, MiB - 8192));
+        await src.WriteAsync(4 * MiB, new byte[MiB]); // allocated zeroes
+        await src.WriteAsync(6 * MiB, model.AsMemory(6 * MiB, MiB)); // zeroes first, data after
+        await src.WriteAsync(10 * MiB, model.AsMemory(10 * MiB, MiB));
+        if (!offload)
+            Refuse(dst, LibC.EXDEV);
+
+        var job = await _f.StartAsync(new MirrorOptions { Id = "job0", Device = "src", Target = "dst" });
+        await _f.WaitReadyAsync("job0");
+
+        // The chunk that starts with zeroes was read whole to tell, and so written from the buffer.
+        Assert.Equal(offload ? MiB : 0, job.BytesCopiedInKernel);
+        await SoftCancelAsync("job0");
+        MirrorFixture.AssertSame(model, await MirrorFixture.ReadAllAsync(dst.Image));
+        Assert.Equal(new ImageExtent(4 * MiB, MiB, ExtentKind.Zero), await dst.Image.GetBlockStatusAsync(4 * MiB, MiB));
+        Assert.Equal(2L * MiB, dst.Image.AllocatedBytes);
+    }
+
+    /// <summary>
     /// An incremental mirror (the device's bitmap is the work list) copies only the dirty granules,
     /// and a bitmap on the target records exactly them, through the kernel's copy as through read
     /// and write: the copy is a write on the target's write path.
