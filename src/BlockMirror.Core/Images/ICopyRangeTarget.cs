@@ -7,6 +7,9 @@ namespace BlockMirror.Core.Images;
 /// </summary>
 internal interface ICopyRangeTarget
 {
+    /// <summary>False when a copy from <paramref name="source"/> is sure to be refused (another kind of image), so a caller need not prepare one.</summary>
+    bool CanCopyFrom(IBlockImage source);
+
     /// <summary>
     /// Copies [<paramref name="offset"/>, +<paramref name="length"/>) of <paramref name="source"/>
     /// to the same range of this image. Throws <see cref="CopyRangeRefusedException"/> when this

@@ -266,6 +266,9 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget
     }
 
     /// <inheritdoc />
+    bool ICopyRangeTarget.CanCopyFrom(IBlockImage source) => source is RawFileImage;
+
+    /// <inheritdoc />
     /// <remarks>
     /// copy_file_range(2) from another raw file: the kernel copies page cache to page cache (one
     /// copy instead of pread's and pwrite's two), or shares the blocks on a file system with

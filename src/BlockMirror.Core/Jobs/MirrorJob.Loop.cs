@@ -436,6 +436,12 @@ public sealed partial class MirrorJob
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<bool> TryCopyInKernelAsync(long offset, long length, byte[] buffer)
     {
+        if (_target.Image is not ICopyRangeTarget target || !target.CanCopyFrom(_device.Image))
+        {
+            // Not two files: no probe read for a copy that cannot happen.
+            _copyOffloadRefused = true;
+            return false;
+        }
         try
         {
             var probe = buffer.AsMemory(0, (int)Math.Min(ZeroProbeBytes, length));
