@@ -23,7 +23,8 @@ import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-PEERS = os.path.normpath(os.path.join(REPO, "..", "shared", "peers"))
+# BM_PEERS overrides it, for a worktree that is not next to shared/ (git worktrees live elsewhere).
+PEERS = os.environ.get("BM_PEERS") or os.path.normpath(os.path.join(REPO, "..", "shared", "peers"))
 DEFAULT_DLL = os.environ.get("BM_DLL", "/tmp/bm-publish/BlockMirror.Api.dll")
 
 

@@ -5,6 +5,7 @@ One run, the same images, the same cache drops, every case in the same rep
 loop with a seeded shuffle of the case order per rep:
 
   anchor   qemu-img convert -n -f raw -O raw SRC DST, then fsync(DST)
+  nbdcopy  nbdcopy SRC DST (file -> file), then fsync(DST)
   qsd      qemu-storage-daemon blockdev-mirror sync=full copy-mode=background
            (target discard=unmap) -> BLOCK_JOB_READY -> job-complete ->
            BLOCK_JOB_COMPLETED -> fsync(DST)
@@ -45,11 +46,12 @@ pb, qmp = bm_service.import_peers()
 KiB, MiB, GiB = pb.KiB, pb.MiB, pb.GiB
 
 M_ANCHOR = "qemu-img convert -n + fsync (anchor)"
+M_NBDCOPY = "nbdcopy file->file + fsync"
 M_QSD = "qsd blockdev-mirror sync=full (tgt discard=unmap)"
 M_BM = "BlockMirror mirror sync=full"
 M_IQSD = "qsd blockdev-backup sync=bitmap"
 M_IBM = "BlockMirror mirror bitmap=inc0, soft cancel at READY"
-CASES = {"anchor": M_ANCHOR, "qsd": M_QSD, "bm": M_BM, "inc-qsd": M_IQSD, "inc-bm": M_IBM}
+CASES = {"anchor": M_ANCHOR, "nbdcopy": M_NBDCOPY, "qsd": M_QSD, "bm": M_BM, "inc-qsd": M_IQSD, "inc-bm": M_IBM}
 
 # Metric names shared by all methods, so that ratios line up.
 READY = "to READY (anchor: tool exit)"
@@ -97,11 +99,21 @@ class Bench:
 
     # ---------------------------------------------------------------- anchor
     def anchor(self, img, rep):
+        dst = self.ctx.p("anchor-target.raw")
+        src = self.ctx.images[img]["path"]
+        self.ctx.record_cmd("anchor", "qemu-img convert -n -f raw -O raw \"$SRC\" \"$DST\"; fsync($DST)")
+        self._tool_copy(img, rep, M_ANCHOR, ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, dst], dst)
+
+    def nbdcopy(self, img, rep):
+        """nbdcopy between two local files (its file backend; the target pre-created sparse, like the anchor's)."""
+        dst = self.ctx.p("nbdcopy-target.raw")
+        src = self.ctx.images[img]["path"]
+        self.ctx.record_cmd("nbdcopy", "nbdcopy \"$SRC\" \"$DST\"; fsync($DST)")
+        self._tool_copy(img, rep, M_NBDCOPY, ["nbdcopy", src, dst], dst)
+
+    def _tool_copy(self, img, rep, method, argv, dst):
         ctx = self.ctx
         src, size, dbytes = ctx.images[img]["path"], ctx.images[img]["size"], ctx.images[img]["data_bytes"]
-        dst = ctx.p("anchor-target.raw")
-        argv = ["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, dst]
-        ctx.record_cmd("anchor", "qemu-img convert -n -f raw -O raw \"$SRC\" \"$DST\"; fsync($DST)")
         try:
             pb.create_sparse(dst, size)
             ctx.reset_cache([src])
@@ -116,10 +128,10 @@ class Bench:
                     "src_alloc_bytes": pb.alloc_bytes(src), "cpu_s": round(children_cpu() - c0, 3), "load1": la}
             if pb.want_verify(ctx, rep):
                 info["verified"] = pb.verify_equal(ctx, src, dst)
-            ctx.add("mirror", M_ANCHOR, img, rep, {READY: (t1 - t0, size, dbytes), DURABLE: (t2 - t0, size, dbytes)},
+            ctx.add("mirror", method, img, rep, {READY: (t1 - t0, size, dbytes), DURABLE: (t2 - t0, size, dbytes)},
                     **info)
         except Exception as e:  # noqa: BLE001
-            ctx.fail("mirror", M_ANCHOR, img, rep, e)
+            ctx.fail("mirror", method, img, rep, e)
         finally:
             pb.rm(dst)
 
@@ -411,6 +423,8 @@ def ratio_rows(ctx, rows):
     spec = [
         ("mirror", M_BM, READY, "mirror", M_ANCHOR, DURABLE, "BM READY / anchor (convert + fsync)", 1.0),
         ("mirror", M_BM, DURABLE, "mirror", M_ANCHOR, DURABLE, "BM durable / anchor (convert + fsync)", None),
+        ("mirror", M_BM, READY, "mirror", M_NBDCOPY, DURABLE, "BM READY / nbdcopy file->file + fsync", 1.0),
+        ("mirror", M_BM, READY, "mirror", M_NBDCOPY, READY, "BM READY / nbdcopy file->file (exit)", None),
         ("mirror", M_BM, READY, "mirror", M_QSD, READY, "BM READY / qsd READY", 0.75),
         ("mirror", M_BM, DURABLE, "mirror", M_QSD, DURABLE, "BM durable / qsd durable", None),
         ("incremental", M_IBM, READY, "incremental", M_IQSD, READY, "BM incr. READY / qsd backup COMPLETED", 1.0),
@@ -436,7 +450,7 @@ def checks(ctx):
     out = []
     for s in ctx.samples:
         i = s["info"]
-        if s["method"] in (M_BM, M_QSD, M_ANCHOR) and "alloc_bytes" in i:
+        if s["method"] in (M_BM, M_QSD, M_ANCHOR, M_NBDCOPY) and "alloc_bytes" in i:
             out.append(("alloc", s["method"], s["image"], s["rep"], i["alloc_bytes"], i["src_alloc_bytes"]))
     return out
 
@@ -561,7 +575,7 @@ def main(argv=None):
     imgs = [x.strip() for x in a.images.split(",") if x.strip()]
 
     ctx = pb.Ctx(a)
-    ctx.declare("mirror", [M_ANCHOR, M_QSD, M_BM])
+    ctx.declare("mirror", [M_ANCHOR, M_NBDCOPY, M_QSD, M_BM])
     ctx.declare("incremental", [M_IQSD, M_IBM])
     svc = None
     rc = 0
@@ -601,7 +615,7 @@ def main(argv=None):
             pb.log("BlockMirror service up in %.1fs (pid %d, port %d)" % (time.monotonic() - t0, svc.proc.pid, svc.port))
 
         bench = Bench(ctx, svc)
-        fns = {"anchor": bench.anchor, "qsd": bench.qsd_mirror, "bm": bench.bm_mirror,
+        fns = {"anchor": bench.anchor, "nbdcopy": bench.nbdcopy, "qsd": bench.qsd_mirror, "bm": bench.bm_mirror,
                "inc-qsd": bench.inc_qsd, "inc-bm": bench.inc_bm}
         cases = [(c, img) for img in imgs for c in a.cases]
         for rep in ctx.rep_range():

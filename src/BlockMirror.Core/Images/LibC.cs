@@ -47,10 +47,12 @@ internal static partial class LibC
     internal const int ENOENT = 2;
     internal const int EINTR = 4;
     internal const int ENXIO = 6;
+    internal const int EBADF = 9;
     internal const int EAGAIN = 11;
     internal const int EBUSY = 16;
     internal const int EACCES = 13;
     internal const int EEXIST = 17;
+    internal const int EXDEV = 18;
     internal const int ENODEV = 19;
     internal const int ENOTDIR = 20;
     internal const int EISDIR = 21;
@@ -122,10 +124,26 @@ internal static partial class LibC
     [LibraryImport("libc", SetLastError = true)]
     internal static partial int fstat(int fd, out StatBuffer buf);
 
-    // Not called yet: kept for the data path's local fast path (a mirror between two raw files copies
-    // in the kernel, sparing one of the two page-cache copies the CPU profile is made of; bench/README.md).
     [LibraryImport("libc", SetLastError = true)]
-    internal static partial nint copy_file_range(int fdIn, ref long offIn, int fdOut, ref long offOut, nuint len, uint flags);
+    private static partial nint copy_file_range(int fdIn, ref long offIn, int fdOut, ref long offOut, nuint len, uint flags);
+
+    /// <summary>
+    /// copy_file_range(2), the one call site of the syscall: the bytes copied (0 at the source's
+    /// end of file), or -1 with <paramref name="errno"/> set. A non-zero <paramref name="injectErrno"/>
+    /// (tests only) makes this call fail with that errno instead of calling the kernel, so the caller's
+    /// handling of a refusal is the code that runs for a real one.
+    /// </summary>
+    internal static nint CopyFileRange(int fdIn, ref long offIn, int fdOut, ref long offOut, nuint len, int injectErrno, out int errno)
+    {
+        if (injectErrno != 0)
+        {
+            errno = injectErrno;
+            return -1;
+        }
+        var n = copy_file_range(fdIn, ref offIn, fdOut, ref offOut, len, 0);
+        errno = n < 0 ? LastErrno : 0;
+        return n;
+    }
 
     /// <summary>
     /// fdatasync(2) of <paramref name="handle"/>, retried when a signal interrupts it (EINTR is no

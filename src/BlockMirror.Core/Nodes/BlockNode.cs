@@ -218,6 +218,9 @@ public sealed class BlockNode
     private async ValueTask WriteCoreAsync(WriteRequest request, bool throughFilter, CancellationToken cancellationToken)
     {
         CheckRange(request.Offset, request.Length);
+        // A copy offload may be refused, and only the node's owner copies the range otherwise.
+        if (throughFilter && request.Kind == WriteKind.CopyRange)
+            throw new ArgumentException("A copy offload is an owner's write", nameof(request));
         if (ReadOnly)
             throw BlockErrors.NodeReadOnly(Name);
         if (_imageReplaced is { } replaced)
@@ -273,8 +276,17 @@ public sealed class BlockNode
         {
             WriteKind.Write => image.WriteAsync(request.Offset, request.Data, request.Fua, cancellationToken),
             WriteKind.WriteZeroes => image.WriteZeroesAsync(request.Offset, request.Length, request.MayUnmap, cancellationToken),
+            WriteKind.CopyRange => CopyRangeToImageAsync(image, request, cancellationToken),
             _ => image.DiscardAsync(request.Offset, request.Length, cancellationToken),
         };
+    }
+
+    /// <summary>A copy offload: the image copies from the request's source, or refuses and the owner copies otherwise.</summary>
+    private static ValueTask CopyRangeToImageAsync(IBlockImage image, WriteRequest request, CancellationToken cancellationToken)
+    {
+        if (image is ICopyRangeTarget target && request.CopySource is { } source)
+            return target.CopyRangeFromAsync(source, request.Offset, request.Length, cancellationToken);
+        return ValueTask.FromException(new CopyRangeRefusedException($"'{image.Location}' cannot copy from another image", permanent: true));
     }
 
     /// <summary>

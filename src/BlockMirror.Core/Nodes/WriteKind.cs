@@ -6,4 +6,7 @@ public enum WriteKind
     Write,
     WriteZeroes,
     Discard,
+
+    /// <summary>A range copied from another image by the storage itself (a job's copy offload; owner writes only).</summary>
+    CopyRange,
 }

@@ -1,3 +1,5 @@
+using BlockMirror.Core.Images;
+
 namespace BlockMirror.Core.Nodes;
 
 /// <summary>One content-changing request on a node's write path, from any door (HTTP, NBD).</summary>
@@ -11,11 +13,22 @@ public readonly record struct WriteRequest(
 {
     public long End => Offset + Length;
 
+    /// <summary>The image a <see cref="WriteKind.CopyRange"/> copies from, at the same offset.</summary>
+    public IBlockImage? CopySource { get; init; }
+
     public static WriteRequest ForData(long offset, ReadOnlyMemory<byte> data, bool fua = false) =>
         new(WriteKind.Write, offset, data.Length, data, fua);
 
     public static WriteRequest ForZeroes(long offset, long length, bool mayUnmap, bool fua = false) =>
         new(WriteKind.WriteZeroes, offset, length, ReadOnlyMemory<byte>.Empty, fua, mayUnmap);
+
+    /// <summary>
+    /// Copy [offset, +length) of <paramref name="source"/> to the same range (copy offload). Only a
+    /// node's owner writes these: the image may refuse (<see cref="CopyRangeRefusedException"/>), and
+    /// only a job knows how to copy the range otherwise.
+    /// </summary>
+    internal static WriteRequest ForCopy(long offset, long length, IBlockImage source) =>
+        new(WriteKind.CopyRange, offset, length, ReadOnlyMemory<byte>.Empty) { CopySource = source };
 
     public static WriteRequest ForDiscard(long offset, long length) =>
         new(WriteKind.Discard, offset, length, ReadOnlyMemory<byte>.Empty);
