@@ -103,7 +103,7 @@ internal sealed partial class NbdServerConnection
     private ValueTask ReplyOptionAsync(uint option, uint replyType, string message, CancellationToken ct) =>
         SendOptionAsync(option, replyType, Encoding.UTF8.GetBytes(Truncate(message)), ct);
 
-    private static string Truncate(string message) => message.Length > 1024 ? message[..1024] : message;
+    private static string Truncate(string message) => message.Length > NbdWire.MaxErrorMessageChars ? message[..NbdWire.MaxErrorMessageChars] : message;
 
     /// <summary>The export, and the node behind it, if both still exist.</summary>
     private (BlockExport Export, BlockNode Node)? FindExport(string name)

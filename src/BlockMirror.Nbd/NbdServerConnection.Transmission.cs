@@ -1,6 +1,4 @@
 using System.Buffers;
-using System.Buffers.Binary;
-using System.Text;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
 using BlockMirror.Nbd.Protocol;
@@ -18,13 +16,7 @@ internal sealed partial class NbdServerConnection
             {
                 if (!await TryReadExactAsync(_requestHeader, _stopReading.Token).ConfigureAwait(false))
                     break;
-                var header = _requestHeader.AsSpan();
-                var magic = BinaryPrimitives.ReadUInt32BigEndian(header);
-                var flags = BinaryPrimitives.ReadUInt16BigEndian(header[4..]);
-                var type = BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
-                var cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
-                var offset = BinaryPrimitives.ReadUInt64BigEndian(header[16..]);
-                var length = BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
+                var (magic, flags, type, cookie, offset, length) = NbdWire.ReadRequest(_requestHeader);
                 if (magic != NbdConstants.RequestMagic)
                     throw new NbdProtocolException($"bad request magic 0x{magic:x8}");
                 if (type == NbdConstants.CmdDisc)
@@ -202,12 +194,12 @@ internal sealed partial class NbdServerConnection
         }
         catch (Exception e) when (IsConnectionFailure(e))
         {
-            Abort(); // a reply could not be sent: the stream is no longer usable
+            Break(e); // a reply could not be sent: the stream is no longer usable
         }
         catch (Exception e)
         {
             _server.Log($"NBD client {Peer}: request {request.Type} failed unexpectedly: {e}");
-            Abort();
+            Break(e);
         }
         finally
         {
@@ -269,9 +261,9 @@ internal sealed partial class NbdServerConnection
             {
                 try
                 {
-                    await node.ReadAsync(request.Offset, message.AsMemory(NbdConstants.SimpleReplyHeaderSize, length), _abort.Token).ConfigureAwait(false);
+                    await node.ReadAsync(request.Offset, message.AsMemory(NbdConstants.SimpleReplyHeaderSize, length), _broken.Token).ConfigureAwait(false);
                 }
-                catch (Exception e) when (!_abort.IsCancellationRequested)
+                catch (Exception e) when (!_broken.IsCancellationRequested)
                 {
                     await ReplyFailureAsync(request, e).ConfigureAwait(false);
                     return;
@@ -304,22 +296,21 @@ internal sealed partial class NbdServerConnection
     /// <summary>One OFFSET_DATA chunk with the whole range, read straight behind its header.</summary>
     private async Task DenseReadAsync(NbdServerRequest request)
     {
-        const int head = NbdConstants.StructuredReplyHeaderSize + 8;
+        const int head = NbdWire.DataChunkHeaderSize;
         var length = (int)request.Length;
         var message = ArrayPool<byte>.Shared.Rent(head + length);
         try
         {
             try
             {
-                await _node!.ReadAsync(request.Offset, message.AsMemory(head, length), _abort.Token).ConfigureAwait(false);
+                await _node!.ReadAsync(request.Offset, message.AsMemory(head, length), _broken.Token).ConfigureAwait(false);
             }
-            catch (Exception e) when (!_abort.IsCancellationRequested)
+            catch (Exception e) when (!_broken.IsCancellationRequested)
             {
                 await ReplyFailureAsync(request, e).ConfigureAwait(false);
                 return;
             }
-            NbdWire.WriteStructuredHeader(message, NbdConstants.ReplyFlagDone, NbdConstants.ReplyTypeOffsetData, request.Cookie, (uint)(8 + length));
-            BinaryPrimitives.WriteUInt64BigEndian(message.AsSpan(NbdConstants.StructuredReplyHeaderSize), (ulong)request.Offset);
+            NbdWire.WriteDataChunkHeader(message, NbdConstants.ReplyFlagDone, request.Cookie, request.Offset, length);
             await SendAsync(message.AsMemory(0, head + length)).ConfigureAwait(false);
         }
         finally
@@ -351,7 +342,7 @@ internal sealed partial class NbdServerConnection
                         extents[count++] = new ImageExtent(pos, end - pos, ExtentKind.Data);
                         break;
                     }
-                    var e = await node.GetBlockStatusAsync(pos, end - pos, _abort.Token).ConfigureAwait(false);
+                    var e = await node.GetBlockStatusAsync(pos, end - pos, _broken.Token).ConfigureAwait(false);
                     var len = Math.Min(e.Length, end - pos);
                     if (e.Offset != pos || len <= 0)
                     {
@@ -378,7 +369,7 @@ internal sealed partial class NbdServerConnection
 
             var size = 0;
             for (var i = 0; i < count; i++)
-                size += NbdConstants.StructuredReplyHeaderSize + (extents[i].Kind == ExtentKind.Zero ? 12 : 8 + (int)extents[i].Length);
+                size += extents[i].Kind == ExtentKind.Zero ? NbdWire.HoleChunkSize : NbdWire.DataChunkHeaderSize + (int)extents[i].Length;
             var message = ArrayPool<byte>.Shared.Rent(size);
             try
             {
@@ -387,27 +378,24 @@ internal sealed partial class NbdServerConnection
                 {
                     var extent = extents[i];
                     var chunkFlags = i == count - 1 ? NbdConstants.ReplyFlagDone : (ushort)0;
-                    var body = message.AsSpan(p + NbdConstants.StructuredReplyHeaderSize);
-                    BinaryPrimitives.WriteUInt64BigEndian(body, (ulong)extent.Offset);
                     if (extent.Kind == ExtentKind.Zero)
                     {
-                        NbdWire.WriteStructuredHeader(message.AsSpan(p), chunkFlags, NbdConstants.ReplyTypeOffsetHole, request.Cookie, 12);
-                        BinaryPrimitives.WriteUInt32BigEndian(body[8..], (uint)extent.Length);
-                        p += NbdConstants.StructuredReplyHeaderSize + 12;
+                        NbdWire.WriteHoleChunk(message.AsSpan(p), chunkFlags, request.Cookie, extent.Offset, (uint)extent.Length);
+                        p += NbdWire.HoleChunkSize;
                     }
                     else
                     {
-                        NbdWire.WriteStructuredHeader(message.AsSpan(p), chunkFlags, NbdConstants.ReplyTypeOffsetData, request.Cookie, (uint)(8 + extent.Length));
+                        NbdWire.WriteDataChunkHeader(message.AsSpan(p), chunkFlags, request.Cookie, extent.Offset, (int)extent.Length);
                         try
                         {
-                            await node.ReadAsync(extent.Offset, message.AsMemory(p + NbdConstants.StructuredReplyHeaderSize + 8, (int)extent.Length), _abort.Token).ConfigureAwait(false);
+                            await node.ReadAsync(extent.Offset, message.AsMemory(p + NbdWire.DataChunkHeaderSize, (int)extent.Length), _broken.Token).ConfigureAwait(false);
                         }
-                        catch (Exception e) when (!_abort.IsCancellationRequested)
+                        catch (Exception e) when (!_broken.IsCancellationRequested)
                         {
                             await ReplyFailureAsync(request, e).ConfigureAwait(false);
                             return;
                         }
-                        p += NbdConstants.StructuredReplyHeaderSize + 8 + (int)extent.Length;
+                        p += NbdWire.DataChunkHeaderSize + (int)extent.Length;
                     }
                 }
                 await SendAsync(message.AsMemory(0, size)).ConfigureAwait(false);
@@ -429,7 +417,7 @@ internal sealed partial class NbdServerConnection
         var length = request.Length;
         var contexts = _contexts;
         var maxExtents = (request.Flags & NbdConstants.CmdFlagReqOne) != 0 ? 1 : _options.MaxBlockStatusExtents;
-        var chunkMax = NbdConstants.StructuredReplyHeaderSize + 4 + (8 * maxExtents);
+        var chunkMax = NbdWire.BlockStatusChunkHeaderSize + (NbdWire.BlockStatusDescriptorSize * maxExtents);
         var message = ArrayPool<byte>.Shared.Rent(chunkMax * contexts.Count);
         try
         {
@@ -440,21 +428,19 @@ internal sealed partial class NbdServerConnection
                 int descriptors;
                 try
                 {
-                    var area = message.AsMemory(p + NbdConstants.StructuredReplyHeaderSize + 4, 8 * maxExtents);
+                    var area = message.AsMemory(p + NbdWire.BlockStatusChunkHeaderSize, NbdWire.BlockStatusDescriptorSize * maxExtents);
                     descriptors = context.Bitmap is null
                         ? await AllocationExtentsAsync(request.Offset, length, area, maxExtents).ConfigureAwait(false)
                         : BitmapExtents(context, request.Offset, length, area.Span, maxExtents);
                 }
-                catch (Exception e) when (!_abort.IsCancellationRequested)
+                catch (Exception e) when (!_broken.IsCancellationRequested)
                 {
                     await ReplyFailureAsync(request, e).ConfigureAwait(false);
                     return;
                 }
-                var chunkLength = 4 + (8 * descriptors);
                 var chunkFlags = i == contexts.Count - 1 ? NbdConstants.ReplyFlagDone : (ushort)0;
-                NbdWire.WriteStructuredHeader(message.AsSpan(p), chunkFlags, NbdConstants.ReplyTypeBlockStatus, request.Cookie, (uint)chunkLength);
-                BinaryPrimitives.WriteUInt32BigEndian(message.AsSpan(p + NbdConstants.StructuredReplyHeaderSize), context.Id);
-                p += NbdConstants.StructuredReplyHeaderSize + chunkLength;
+                NbdWire.WriteBlockStatusChunkHeader(message.AsSpan(p), chunkFlags, request.Cookie, context.Id, descriptors);
+                p += NbdWire.BlockStatusChunkHeaderSize + (NbdWire.BlockStatusDescriptorSize * descriptors);
             }
             await SendAsync(message.AsMemory(0, p)).ConfigureAwait(false);
         }
@@ -475,7 +461,7 @@ internal sealed partial class NbdServerConnection
         uint lastLength = 0;
         while (pos < end)
         {
-            var e = await node.GetBlockStatusAsync(pos, end - pos, _abort.Token).ConfigureAwait(false);
+            var e = await node.GetBlockStatusAsync(pos, end - pos, _broken.Token).ConfigureAwait(false);
             var len = Math.Min(e.Length, end - pos);
             if (e.Offset != pos || len <= 0)
                 throw new IOException($"block status at {pos} answered [{e.Offset}, +{e.Length})");
@@ -483,7 +469,7 @@ internal sealed partial class NbdServerConnection
             if (count > 0 && flags == lastFlags)
             {
                 lastLength += (uint)len; // cannot overflow: the sum stays within the u32 request length
-                BinaryPrimitives.WriteUInt32BigEndian(area.Span[(8 * (count - 1))..], lastLength);
+                NbdWire.RewriteBlockStatusDescriptorLength(area.Span, count - 1, lastLength);
             }
             else
             {
@@ -491,8 +477,7 @@ internal sealed partial class NbdServerConnection
                     break;
                 lastFlags = flags;
                 lastLength = (uint)len;
-                BinaryPrimitives.WriteUInt32BigEndian(area.Span[(8 * count)..], lastLength);
-                BinaryPrimitives.WriteUInt32BigEndian(area.Span[((8 * count) + 4)..], flags);
+                NbdWire.WriteBlockStatusDescriptor(area.Span, count, lastLength, flags);
                 count++;
             }
             pos += len;
@@ -523,8 +508,7 @@ internal sealed partial class NbdServerConnection
                 if (len <= 0)
                     break;
             }
-            BinaryPrimitives.WriteUInt32BigEndian(area[(8 * count)..], (uint)len);
-            BinaryPrimitives.WriteUInt32BigEndian(area[((8 * count) + 4)..], flags);
+            NbdWire.WriteBlockStatusDescriptor(area, count, (uint)len, flags);
             count++;
             pos += len;
         }
@@ -553,7 +537,7 @@ internal sealed partial class NbdServerConnection
         var message = ArrayPool<byte>.Shared.Rent(NbdConstants.StructuredReplyHeaderSize);
         try
         {
-            NbdWire.WriteStructuredHeader(message, NbdConstants.ReplyFlagDone, NbdConstants.ReplyTypeNone, cookie, 0);
+            NbdWire.WriteNoneChunk(message, cookie);
             await SendAsync(message.AsMemory(0, NbdConstants.StructuredReplyHeaderSize)).ConfigureAwait(false);
         }
         finally
@@ -590,15 +574,12 @@ internal sealed partial class NbdServerConnection
             }
             return;
         }
-        var text = Encoding.UTF8.GetBytes(message.Length > 1024 ? message[..1024] : message);
-        var size = NbdConstants.StructuredReplyHeaderSize + 6 + text.Length;
+        var text = NbdWire.ErrorText(message);
+        var size = NbdWire.ErrorChunkSize(text);
         var chunk = ArrayPool<byte>.Shared.Rent(size);
         try
         {
-            NbdWire.WriteStructuredHeader(chunk, NbdConstants.ReplyFlagDone, NbdConstants.ReplyTypeError, cookie, (uint)(6 + text.Length));
-            BinaryPrimitives.WriteUInt32BigEndian(chunk.AsSpan(NbdConstants.StructuredReplyHeaderSize), errno);
-            BinaryPrimitives.WriteUInt16BigEndian(chunk.AsSpan(NbdConstants.StructuredReplyHeaderSize + 4), (ushort)text.Length);
-            text.CopyTo(chunk.AsSpan(NbdConstants.StructuredReplyHeaderSize + 6));
+            NbdWire.WriteErrorChunk(chunk, cookie, errno, text);
             await SendAsync(chunk.AsMemory(0, size)).ConfigureAwait(false);
         }
         finally

@@ -31,8 +31,11 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     private readonly BufferedStream _input;
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly SemaphoreSlim _slots;
-    private readonly CancellationTokenSource _abort = new();
+
+    // The state drives these: leaving Transmission cancels _stopReading (the reader stops taking
+    // requests), Break cancels _broken (work in flight stops, nothing more is sent).
     private readonly CancellationTokenSource _stopReading = new();
+    private readonly CancellationTokenSource _broken = new();
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly byte[] _requestHeader = new byte[NbdConstants.RequestHeaderSize];
@@ -48,10 +51,12 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     private BlockNode? _node;
     private bool _exportReadOnly;
 
+    // The connection's state (NbdConnectionState, as an int for Interlocked) and, once Broken, why.
+    private int _state = (int)NbdConnectionState.Handshake;
+    private Exception? _breakReason;
+
     // The reader holds one reference; each dispatched request holds one. Zero = drained.
     private int _references = 1;
-    private int _closing;
-    private int _disposed;
 
     public NbdServerConnection(NbdServer server, Socket socket)
     {
@@ -84,38 +89,45 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     /// <summary>Completes when the connection has ended, every request it accepted has finished, and it is disposed.</summary>
     public Task Completion => _completion.Task;
 
+    /// <summary>Why the connection ended (the first Break's reason), or null while it lasts; for diagnostics.</summary>
+    public Exception? BreakReason => Volatile.Read(ref _state) >= (int)NbdConnectionState.Broken ? _breakReason : null;
+
+    private NbdConnectionState State => (NbdConnectionState)Volatile.Read(ref _state);
+
     public async Task RunAsync(CancellationToken serverStopping)
     {
         try
         {
             bool transmit;
-            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token, serverStopping))
+            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(_broken.Token, serverStopping))
             {
                 handshake.CancelAfter(_options.HandshakeTimeout);
                 try
                 {
                     transmit = await HandshakeAsync(handshake.Token).ConfigureAwait(false);
                 }
-                catch (OperationCanceledException) when (!_abort.IsCancellationRequested && !serverStopping.IsCancellationRequested)
+                catch (OperationCanceledException) when (!_broken.IsCancellationRequested && !serverStopping.IsCancellationRequested)
                 {
                     _server.Log($"NBD client {Peer}: handshake timed out");
                     transmit = false;
                 }
             }
-            if (transmit)
+            if (transmit && TryMove(NbdConnectionState.Handshake, NbdConnectionState.Transmission))
                 await TransmitAsync().ConfigureAwait(false);
         }
         catch (NbdProtocolException e)
         {
             _server.Log($"NBD client {Peer}: {e.Message}; disconnecting");
+            Break(e);
         }
         catch (Exception e) when (IsConnectionFailure(e))
         {
             // The client went away (or we cut it); nothing to report.
+            Break(e);
         }
         finally
         {
-            Abort();
+            Break(new EndOfStreamException("the connection ended"));
         }
     }
 
@@ -125,15 +137,20 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     /// </summary>
     public void BeginClose(TimeSpan grace)
     {
-        if (Interlocked.Exchange(ref _closing, 1) != 0)
+        if (State == NbdConnectionState.Handshake)
+        {
+            // Still haggling: nothing in flight to wait for.
+            Break(new OperationCanceledException("the connection was closed during the handshake"));
             return;
+        }
+        if (!TryMove(NbdConnectionState.Transmission, NbdConnectionState.Draining))
+            return; // closing or broken already
         try
         {
             _stopReading.Cancel();
-            if (_export is null)
-                _abort.Cancel(); // still haggling: nothing in flight to wait for
-            else
-                _abort.CancelAfter(grace);
+            // Whatever has not replied when the grace ends is cut off with the connection.
+            _broken.Token.UnsafeRegister(static (c, _) => ((NbdServerConnection)c!).Break(new TimeoutException("requests still running when the close's grace ended")), this);
+            _broken.CancelAfter(grace);
             // Wakes a reader blocked in recv even where cancellation of the read is not honoured.
             _socket.Shutdown(SocketShutdown.Receive);
         }
@@ -144,25 +161,42 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        Break(new ObjectDisposedException(nameof(NbdServerConnection)));
+        if ((NbdConnectionState)Interlocked.Exchange(ref _state, (int)NbdConnectionState.Closed) == NbdConnectionState.Closed)
             return;
-        Abort();
         await _input.DisposeAsync().ConfigureAwait(false);
         await _network.DisposeAsync().ConfigureAwait(false);
         _socket.Dispose();
-        _abort.Dispose();
+        _broken.Dispose();
         _stopReading.Dispose();
         _sendLock.Dispose();
         _slots.Dispose();
         _completion.TrySetResult();
     }
 
-    private void Abort()
+    private bool TryMove(NbdConnectionState from, NbdConnectionState to) =>
+        Interlocked.CompareExchange(ref _state, (int)to, (int)from) == (int)from;
+
+    /// <summary>
+    /// The one way a connection ends (Npgsql's <c>NpgsqlConnector.Break</c>), whatever ended it: the
+    /// first reason is kept, the reader stops, work in flight is cancelled, and the socket is shut
+    /// both ways so the client sees the end. Later calls change nothing.
+    /// </summary>
+    private void Break(Exception reason)
     {
+        while (true)
+        {
+            var from = State;
+            if (from >= NbdConnectionState.Broken)
+                return;
+            if (TryMove(from, NbdConnectionState.Broken))
+                break;
+        }
+        _breakReason = reason;
         try
         {
             _stopReading.Cancel();
-            _abort.Cancel();
+            _broken.Cancel();
             _socket.Shutdown(SocketShutdown.Both);
         }
         catch (Exception e) when (e is ObjectDisposedException or SocketException)
@@ -206,15 +240,15 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     /// <summary>Sends one whole message; replies of concurrent requests queue on the send lock.</summary>
     private async ValueTask SendAsync(ReadOnlyMemory<byte> message)
     {
-        await _sendLock.WaitAsync(_abort.Token).ConfigureAwait(false);
+        await _sendLock.WaitAsync(_broken.Token).ConfigureAwait(false);
         try
         {
-            await _network.WriteAsync(message, _abort.Token).ConfigureAwait(false);
+            await _network.WriteAsync(message, _broken.Token).ConfigureAwait(false);
         }
-        catch
+        catch (Exception e)
         {
             // A half-written reply leaves the stream unframed: the connection cannot go on.
-            Abort();
+            Break(e);
             throw;
         }
         finally
