@@ -153,7 +153,11 @@ internal sealed class NbdRawConnection : IAsyncDisposable
         return (size, flags);
     }
 
-    public Task SendRequestAsync(ushort flags, ushort type, ulong cookie, ulong offset, uint length, byte[]? payload = null)
+    public Task SendRequestAsync(ushort flags, ushort type, ulong cookie, ulong offset, uint length, byte[]? payload = null) =>
+        WriteAsync(Request(flags, type, cookie, offset, length, payload));
+
+    /// <summary>A transmission request as bytes (header and payload), for sending several in one write.</summary>
+    public static byte[] Request(ushort flags, ushort type, ulong cookie, ulong offset, uint length, byte[]? payload = null)
     {
         var b = new byte[28 + (payload?.Length ?? 0)];
         BinaryPrimitives.WriteUInt32BigEndian(b, 0x25609513);
@@ -163,7 +167,7 @@ internal sealed class NbdRawConnection : IAsyncDisposable
         BinaryPrimitives.WriteUInt64BigEndian(b.AsSpan(16), offset);
         BinaryPrimitives.WriteUInt32BigEndian(b.AsSpan(24), length);
         payload?.CopyTo(b, 28);
-        return WriteAsync(b);
+        return b;
     }
 
     /// <summary>A simple reply header: (error, cookie).</summary>
@@ -205,6 +209,31 @@ internal sealed class NbdRawConnection : IAsyncDisposable
             return true;
         }
     }
+
+    /// <summary>
+    /// Waits until the server has read every byte sent so far (a Unix socket's SIOCOUTQ counts what
+    /// the peer has not received yet), so the next write reaches it as a piece of its own.
+    /// </summary>
+    public async Task WaitUntilServerReadAllAsync()
+    {
+        Assert.Equal(AddressFamily.Unix, _socket.AddressFamily);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (Unsent() > 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the server did not read what was sent");
+            await Task.Yield();
+        }
+    }
+
+    private int Unsent()
+    {
+        const ulong SiocOutq = 0x5411; // TIOCOUTQ
+        Assert.Equal(0, Ioctl((int)_socket.Handle, SiocOutq, out var unsent));
+        return unsent;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    private static extern int Ioctl(int fd, ulong request, out int value);
 
     public void Abort() => _socket.Close(0);
 

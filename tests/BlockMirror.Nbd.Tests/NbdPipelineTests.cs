@@ -1,0 +1,198 @@
+using System.Buffers.Binary;
+
+namespace BlockMirror.Nbd.Tests;
+
+/// <summary>
+/// The transmission path under pipelining, byte by byte: requests sent back to back in one write,
+/// replies that come in any order and share sends, requests whose bytes arrive in pieces.
+/// </summary>
+public sealed class NbdPipelineTests
+{
+    private const ushort CmdRead = 0;
+    private const ushort CmdWrite = 1;
+    private const ushort CmdFlush = 3;
+    private const ushort ReplyDone = 1;
+    private const ushort ChunkData = 1;
+    private const ushort ChunkHole = 2;
+
+    private static byte[] Pattern(int length, int seed)
+    {
+        var data = new byte[length];
+        new Random(seed).NextBytes(data);
+        return data;
+    }
+
+    private static async Task<byte[]> ReadDiskAsync(NbdTestServer env, long offset, int length)
+    {
+        var data = new byte[length];
+        await env.Disk.ReadAsync(offset, data);
+        return data;
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_burst_of_requests_in_one_write_is_answered_once_per_cookie(bool unix)
+    {
+        const int blocks = 32;
+        const int size = 4096;
+        await using var env = await NbdTestServer.StartAsync(unix);
+        await using (var client = await env.ConnectAsync())
+        {
+            for (var i = 0; i < blocks; i++)
+                await client.WriteAsync(i * size, Pattern(size, i));
+        }
+        await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+        await raw.StartAsync();
+        await raw.GoAsync("disk0", structured: false);
+
+        // One write: reads of blocks 0-31 interleaved with writes of blocks 32-63, then a flush.
+        var burst = new List<byte>();
+        for (var i = 0; i < blocks; i++)
+        {
+            burst.AddRange(NbdRawConnection.Request(0, CmdRead, cookie: (ulong)(1000 + i), offset: (ulong)(i * size), length: size));
+            burst.AddRange(NbdRawConnection.Request(0, CmdWrite, cookie: (ulong)(2000 + i), offset: (ulong)((blocks + i) * size), length: size, Pattern(size, 100 + i)));
+        }
+        burst.AddRange(NbdRawConnection.Request(0, CmdFlush, cookie: 3000, offset: 0, length: 0));
+        await raw.WriteAsync([.. burst]);
+
+        var answered = new List<ulong>();
+        for (var n = 0; n < (2 * blocks) + 1; n++)
+        {
+            var (error, cookie) = await raw.ReadSimpleReplyAsync();
+            Assert.Equal(0u, error);
+            answered.Add(cookie);
+            if (cookie is >= 1000 and < 1000 + blocks)
+                Assert.Equal(Pattern(size, (int)cookie - 1000), await raw.ReadAsync(size)); // a read's data follows its reply
+        }
+        var expected = Enumerable.Range(0, blocks).SelectMany(i => new[] { (ulong)(1000 + i), (ulong)(2000 + i) }).Append(3000ul);
+        Assert.Equal(expected.Order(), answered.Order());
+        for (var i = 0; i < blocks; i++)
+            Assert.Equal(Pattern(size, 100 + i), await ReadDiskAsync(env, (blocks + i) * size, size));
+    }
+
+    [Fact]
+    public async Task A_write_waiting_at_the_node_does_not_hold_up_the_replies_behind_it()
+    {
+        await using var env = await NbdTestServer.StartAsync();
+        await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+        await raw.StartAsync();
+        await raw.GoAsync("disk0", structured: false);
+        var data = Pattern(4096, 7);
+
+        var quiesced = await env.Disk.Gate.QuiesceAsync();
+        try
+        {
+            await raw.WriteAsync([
+                .. NbdRawConnection.Request(0, CmdWrite, cookie: 1, offset: 0, length: 4096, data),
+                .. NbdRawConnection.Request(0, CmdRead, cookie: 2, offset: 65536, length: 512),
+            ]);
+            // The write waits at the quiesced node; the read behind it is answered meanwhile.
+            Assert.Equal((0u, 2ul), await raw.ReadSimpleReplyAsync());
+            Assert.Equal(new byte[512], await raw.ReadAsync(512));
+        }
+        finally
+        {
+            quiesced.Dispose();
+        }
+        Assert.Equal((0u, 1ul), await raw.ReadSimpleReplyAsync());
+        Assert.Equal(data, await ReadDiskAsync(env, 0, 4096));
+    }
+
+    [Fact]
+    public async Task Replies_to_a_burst_share_sends()
+    {
+        const int count = 32;
+        await using var env = await NbdTestServer.StartAsync(unix: true);
+        await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+        await raw.StartAsync();
+        await raw.GoAsync("disk0", structured: false);
+
+        var burst = new List<byte>();
+        for (var i = 0; i < count; i++)
+            burst.AddRange(NbdRawConnection.Request(0, CmdWrite, cookie: (ulong)i, offset: (ulong)(i * 65536), length: 512, Pattern(512, i)));
+        await raw.WriteAsync([.. burst]);
+        var answered = new List<ulong>();
+        for (var i = 0; i < count; i++)
+            answered.Add((await raw.ReadSimpleReplyAsync()).Cookie);
+
+        Assert.Equal(Enumerable.Range(0, count).Select(i => (ulong)i), answered.Order());
+        var replies = Assert.Single(env.Server.OpenConnections).Replies;
+        Assert.Equal(count, replies.Replies);
+        Assert.True(replies.Sends < count, $"{replies.Sends} sends for {count} replies: none was coalesced");
+    }
+
+    [Theory]
+    [InlineData(4096)]
+    [InlineData(1024 * 1024)]
+    public async Task A_request_whose_bytes_arrive_in_pieces_is_applied_whole(int size)
+    {
+        await using var env = await NbdTestServer.StartAsync(unix: true);
+        await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+        await raw.StartAsync();
+        await raw.GoAsync("disk0", structured: false);
+        var data = Pattern(size, 11);
+        var request = NbdRawConnection.Request(0, CmdWrite, cookie: 5, offset: 65536, length: (uint)size, data);
+
+        // Cut inside the header, just after it, and twice inside the payload; each piece is read by
+        // the server before the next is sent.
+        int[] cuts = [13, 29, 28 + (size / 3), 28 + (size / 2) + 7, request.Length];
+        var from = 0;
+        foreach (var cut in cuts)
+        {
+            await raw.WriteAsync(request[from..cut]);
+            await raw.WaitUntilServerReadAllAsync();
+            from = cut;
+        }
+
+        Assert.Equal((0u, 5ul), await raw.ReadSimpleReplyAsync());
+        Assert.Equal(data, await ReadDiskAsync(env, 65536, size));
+        var granule = NbdTestServer.Granularity;
+        Assert.Equal([(65536L, (long)((size + granule - 1) / granule * granule))], env.Disk.FindBitmap("b0")!.GetExtents(0, NbdTestServer.DiskSize));
+    }
+
+    [Fact]
+    public async Task A_small_structured_read_answers_holes_as_holes_and_written_zeroes_as_data()
+    {
+        await using var env = await NbdTestServer.StartAsync();
+        var data = Pattern(4096, 3);
+        await using (var client = await env.ConnectAsync())
+        {
+            await client.WriteAsync(65536, data);
+            await client.WriteAsync(131072, new byte[4096]); // zero bytes, but written: data
+        }
+        await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+        await raw.StartAsync();
+        await raw.GoAsync("disk0", structured: true);
+
+        // A hole: one hole chunk.
+        await raw.SendRequestAsync(0, CmdRead, cookie: 1, offset: 1 << 20, length: 4096);
+        var hole = await raw.ReadChunkAsync();
+        Assert.Equal((ReplyDone, ChunkHole, 1ul), (hole.Flags, hole.Type, hole.Cookie));
+        Assert.Equal(1ul << 20, BinaryPrimitives.ReadUInt64BigEndian(hole.Payload));
+        Assert.Equal(4096u, BinaryPrimitives.ReadUInt32BigEndian(hole.Payload.AsSpan(8)));
+
+        // Written zeroes are data.
+        await raw.SendRequestAsync(0, CmdRead, cookie: 2, offset: 131072, length: 4096);
+        var zeroes = await raw.ReadChunkAsync();
+        Assert.Equal((ReplyDone, ChunkData, 2ul), (zeroes.Flags, zeroes.Type, zeroes.Cookie));
+        Assert.Equal(new byte[4096], zeroes.Payload.AsSpan(8).ToArray());
+
+        // Data then a hole: two chunks in one reply.
+        await raw.SendRequestAsync(0, CmdRead, cookie: 3, offset: 65536, length: 8192);
+        var first = await raw.ReadChunkAsync();
+        var second = await raw.ReadChunkAsync();
+        Assert.Equal(((ushort)0, ChunkData, 3ul), (first.Flags, first.Type, first.Cookie));
+        Assert.Equal(65536ul, BinaryPrimitives.ReadUInt64BigEndian(first.Payload));
+        Assert.Equal(data, first.Payload.AsSpan(8).ToArray());
+        Assert.Equal((ReplyDone, ChunkHole, 3ul), (second.Flags, second.Type, second.Cookie));
+        Assert.Equal(69632ul, BinaryPrimitives.ReadUInt64BigEndian(second.Payload));
+        Assert.Equal(4096u, BinaryPrimitives.ReadUInt32BigEndian(second.Payload.AsSpan(8)));
+
+        // Data only: one data chunk.
+        await raw.SendRequestAsync(0, CmdRead, cookie: 4, offset: 65536 + 100, length: 1000);
+        var part = await raw.ReadChunkAsync();
+        Assert.Equal((ReplyDone, ChunkData, 4ul), (part.Flags, part.Type, part.Cookie));
+        Assert.Equal(data.AsSpan(100, 1000).ToArray(), part.Payload.AsSpan(8).ToArray());
+    }
+}

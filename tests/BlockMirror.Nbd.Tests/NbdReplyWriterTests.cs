@@ -1,0 +1,83 @@
+using System.Buffers;
+using System.Net.Sockets;
+
+namespace BlockMirror.Nbd.Tests;
+
+/// <summary>The coalescing reply writer over a connected pair of Unix sockets.</summary>
+public sealed class NbdReplyWriterTests : IDisposable
+{
+    private readonly string _path = Path.Combine(Path.GetTempPath(), $"bm-replies-{Guid.NewGuid():N}.sock");
+    private readonly Socket _listener = new(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+    private readonly Socket _client = new(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+    private readonly Socket _server;
+
+    public NbdReplyWriterTests()
+    {
+        _listener.Bind(new UnixDomainSocketEndPoint(_path));
+        _listener.Listen(1);
+        _client.Connect(new UnixDomainSocketEndPoint(_path));
+        _server = _listener.Accept();
+    }
+
+    public void Dispose()
+    {
+        _server.Dispose();
+        _client.Dispose();
+        _listener.Dispose();
+        File.Delete(_path);
+    }
+
+    private byte[] Receive(int count)
+    {
+        var data = new byte[count];
+        var done = 0;
+        while (done < count)
+        {
+            var n = _client.Receive(data.AsSpan(done));
+            Assert.True(n > 0, "the writer's side closed");
+            done += n;
+        }
+        return data;
+    }
+
+    [Fact]
+    public void Replies_queued_while_the_reader_holds_its_batch_go_out_in_one_send_in_order()
+    {
+        var writer = new NbdReplyWriter(_server, e => Assert.Fail($"send failed: {e}"));
+        var pooled = ArrayPool<byte>.Shared.Rent(5000);
+        pooled.AsSpan(0, 5000).Fill(0x44);
+
+        writer.BeginBatch();
+        writer.Enqueue([1, 2, 3]);
+        writer.EnqueuePooled(pooled, 5000);
+        writer.Enqueue([4, 5]);
+        Assert.Equal(0, writer.Sends);
+        writer.EndBatch();
+
+        Assert.Equal((1L, 3L), (writer.Sends, writer.Replies));
+        var sent = Receive(3 + 5000 + 2);
+        Assert.Equal([1, 2, 3], sent[..3]);
+        Assert.All(sent[3..5003], b => Assert.Equal(0x44, b));
+        Assert.Equal([4, 5], sent[5003..]);
+
+        // Outside a batch a reply goes out at once.
+        writer.Enqueue([9]);
+        Assert.Equal(2, writer.Sends);
+        Assert.Equal([9], Receive(1));
+    }
+
+    [Fact]
+    public void A_failed_send_is_reported_once_and_later_replies_are_dropped()
+    {
+        var failures = new List<Exception>();
+        var writer = new NbdReplyWriter(_server, failures.Add);
+        _server.Shutdown(SocketShutdown.Send);
+
+        writer.Enqueue([1, 2, 3]);
+        writer.EnqueuePooled(ArrayPool<byte>.Shared.Rent(100), 100);
+        writer.Enqueue([4]);
+
+        Assert.IsAssignableFrom<SocketException>(Assert.Single(failures));
+        Assert.Equal(1, writer.Sends); // the later replies were not attempted
+    }
+}
