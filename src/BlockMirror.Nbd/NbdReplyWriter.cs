@@ -1,27 +1,33 @@
+using System.Buffers;
 using System.Net.Sockets;
 
 namespace BlockMirror.Nbd;
 
 /// <summary>
 /// A server connection's output: replies are queued whole and sent together, several in one
-/// sendmsg (the write buffers of Garnet and Npgsql are the model). Whoever queues a reply while no
-/// send is running sends, on its own thread, everything queued by then and whatever was queued
-/// meanwhile (so under load one thread sends while the others only queue, and their replies share
-/// the next send); while the connection's reader holds a batch open, replies only queue and the
-/// reader sends them all when it is about to wait. Replies are never split, so chunks of different
-/// requests never interleave inside a message. A failed send calls <c>onFailure</c> once and
-/// everything queued later is dropped: the stream is no longer framed.
+/// sendmsg (the write buffers of Garnet and Npgsql are the model). While the connection's reader
+/// holds a batch open, replies only queue, and the reader sends them all itself when it is about
+/// to wait: the replies of a burst of requests served on the reader go out in one send, with no
+/// thread switch. A reply queued from elsewhere (a request that continued on the thread pool) wakes
+/// the connection's sender thread, which sends everything queued by then and whatever is queued
+/// meanwhile; so a thread-pool thread never blocks on a client that does not read its replies.
+/// One send at a time; replies are never split, so chunks of different requests never interleave
+/// inside a message. A failed send calls <c>onFailure</c> once and everything queued later is
+/// dropped: the stream is no longer framed.
 /// </summary>
-internal sealed class NbdReplyWriter
+internal sealed class NbdReplyWriter : IDisposable
 {
     private readonly Socket _socket;
     private readonly Action<Exception> _onFailure;
     private readonly Lock _lock = new();
+    private readonly SemaphoreSlim _wakeSender = new(0);
     private NbdReplyBatch _filling = new();
     private NbdReplyBatch _sending = new();
+    private Thread? _sender;
     private bool _readerHolds;
     private bool _flushing;
     private bool _failed;
+    private bool _disposed;
 
     public NbdReplyWriter(Socket socket, Action<Exception> onFailure)
     {
@@ -40,14 +46,13 @@ internal sealed class NbdReplyWriter
     {
         lock (_lock)
         {
-            if (_failed)
+            if (_failed || _disposed)
                 return;
             _filling.AddCopy(reply);
-            Replies++;
-            if (!TakeTurnToSend())
+            if (!WakeSenderLocked())
                 return;
         }
-        SendQueued();
+        _wakeSender.Release();
     }
 
     /// <summary>Queues the first <paramref name="length"/> bytes of a pooled buffer; the writer returns it to the pool.</summary>
@@ -55,17 +60,16 @@ internal sealed class NbdReplyWriter
     {
         lock (_lock)
         {
-            if (_failed)
+            if (_failed || _disposed)
             {
-                System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+                ArrayPool<byte>.Shared.Return(buffer);
                 return;
             }
             _filling.AddPooled(buffer, length);
-            Replies++;
-            if (!TakeTurnToSend())
+            if (!WakeSenderLocked())
                 return;
         }
-        SendQueued();
+        _wakeSender.Release();
     }
 
     /// <summary>The reader starts a batch: replies queued until <see cref="EndBatch"/> wait for it.</summary>
@@ -75,27 +79,62 @@ internal sealed class NbdReplyWriter
             _readerHolds = true;
     }
 
-    /// <summary>The reader is about to wait: everything queued goes out now (on this thread unless a send is running).</summary>
+    /// <summary>The reader is about to wait: it sends everything queued now, unless a send is already running.</summary>
     public void EndBatch()
     {
         lock (_lock)
         {
             _readerHolds = false;
-            if (_failed || _filling.IsEmpty || !TakeTurnToSend())
+            if (_failed || _flushing || _filling.IsEmpty)
                 return;
+            _flushing = true;
         }
         SendQueued();
     }
 
-    private bool TakeTurnToSend()
+    /// <summary>Stops the sender thread; replies queued later are dropped.</summary>
+    public void Dispose()
     {
+        lock (_lock)
+        {
+            if (_disposed)
+                return;
+            _disposed = true;
+            _filling.Clear();
+        }
+        _wakeSender.Release();
+    }
+
+    /// <summary>Counts a queued reply; true when the sender thread must be woken to send it.</summary>
+    private bool WakeSenderLocked()
+    {
+        Replies++;
         if (_readerHolds || _flushing)
             return false;
         _flushing = true;
+        if (_sender is null)
+        {
+            _sender = new Thread(SendOnWake) { IsBackground = true, Name = "NBD replies" };
+            _sender.Start();
+        }
         return true;
     }
 
-    /// <summary>Sends batches until none is queued; the caller took the turn.</summary>
+    private void SendOnWake()
+    {
+        while (true)
+        {
+            _wakeSender.Wait();
+            lock (_lock)
+            {
+                if (_disposed)
+                    return;
+            }
+            SendQueued();
+        }
+    }
+
+    /// <summary>Sends batches until none is queued; the caller took the turn (<c>_flushing</c>).</summary>
     private void SendQueued()
     {
         while (true)
@@ -103,7 +142,7 @@ internal sealed class NbdReplyWriter
             NbdReplyBatch batch;
             lock (_lock)
             {
-                if (_failed || _filling.IsEmpty)
+                if (_failed || _disposed || _filling.IsEmpty)
                 {
                     _flushing = false;
                     return;

@@ -223,6 +223,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         Break(new ObjectDisposedException(nameof(NbdServerConnection)));
         if ((NbdConnectionState)Interlocked.Exchange(ref _state, (int)NbdConnectionState.Closed) == NbdConnectionState.Closed)
             return ValueTask.CompletedTask;
+        _replies.Dispose();
         _socket.Dispose();
         _broken.Dispose();
         _stopReading.Dispose();

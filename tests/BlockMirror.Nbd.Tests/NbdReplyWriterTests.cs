@@ -60,10 +60,31 @@ public sealed class NbdReplyWriterTests : IDisposable
         Assert.All(sent[3..5003], b => Assert.Equal(0x44, b));
         Assert.Equal([4, 5], sent[5003..]);
 
-        // Outside a batch a reply goes out at once.
+        // Outside a batch (the reader waits in a receive) a reply goes out at once, from the sender thread.
         writer.Enqueue([9]);
-        Assert.Equal(2, writer.Sends);
         Assert.Equal([9], Receive(1));
+        Assert.Equal(2, writer.Sends);
+        writer.Dispose();
+    }
+
+    [Fact]
+    public async Task Queuing_a_reply_off_the_reader_never_blocks_on_a_client_that_does_not_read()
+    {
+        const int size = 1 << 20;
+        const int count = 4; // far more than the socket buffers hold
+        var writer = new NbdReplyWriter(_server, e => Assert.Fail($"send failed: {e}"));
+        for (var i = 0; i < count; i++)
+        {
+            var buffer = ArrayPool<byte>.Shared.Rent(size);
+            buffer.AsSpan(0, size).Fill((byte)(i + 1));
+            // As a request that finished on the thread pool queues its reply.
+            await Task.Run(() => writer.EnqueuePooled(buffer, size)).WaitAsync(TimeSpan.FromSeconds(30)); // throws when it waited for the client
+        }
+
+        var sent = Receive(count * size);
+        for (var i = 0; i < count; i++)
+            Assert.True(sent.AsSpan(i * size, size).IndexOfAnyExcept((byte)(i + 1)) < 0, $"reply {i} out of order or torn");
+        writer.Dispose();
     }
 
     [Fact]
@@ -73,11 +94,17 @@ public sealed class NbdReplyWriterTests : IDisposable
         var writer = new NbdReplyWriter(_server, failures.Add);
         _server.Shutdown(SocketShutdown.Send);
 
+        writer.BeginBatch();
         writer.Enqueue([1, 2, 3]);
+        writer.EndBatch(); // sends on this thread, and fails
+
         writer.EnqueuePooled(ArrayPool<byte>.Shared.Rent(100), 100);
         writer.Enqueue([4]);
+        writer.BeginBatch();
+        writer.EndBatch();
 
         Assert.IsAssignableFrom<SocketException>(Assert.Single(failures));
-        Assert.Equal(1, writer.Sends); // the later replies were not attempted
+        Assert.Equal((1L, 1L), (writer.Sends, writer.Replies)); // the later replies were neither queued nor sent
+        writer.Dispose();
     }
 }
