@@ -24,6 +24,7 @@ internal sealed class NbdReplyWriter : IDisposable
     private NbdReplyBatch _filling = new();
     private NbdReplyBatch _sending = new();
     private Thread? _sender;
+    private TaskCompletionSource? _idle;
     private bool _readerHolds;
     private bool _flushing;
     private bool _failed;
@@ -92,6 +93,28 @@ internal sealed class NbdReplyWriter : IDisposable
         SendQueued();
     }
 
+    /// <summary>
+    /// Completes once every reply queued so far has been sent (or sending failed): a request's work
+    /// ends when its reply is queued, and the connection must not be shut before the reply is out.
+    /// </summary>
+    public Task WhenAllSentAsync()
+    {
+        Task idle;
+        lock (_lock)
+        {
+            if (_failed || _disposed || (!_flushing && _filling.IsEmpty))
+                return Task.CompletedTask;
+            _idle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            idle = _idle.Task;
+            if (_flushing || _readerHolds)
+                return idle;
+            _flushing = true; // queued but nobody sending (cannot happen while the rules above hold; cheap to cover)
+            EnsureSenderLocked();
+        }
+        _wakeSender.Release();
+        return idle;
+    }
+
     /// <summary>Stops the sender thread; replies queued later are dropped.</summary>
     public void Dispose()
     {
@@ -103,6 +126,7 @@ internal sealed class NbdReplyWriter : IDisposable
             _filling.Clear();
         }
         _wakeSender.Release();
+        ReleaseIdleWaiters();
     }
 
     /// <summary>Counts a queued reply; true when the sender thread must be woken to send it.</summary>
@@ -112,12 +136,16 @@ internal sealed class NbdReplyWriter : IDisposable
         if (_readerHolds || _flushing)
             return false;
         _flushing = true;
-        if (_sender is null)
-        {
-            _sender = new Thread(SendOnWake) { IsBackground = true, Name = "NBD replies" };
-            _sender.Start();
-        }
+        EnsureSenderLocked();
         return true;
+    }
+
+    private void EnsureSenderLocked()
+    {
+        if (_sender is not null)
+            return;
+        _sender = new Thread(SendOnWake) { IsBackground = true, Name = "NBD replies" };
+        _sender.Start();
     }
 
     private void SendOnWake()
@@ -145,7 +173,7 @@ internal sealed class NbdReplyWriter : IDisposable
                 if (_failed || _disposed || _filling.IsEmpty)
                 {
                     _flushing = false;
-                    return;
+                    break;
                 }
                 batch = _filling;
                 _filling = _sending;
@@ -166,10 +194,25 @@ internal sealed class NbdReplyWriter : IDisposable
                 }
                 batch.Clear();
                 _onFailure(e);
-                return;
+                break;
             }
             batch.Clear();
         }
+        ReleaseIdleWaiters();
+    }
+
+    /// <summary>Completes <see cref="WhenAllSentAsync"/> unless a send started again meanwhile (it will then).</summary>
+    private void ReleaseIdleWaiters()
+    {
+        TaskCompletionSource? idle;
+        lock (_lock)
+        {
+            if (_flushing && !_failed && !_disposed)
+                return;
+            idle = _idle;
+            _idle = null;
+        }
+        idle?.TrySetResult();
     }
 
     private void Send(NbdReplyBatch batch)

@@ -132,8 +132,10 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
             }
             finally
             {
-                // Requests already accepted still reply (up to the grace period of a close).
+                // Requests already accepted still reply (up to the grace period of a close), and
+                // their replies leave before the socket is shut.
                 await _drained.Task.ConfigureAwait(false);
+                await _replies.WhenAllSentAsync().ConfigureAwait(false);
             }
         }
         catch (NbdProtocolException e)

@@ -100,6 +100,29 @@ public sealed class NbdPipelineTests
     }
 
     [Fact]
+    public async Task After_a_disconnect_request_a_write_still_waiting_replies_before_the_connection_closes()
+    {
+        const ushort CmdDisc = 2;
+        await using var env = await NbdTestServer.StartAsync();
+        await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+        await raw.StartAsync();
+        await raw.GoAsync("disk0", structured: false);
+        var data = Pattern(4096, 8);
+
+        var quiesced = await env.Disk.Gate.QuiesceAsync();
+        await raw.WriteAsync([
+            .. NbdRawConnection.Request(0, CmdWrite, cookie: 1, offset: 0, length: 4096, data),
+            .. NbdRawConnection.Request(0, CmdDisc, cookie: 2, offset: 0, length: 0),
+        ]);
+        // The write finishes on the thread pool once the node resumes; its reply goes out through
+        // the connection's sender thread, and only then is the socket shut.
+        quiesced.Dispose();
+        Assert.Equal((0u, 1ul), await raw.ReadSimpleReplyAsync());
+        Assert.True(await raw.IsClosedByServerAsync());
+        Assert.Equal(data, await ReadDiskAsync(env, 0, 4096));
+    }
+
+    [Fact]
     public async Task Replies_to_a_burst_share_sends()
     {
         const int count = 32;

@@ -88,6 +88,25 @@ public sealed class NbdReplyWriterTests : IDisposable
     }
 
     [Fact]
+    public async Task All_sent_completes_only_when_the_last_queued_reply_has_left()
+    {
+        const int size = 4 << 20; // more than the socket buffers hold: it cannot leave before the client reads
+        var writer = new NbdReplyWriter(_server, e => Assert.Fail($"send failed: {e}"));
+        Assert.True(writer.WhenAllSentAsync().IsCompletedSuccessfully); // nothing queued
+
+        var buffer = ArrayPool<byte>.Shared.Rent(size);
+        buffer.AsSpan(0, size).Fill(0x33);
+        writer.EnqueuePooled(buffer, size);
+        var allSent = writer.WhenAllSentAsync();
+        Assert.False(allSent.IsCompleted);
+
+        var sent = Receive(size);
+        await allSent.WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.True(sent.AsSpan().IndexOfAnyExcept((byte)0x33) < 0);
+        writer.Dispose();
+    }
+
+    [Fact]
     public void A_failed_send_is_reported_once_and_later_replies_are_dropped()
     {
         var failures = new List<Exception>();
