@@ -42,7 +42,7 @@ public sealed partial class NbdClient : IAsyncDisposable
         Options = options;
         _socket = socket;
         _network = new NetworkStream(socket, ownsSocket: false);
-        _input = new BufferedStream(_network, 64 * 1024);
+        _input = new BufferedStream(_network, NbdConstants.StreamBufferBytes);
         _inFlight = new SemaphoreSlim(options.MaxInFlight, options.MaxInFlight);
         ExportName = uri.ExportName;
     }
