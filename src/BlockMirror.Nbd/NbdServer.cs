@@ -56,6 +56,16 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         }
     }
 
+    /// <summary>The connections open now (tests look at how their replies were sent).</summary>
+    internal IReadOnlyList<NbdServerConnection> OpenConnections
+    {
+        get
+        {
+            lock (_lock)
+                return [.. _connections];
+        }
+    }
+
     /// <summary>Binds the listening socket and starts accepting clients.</summary>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {

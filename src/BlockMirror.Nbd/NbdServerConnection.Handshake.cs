@@ -9,16 +9,16 @@ namespace BlockMirror.Nbd;
 internal sealed partial class NbdServerConnection
 {
     /// <summary>Runs the handshake; true when the client chose an export and transmission begins.</summary>
-    private async Task<bool> HandshakeAsync(CancellationToken ct)
+    private bool Handshake()
     {
         var greeting = new byte[18];
         BinaryPrimitives.WriteUInt64BigEndian(greeting, NbdConstants.NbdMagic);
         BinaryPrimitives.WriteUInt64BigEndian(greeting.AsSpan(8), NbdConstants.OptionMagic);
         BinaryPrimitives.WriteUInt16BigEndian(greeting.AsSpan(16), NbdConstants.FlagFixedNewstyle | NbdConstants.FlagNoZeroes);
-        await _network.WriteAsync(greeting, ct).ConfigureAwait(false);
+        SendAll(greeting);
 
         var clientFlags = new byte[4];
-        if (!await TryReadExactAsync(clientFlags, ct).ConfigureAwait(false))
+        if (!_input.TryReadExact(clientFlags))
             return false; // a port probe: connected and left
         var flags = BinaryPrimitives.ReadUInt32BigEndian(clientFlags);
         if ((flags & ~(NbdConstants.ClientFlagFixedNewstyle | NbdConstants.ClientFlagNoZeroes)) != 0)
@@ -29,7 +29,7 @@ internal sealed partial class NbdServerConnection
         var header = new byte[16];
         while (true)
         {
-            if (!await TryReadExactAsync(header, ct).ConfigureAwait(false))
+            if (!_input.TryReadExact(header))
                 return false;
             var magic = BinaryPrimitives.ReadUInt64BigEndian(header);
             var option = BinaryPrimitives.ReadUInt32BigEndian(header.AsSpan(8));
@@ -39,17 +39,17 @@ internal sealed partial class NbdServerConnection
             if (length > NbdConstants.MaxPayload)
                 throw new NbdProtocolException($"option {option} claims {length} bytes of data");
             if (option == NbdConstants.OptExportName)
-                return await HandleExportNameAsync((int)length, ct).ConfigureAwait(false);
+                return HandleExportName((int)length);
             if (!_fixedNewstyle)
                 throw new NbdProtocolException($"option {option} sent without fixed newstyle negotiation");
             if (length > MaxOptionData)
             {
-                await DiscardAsync(length, ct).ConfigureAwait(false);
-                await ReplyOptionAsync(option, NbdConstants.RepErrTooBig, $"option data of {length} bytes is too large", ct).ConfigureAwait(false);
+                _input.Discard(length);
+                ReplyOption(option, NbdConstants.RepErrTooBig, $"option data of {length} bytes is too large");
                 continue;
             }
             var data = new byte[length];
-            await ReadExactAsync(data, ct).ConfigureAwait(false);
+            _input.ReadExact(data);
 
             switch (option)
             {
@@ -57,51 +57,51 @@ internal sealed partial class NbdServerConnection
                     // The spec asks for an ACK, and for tolerance of clients that hang up first.
                     try
                     {
-                        await SendOptionAsync(option, NbdConstants.RepAck, [], ct).ConfigureAwait(false);
+                        SendOption(option, NbdConstants.RepAck, []);
                     }
                     catch (Exception e) when (IsConnectionFailure(e))
                     {
                     }
                     return false;
                 case NbdConstants.OptList:
-                    await HandleListAsync(data, ct).ConfigureAwait(false);
+                    HandleList(data);
                     break;
                 case NbdConstants.OptStartTls:
-                    await ReplyOptionAsync(option, NbdConstants.RepErrPolicy, "TLS is not supported by this server", ct).ConfigureAwait(false);
+                    ReplyOption(option, NbdConstants.RepErrPolicy, "TLS is not supported by this server");
                     break;
                 case NbdConstants.OptStructuredReply:
                     if (data.Length != 0)
-                        await ReplyOptionAsync(option, NbdConstants.RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data", ct).ConfigureAwait(false);
+                        ReplyOption(option, NbdConstants.RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data");
                     else if (_structured)
-                        await ReplyOptionAsync(option, NbdConstants.RepErrInvalid, "structured replies are already negotiated", ct).ConfigureAwait(false);
+                        ReplyOption(option, NbdConstants.RepErrInvalid, "structured replies are already negotiated");
                     else
                     {
                         _structured = true;
-                        await SendOptionAsync(option, NbdConstants.RepAck, [], ct).ConfigureAwait(false);
+                        SendOption(option, NbdConstants.RepAck, []);
                     }
                     break;
                 case NbdConstants.OptInfo:
                 case NbdConstants.OptGo:
-                    if (await HandleInfoAsync(option, data, ct).ConfigureAwait(false))
+                    if (HandleInfo(option, data))
                         return true;
                     break;
                 case NbdConstants.OptListMetaContext:
                 case NbdConstants.OptSetMetaContext:
-                    await HandleMetaContextAsync(option, data, ct).ConfigureAwait(false);
+                    HandleMetaContext(option, data);
                     break;
                 default:
-                    await ReplyOptionAsync(option, NbdConstants.RepErrUnsup, $"option {option} is not supported", ct).ConfigureAwait(false);
+                    ReplyOption(option, NbdConstants.RepErrUnsup, $"option {option} is not supported");
                     break;
             }
         }
     }
 
-    private ValueTask SendOptionAsync(uint option, uint replyType, ReadOnlySpan<byte> data, CancellationToken ct) =>
-        _network.WriteAsync(NbdWire.OptionReply(option, replyType, data), ct);
+    private void SendOption(uint option, uint replyType, ReadOnlySpan<byte> data) =>
+        SendAll(NbdWire.OptionReply(option, replyType, data));
 
     /// <summary>An error reply; its data is a message for humans.</summary>
-    private ValueTask ReplyOptionAsync(uint option, uint replyType, string message, CancellationToken ct) =>
-        SendOptionAsync(option, replyType, Encoding.UTF8.GetBytes(Truncate(message)), ct);
+    private void ReplyOption(uint option, uint replyType, string message) =>
+        SendOption(option, replyType, Encoding.UTF8.GetBytes(Truncate(message)));
 
     private static string Truncate(string message) => message.Length > NbdConstants.MaxErrorTextChars ? message[..NbdConstants.MaxErrorTextChars] : message;
 
@@ -137,13 +137,13 @@ internal sealed partial class NbdServerConnection
         _export = export;
     }
 
-    private async Task<bool> HandleExportNameAsync(int length, CancellationToken ct)
+    private bool HandleExportName(int length)
     {
         // This option cannot be refused politely: the spec says to hang up on failure.
         if (length > NbdConstants.MaxString)
             throw new NbdProtocolException($"export name of {length} bytes");
         var raw = new byte[length];
-        await ReadExactAsync(raw, ct).ConfigureAwait(false);
+        _input.ReadExact(raw);
         string name;
         try
         {
@@ -163,15 +163,15 @@ internal sealed partial class NbdServerConnection
         BinaryPrimitives.WriteUInt16BigEndian(reply.AsSpan(8), TransmissionFlags(export, node));
         // Bound before the client hears of it: a client in this process may ask at once which export it reached.
         Bind(export, node);
-        await _network.WriteAsync(reply, ct).ConfigureAwait(false);
+        SendAll(reply);
         return true;
     }
 
-    private async Task HandleListAsync(byte[] data, CancellationToken ct)
+    private void HandleList(byte[] data)
     {
         if (data.Length != 0)
         {
-            await ReplyOptionAsync(NbdConstants.OptList, NbdConstants.RepErrInvalid, "NBD_OPT_LIST takes no data", ct).ConfigureAwait(false);
+            ReplyOption(NbdConstants.OptList, NbdConstants.RepErrInvalid, "NBD_OPT_LIST takes no data");
             return;
         }
         foreach (var export in _server.Layer.Exports)
@@ -180,30 +180,30 @@ internal sealed partial class NbdServerConnection
             var payload = new byte[4 + name.Length];
             BinaryPrimitives.WriteUInt32BigEndian(payload, (uint)name.Length);
             name.CopyTo(payload, 4);
-            await SendOptionAsync(NbdConstants.OptList, NbdConstants.RepServer, payload, ct).ConfigureAwait(false);
+            SendOption(NbdConstants.OptList, NbdConstants.RepServer, payload);
         }
-        await SendOptionAsync(NbdConstants.OptList, NbdConstants.RepAck, [], ct).ConfigureAwait(false);
+        SendOption(NbdConstants.OptList, NbdConstants.RepAck, []);
     }
 
     /// <summary>NBD_OPT_INFO and NBD_OPT_GO; true when GO succeeded.</summary>
-    private async Task<bool> HandleInfoAsync(uint option, byte[] data, CancellationToken ct)
+    private bool HandleInfo(uint option, byte[] data)
     {
         // Data: u32 name length, name, u16 request count, that many u16 info types.
         if (data.Length < 6)
         {
-            await ReplyOptionAsync(option, NbdConstants.RepErrInvalid, "option data too short", ct).ConfigureAwait(false);
+            ReplyOption(option, NbdConstants.RepErrInvalid, "option data too short");
             return false;
         }
         var nameLength = BinaryPrimitives.ReadUInt32BigEndian(data);
         if (nameLength > (uint)(data.Length - 6) || nameLength > NbdConstants.MaxString)
         {
-            await ReplyOptionAsync(option, NbdConstants.RepErrInvalid, "export name length does not fit the option", ct).ConfigureAwait(false);
+            ReplyOption(option, NbdConstants.RepErrInvalid, "export name length does not fit the option");
             return false;
         }
         var requestCount = BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(4 + (int)nameLength));
         if (data.Length != 4 + (int)nameLength + 2 + (2 * requestCount))
         {
-            await ReplyOptionAsync(option, NbdConstants.RepErrInvalid, "information request count does not match the option length", ct).ConfigureAwait(false);
+            ReplyOption(option, NbdConstants.RepErrInvalid, "information request count does not match the option length");
             return false;
         }
         string name;
@@ -213,7 +213,7 @@ internal sealed partial class NbdServerConnection
         }
         catch (DecoderFallbackException)
         {
-            await ReplyOptionAsync(option, NbdConstants.RepErrInvalid, "export name is not UTF-8", ct).ConfigureAwait(false);
+            ReplyOption(option, NbdConstants.RepErrInvalid, "export name is not UTF-8");
             return false;
         }
         var wantName = false;
@@ -225,7 +225,7 @@ internal sealed partial class NbdServerConnection
 
         if (FindExport(name) is not var (export, node))
         {
-            await ReplyOptionAsync(option, NbdConstants.RepErrUnknown, $"export '{name}' not present", ct).ConfigureAwait(false);
+            ReplyOption(option, NbdConstants.RepErrUnknown, $"export '{name}' not present");
             return false;
         }
 
@@ -235,7 +235,7 @@ internal sealed partial class NbdServerConnection
             var info = new byte[2 + nameBytes.Length];
             BinaryPrimitives.WriteUInt16BigEndian(info, NbdConstants.InfoName);
             nameBytes.CopyTo(info.AsSpan(2));
-            await SendOptionAsync(option, NbdConstants.RepInfo, info, ct).ConfigureAwait(false);
+            SendOption(option, NbdConstants.RepInfo, info);
         }
 
         // Block sizes are sent whether asked or not: minimum 1 (any alignment works, the node
@@ -245,18 +245,18 @@ internal sealed partial class NbdServerConnection
         BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(2), 1);
         BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(6), 4096);
         BinaryPrimitives.WriteUInt32BigEndian(sizes.AsSpan(10), NbdConstants.MaxPayload);
-        await SendOptionAsync(option, NbdConstants.RepInfo, sizes, ct).ConfigureAwait(false);
+        SendOption(option, NbdConstants.RepInfo, sizes);
 
         var exportInfo = new byte[12];
         BinaryPrimitives.WriteUInt16BigEndian(exportInfo, NbdConstants.InfoExport);
         BinaryPrimitives.WriteUInt64BigEndian(exportInfo.AsSpan(2), (ulong)node.Size);
         BinaryPrimitives.WriteUInt16BigEndian(exportInfo.AsSpan(10), TransmissionFlags(export, node));
-        await SendOptionAsync(option, NbdConstants.RepInfo, exportInfo, ct).ConfigureAwait(false);
+        SendOption(option, NbdConstants.RepInfo, exportInfo);
 
         // Bound before the client hears of it: a client in this process may ask at once which export it reached.
         if (option == NbdConstants.OptGo)
             Bind(export, node);
-        await SendOptionAsync(option, NbdConstants.RepAck, [], ct).ConfigureAwait(false);
+        SendOption(option, NbdConstants.RepAck, []);
         return option == NbdConstants.OptGo;
     }
 
@@ -265,7 +265,7 @@ internal sealed partial class NbdServerConnection
     /// names select; in a LIST, the empty query list, <c>base:</c>, <c>qemu:</c> and
     /// <c>qemu:dirty-bitmap:</c> list everything under them; unknown namespaces select nothing.
     /// </summary>
-    private async Task HandleMetaContextAsync(uint option, byte[] data, CancellationToken ct)
+    private void HandleMetaContext(uint option, byte[] data)
     {
         var list = option == NbdConstants.OptListMetaContext;
         if (!list)
@@ -275,18 +275,18 @@ internal sealed partial class NbdServerConnection
             _contextsExport = null;
             if (!_structured)
             {
-                await ReplyOptionAsync(option, NbdConstants.RepErrInvalid, "structured replies must be negotiated before NBD_OPT_SET_META_CONTEXT", ct).ConfigureAwait(false);
+                ReplyOption(option, NbdConstants.RepErrInvalid, "structured replies must be negotiated before NBD_OPT_SET_META_CONTEXT");
                 return;
             }
         }
         if (!TryParseMetaQueries(data, out var exportName, out var queries, out var error))
         {
-            await ReplyOptionAsync(option, NbdConstants.RepErrInvalid, error, ct).ConfigureAwait(false);
+            ReplyOption(option, NbdConstants.RepErrInvalid, error);
             return;
         }
         if (FindExport(exportName) is not var (export, node))
         {
-            await ReplyOptionAsync(option, NbdConstants.RepErrUnknown, $"export '{exportName}' not present", ct).ConfigureAwait(false);
+            ReplyOption(option, NbdConstants.RepErrUnknown, $"export '{exportName}' not present");
             return;
         }
 
@@ -339,9 +339,9 @@ internal sealed partial class NbdServerConnection
             // The spec reserves the id in LIST replies; it SHOULD be zero there.
             BinaryPrimitives.WriteUInt32BigEndian(payload, list ? 0 : context.Id);
             name.CopyTo(payload, 4);
-            await SendOptionAsync(option, NbdConstants.RepMetaContext, payload, ct).ConfigureAwait(false);
+            SendOption(option, NbdConstants.RepMetaContext, payload);
         }
-        await SendOptionAsync(option, NbdConstants.RepAck, [], ct).ConfigureAwait(false);
+        SendOption(option, NbdConstants.RepAck, []);
         if (!list)
         {
             _contexts = selected;

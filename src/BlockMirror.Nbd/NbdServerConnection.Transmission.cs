@@ -1,6 +1,4 @@
 using System.Buffers;
-using System.Buffers.Binary;
-using System.Text;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
 using BlockMirror.Nbd.Protocol;
@@ -10,32 +8,36 @@ namespace BlockMirror.Nbd;
 /// <summary>The transmission phase: request parsing, dispatch, and the commands.</summary>
 internal sealed partial class NbdServerConnection
 {
-    private async Task TransmitAsync()
+    /// <summary>
+    /// Requests up to this size are served on the connection's thread when the image can without
+    /// waiting (a cached read, a buffered write): the hop to the thread pool would cost more than
+    /// the copy. Larger ones leave the reader free to receive the next payload meanwhile.
+    /// </summary>
+    private const int InlineRequestLimit = 64 * 1024;
+
+    /// <summary>Reads requests until DISC, the end of the stream, or a close; on the connection's thread.</summary>
+    private void ReadRequests()
     {
+        Span<byte> header = stackalloc byte[NbdConstants.RequestHeaderSize];
+        _replies.BeginBatch();
         try
         {
-            while (true)
+            while (State == NbdConnectionState.Transmission)
             {
-                if (!await TryReadExactAsync(_requestHeader, _stopReading.Token).ConfigureAwait(false))
+                if (!_input.TryReadExact(header))
                     break;
-                var header = _requestHeader.AsSpan();
-                var magic = BinaryPrimitives.ReadUInt32BigEndian(header);
-                var flags = BinaryPrimitives.ReadUInt16BigEndian(header[4..]);
-                var type = BinaryPrimitives.ReadUInt16BigEndian(header[6..]);
-                var cookie = BinaryPrimitives.ReadUInt64BigEndian(header[8..]);
-                var offset = BinaryPrimitives.ReadUInt64BigEndian(header[16..]);
-                var length = BinaryPrimitives.ReadUInt32BigEndian(header[24..]);
-                if (magic != NbdConstants.RequestMagic)
-                    throw new NbdProtocolException($"bad request magic 0x{magic:x8}");
-                if (type == NbdConstants.CmdDisc)
+                var request = NbdWire.ReadRequest(header);
+                if (request.Magic != NbdConstants.RequestMagic)
+                    throw new NbdProtocolException($"bad request magic 0x{request.Magic:x8}");
+                if (request.Type == NbdConstants.CmdDisc)
                     break; // soft disconnect: finish what is in flight, then close
-                _options.RequestReceived?.Invoke(_export?.Name ?? "", NbdConstants.CommandName(type));
+                _options.RequestReceived?.Invoke(_export?.Name ?? "", NbdConstants.CommandName(request.Type));
 
-                await _slots.WaitAsync(_stopReading.Token).ConfigureAwait(false);
+                TakeSlot();
                 var dispatched = false;
                 try
                 {
-                    dispatched = await AcceptAsync(flags, type, cookie, offset, length).ConfigureAwait(false);
+                    dispatched = Accept(request);
                 }
                 finally
                 {
@@ -46,27 +48,48 @@ internal sealed partial class NbdServerConnection
         }
         catch (Exception e) when (IsConnectionFailure(e) && e is not NbdProtocolException)
         {
+            // The client went away or the connection was closed; what was accepted still replies.
         }
         finally
         {
-            if (Interlocked.Decrement(ref _references) == 0)
-                _drained.TrySetResult();
-            // Requests already accepted still reply (up to the grace period of a close).
-            await _drained.Task.ConfigureAwait(false);
+            _replies.EndBatch();
+        }
+    }
+
+    /// <summary>
+    /// A request slot, and room for its reply: when all slots are taken, or the client has not read
+    /// enough of its replies (<see cref="NbdReplyWriter.IsBackedUp"/>), the replies queued so far go
+    /// out before the reader waits. A client's unread replies so cost the server a bounded amount of
+    /// memory, whatever it keeps sending.
+    /// </summary>
+    private void TakeSlot()
+    {
+        if (!_replies.IsBackedUp && _slots.Wait(0))
+            return;
+        _replies.EndBatch();
+        try
+        {
+            _replies.WaitForRoom(_stopReading.Token);
+            _slots.Wait(_stopReading.Token);
+        }
+        finally
+        {
+            _replies.BeginBatch();
         }
     }
 
     /// <summary>Validates a request, reads its payload, and starts it; false when it was answered here.</summary>
-    private async ValueTask<bool> AcceptAsync(ushort flags, ushort type, ulong cookie, ulong offset, uint length)
+    private bool Accept(NbdRequestHeader header)
     {
+        var (_, flags, type, cookie, offset, length) = header;
         var isWrite = type == NbdConstants.CmdWrite;
         if (isWrite && length > NbdConstants.MaxPayload)
         {
             // The payload follows whatever we answer; skip it to keep the stream framed, if sane.
             if (length > MaxSkippablePayload)
                 throw new NbdProtocolException($"write of {length} bytes exceeds the maximum payload");
-            await DiscardAsync(length, _stopReading.Token).ConfigureAwait(false);
-            await ReplyErrorAsync(cookie, NbdConstants.EINVAL, $"request length {length} exceeds the maximum of {NbdConstants.MaxPayload}").ConfigureAwait(false);
+            _input.Discard(length);
+            ReplyError(cookie, NbdConstants.EINVAL, $"request length {length} exceeds the maximum of {NbdConstants.MaxPayload}");
             return false;
         }
 
@@ -80,18 +103,19 @@ internal sealed partial class NbdServerConnection
         if (error != 0)
         {
             if (isWrite)
-                await DiscardAsync(length, _stopReading.Token).ConfigureAwait(false);
-            await ReplyErrorAsync(cookie, error, message).ConfigureAwait(false);
+                _input.Discard(length);
+            ReplyError(cookie, error, message);
             return false;
         }
 
         byte[]? payload = null;
         if (isWrite && length > 0)
         {
+            // Received straight into the buffer the image write takes.
             payload = ArrayPool<byte>.Shared.Rent((int)length);
             try
             {
-                await ReadExactAsync(payload.AsMemory(0, (int)length), _stopReading.Token).ConfigureAwait(false);
+                _input.ReadExact(payload.AsSpan(0, (int)length));
             }
             catch
             {
@@ -100,9 +124,9 @@ internal sealed partial class NbdServerConnection
             }
         }
 
-        var request = new NbdServerRequest(flags, type, cookie, (long)offset, length, payload);
         Interlocked.Increment(ref _references);
-        _ = Task.Run(() => RunRequestAsync(request));
+        // Started here, not handed to Task.Run: it runs on this thread until it has to wait.
+        _ = RunRequestAsync(new NbdServerRequest(flags, type, cookie, (long)offset, length, payload));
         return true;
     }
 
@@ -202,20 +226,19 @@ internal sealed partial class NbdServerConnection
         }
         catch (Exception e) when (IsConnectionFailure(e))
         {
-            Abort(); // a reply could not be sent: the stream is no longer usable
+            Break(e); // the connection broke under the request: its reply cannot be sent
         }
         catch (Exception e)
         {
             _server.Log($"NBD client {Peer}: request {request.Type} failed unexpectedly: {e}");
-            Abort();
+            Break(e);
         }
         finally
         {
             if (request.Payload is { } payload)
                 ArrayPool<byte>.Shared.Return(payload);
             _slots.Release();
-            if (Interlocked.Decrement(ref _references) == 0)
-                _drained.TrySetResult();
+            ReleaseReference();
         }
     }
 
@@ -232,7 +255,8 @@ internal sealed partial class NbdServerConnection
             switch (request.Type)
             {
                 case NbdConstants.CmdWrite:
-                    await node.WriteAsync(WriteRequest.ForData(request.Offset, request.Payload.AsMemory(0, (int)length), fua), CancellationToken.None).ConfigureAwait(false);
+                    var write = WriteRequest.ForData(request.Offset, request.Payload.AsMemory(0, (int)length), fua) with { OnCallerThread = length <= InlineRequestLimit };
+                    await node.WriteAsync(write, CancellationToken.None).ConfigureAwait(false);
                     break;
                 case NbdConstants.CmdFlush:
                     await node.FlushAsync(CancellationToken.None).ConfigureAwait(false);
@@ -253,133 +277,114 @@ internal sealed partial class NbdServerConnection
             failure = e;
         }
         if (failure is null)
-            await ReplyOkAsync(request.Cookie).ConfigureAwait(false);
+            ReplyOk(request.Cookie);
         else
-            await ReplyFailureAsync(request, failure).ConfigureAwait(false);
+            ReplyFailure(request, failure);
     }
 
+    /// <summary>
+    /// One pread into the reply buffer, the reply's header in front of the data, on this thread when
+    /// the data is cached. A structured read without DF may answer zero ranges as hole chunks: a large
+    /// one asks block status first (holes are then not read at all), a small one only when its data
+    /// has a zero block, the only place a hole can be.
+    /// </summary>
     private async Task ReadCommandAsync(NbdServerRequest request)
     {
-        var node = _node!;
         var length = (int)request.Length; // validated: at most 32 MiB
-        if (!_structured)
+        if (_structured && length == 0)
         {
-            var message = ArrayPool<byte>.Shared.Rent(NbdConstants.SimpleReplyHeaderSize + length);
-            try
-            {
-                try
-                {
-                    await node.ReadAsync(request.Offset, message.AsMemory(NbdConstants.SimpleReplyHeaderSize, length), _abort.Token).ConfigureAwait(false);
-                }
-                catch (Exception e) when (!_abort.IsCancellationRequested)
-                {
-                    await ReplyFailureAsync(request, e).ConfigureAwait(false);
-                    return;
-                }
-                NbdWire.WriteSimpleReply(message, 0, request.Cookie);
-                await SendAsync(message.AsMemory(0, NbdConstants.SimpleReplyHeaderSize + length)).ConfigureAwait(false);
-            }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(message);
-            }
+            ReplyNone(request.Cookie);
             return;
         }
-
-        if (length == 0)
-        {
-            await SendNoneChunkAsync(request.Cookie).ConfigureAwait(false);
+        var sparse = _structured && _options.SparseReads && (request.Flags & NbdConstants.CmdFlagDf) == 0;
+        if (sparse && length > InlineRequestLimit && await TryAnswerSparseAsync(request, ReadOnlyMemory<byte>.Empty).ConfigureAwait(false))
             return;
-        }
 
-        var dontFragment = (request.Flags & NbdConstants.CmdFlagDf) != 0;
-        if (!dontFragment && _options.SparseReads)
-        {
-            await SparseReadAsync(request).ConfigureAwait(false);
-            return;
-        }
-        await DenseReadAsync(request).ConfigureAwait(false);
-    }
-
-    /// <summary>One OFFSET_DATA chunk with the whole range, read straight behind its header.</summary>
-    private async Task DenseReadAsync(NbdServerRequest request)
-    {
-        const int head = NbdConstants.StructuredReplyHeaderSize + 8;
-        var length = (int)request.Length;
+        var head = _structured ? NbdWire.DataChunkHeaderSize : NbdConstants.SimpleReplyHeaderSize;
         var message = ArrayPool<byte>.Shared.Rent(head + length);
+        var queued = false;
         try
         {
-            try
-            {
-                await _node!.ReadAsync(request.Offset, message.AsMemory(head, length), _abort.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (!_abort.IsCancellationRequested)
-            {
-                await ReplyFailureAsync(request, e).ConfigureAwait(false);
+            var data = message.AsMemory(head, length);
+            if (!await TryReadAsync(request, request.Offset, data).ConfigureAwait(false))
                 return;
-            }
-            NbdWire.WriteStructuredHeader(message, NbdConstants.ReplyFlagDone, NbdConstants.ReplyTypeOffsetData, request.Cookie, (uint)(8 + length));
-            BinaryPrimitives.WriteUInt64BigEndian(message.AsSpan(NbdConstants.StructuredReplyHeaderSize), (ulong)request.Offset);
-            await SendAsync(message.AsMemory(0, head + length)).ConfigureAwait(false);
+            if (sparse && length <= InlineRequestLimit && MayHoldHole(request.Offset, data.Span)
+                && await TryAnswerSparseAsync(request, data).ConfigureAwait(false))
+                return;
+            if (_structured)
+                NbdWire.WriteDataChunkHeader(message, NbdConstants.ReplyFlagDone, request.Cookie, request.Offset, length);
+            else
+                NbdWire.WriteSimpleReply(message, 0, request.Cookie);
+            _replies.EnqueuePooled(message, head + length);
+            queued = true;
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(message);
+            if (!queued)
+                ArrayPool<byte>.Shared.Return(message);
         }
     }
 
     /// <summary>
-    /// Zero ranges (per block status) go as OFFSET_HOLE chunks, the rest as OFFSET_DATA, all in
-    /// one buffer sent at once. Everything is read before anything is sent, so an I/O error is
-    /// reported cleanly as the only chunk.
+    /// Reads <paramref name="data"/>.Length bytes at <paramref name="offset"/>: on this thread when the
+    /// range is small and cached, otherwise asynchronously. False when the read failed, which was answered.
     /// </summary>
-    private async Task SparseReadAsync(NbdServerRequest request)
+    private async ValueTask<bool> TryReadAsync(NbdServerRequest request, long offset, Memory<byte> data)
     {
         var node = _node!;
+        try
+        {
+            if (data.Length <= InlineRequestLimit && node.TryReadCached(offset, data.Span))
+                return true;
+            await node.ReadAsync(offset, data, _broken.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception e) when (!_broken.IsCancellationRequested)
+        {
+            ReplyFailure(request, e);
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// True when some piece of <paramref name="data"/> between 4 KiB boundaries of the image is all
+    /// zero bytes: files are data or hole in whole pages, so elsewhere block status can only say data.
+    /// </summary>
+    private static bool MayHoldHole(long offset, ReadOnlySpan<byte> data)
+    {
+        const int Page = 4096;
+        var pos = 0;
+        while (pos < data.Length)
+        {
+            var next = (int)Math.Min(data.Length, pos + (Page - ((offset + pos) % Page)));
+            if (!data[pos..next].ContainsAnyExcept((byte)0))
+                return true;
+            pos = next;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// Answers a read with OFFSET_HOLE chunks for the ranges block status reports as zero and
+    /// OFFSET_DATA chunks for the rest, all in one reply; data comes from <paramref name="alreadyRead"/>
+    /// when the range was read (the whole request), else it is read now, before anything is sent, so
+    /// an I/O error is reported cleanly as the only chunk. False, with nothing sent, when the range
+    /// is all data (or block status failed): the caller sends it as one data chunk.
+    /// </summary>
+    private async ValueTask<bool> TryAnswerSparseAsync(NbdServerRequest request, ReadOnlyMemory<byte> alreadyRead)
+    {
         var extents = ArrayPool<ImageExtent>.Shared.Rent(MaxReadChunks);
         try
         {
-            var count = 0;
-            var end = request.Offset + request.Length;
-            try
-            {
-                var pos = request.Offset;
-                while (pos < end)
-                {
-                    if (count == MaxReadChunks - 1)
-                    {
-                        extents[count++] = new ImageExtent(pos, end - pos, ExtentKind.Data);
-                        break;
-                    }
-                    var e = await node.GetBlockStatusAsync(pos, end - pos, _abort.Token).ConfigureAwait(false);
-                    var len = Math.Min(e.Length, end - pos);
-                    if (e.Offset != pos || len <= 0)
-                    {
-                        extents[count++] = new ImageExtent(pos, end - pos, ExtentKind.Data);
-                        break;
-                    }
-                    if (count > 0 && extents[count - 1].Kind == e.Kind)
-                        extents[count - 1] = extents[count - 1] with { Length = extents[count - 1].Length + len };
-                    else
-                        extents[count++] = new ImageExtent(pos, len, e.Kind);
-                    pos += len;
-                }
-            }
-            catch (Exception e) when (e is not OperationCanceledException)
-            {
-                // Block status is an optimisation here: without it, send the data.
-                count = 0;
-            }
+            var count = await CollectReadExtentsAsync(request, extents).ConfigureAwait(false);
             if (count == 0 || (count == 1 && extents[0].Kind == ExtentKind.Data))
-            {
-                await DenseReadAsync(request).ConfigureAwait(false);
-                return;
-            }
+                return false;
 
             var size = 0;
             for (var i = 0; i < count; i++)
-                size += NbdConstants.StructuredReplyHeaderSize + (extents[i].Kind == ExtentKind.Zero ? 12 : 8 + (int)extents[i].Length);
+                size += extents[i].Kind == ExtentKind.Zero ? NbdWire.HoleChunkSize : NbdWire.DataChunkHeaderSize + (int)extents[i].Length;
             var message = ArrayPool<byte>.Shared.Rent(size);
+            var queued = false;
             try
             {
                 var p = 0;
@@ -387,34 +392,28 @@ internal sealed partial class NbdServerConnection
                 {
                     var extent = extents[i];
                     var chunkFlags = i == count - 1 ? NbdConstants.ReplyFlagDone : (ushort)0;
-                    var body = message.AsSpan(p + NbdConstants.StructuredReplyHeaderSize);
-                    BinaryPrimitives.WriteUInt64BigEndian(body, (ulong)extent.Offset);
                     if (extent.Kind == ExtentKind.Zero)
                     {
-                        NbdWire.WriteStructuredHeader(message.AsSpan(p), chunkFlags, NbdConstants.ReplyTypeOffsetHole, request.Cookie, 12);
-                        BinaryPrimitives.WriteUInt32BigEndian(body[8..], (uint)extent.Length);
-                        p += NbdConstants.StructuredReplyHeaderSize + 12;
+                        NbdWire.WriteHoleChunk(message.AsSpan(p), chunkFlags, request.Cookie, extent.Offset, (uint)extent.Length);
+                        p += NbdWire.HoleChunkSize;
+                        continue;
                     }
-                    else
-                    {
-                        NbdWire.WriteStructuredHeader(message.AsSpan(p), chunkFlags, NbdConstants.ReplyTypeOffsetData, request.Cookie, (uint)(8 + extent.Length));
-                        try
-                        {
-                            await node.ReadAsync(extent.Offset, message.AsMemory(p + NbdConstants.StructuredReplyHeaderSize + 8, (int)extent.Length), _abort.Token).ConfigureAwait(false);
-                        }
-                        catch (Exception e) when (!_abort.IsCancellationRequested)
-                        {
-                            await ReplyFailureAsync(request, e).ConfigureAwait(false);
-                            return;
-                        }
-                        p += NbdConstants.StructuredReplyHeaderSize + 8 + (int)extent.Length;
-                    }
+                    NbdWire.WriteDataChunkHeader(message.AsSpan(p), chunkFlags, request.Cookie, extent.Offset, (int)extent.Length);
+                    var data = message.AsMemory(p + NbdWire.DataChunkHeaderSize, (int)extent.Length);
+                    if (!alreadyRead.IsEmpty)
+                        alreadyRead.Slice((int)(extent.Offset - request.Offset), (int)extent.Length).CopyTo(data);
+                    else if (!await TryReadAsync(request, extent.Offset, data).ConfigureAwait(false))
+                        return true;
+                    p += NbdWire.DataChunkHeaderSize + (int)extent.Length;
                 }
-                await SendAsync(message.AsMemory(0, size)).ConfigureAwait(false);
+                _replies.EnqueuePooled(message, size);
+                queued = true;
+                return true;
             }
             finally
             {
-                ArrayPool<byte>.Shared.Return(message);
+                if (!queued)
+                    ArrayPool<byte>.Shared.Return(message);
             }
         }
         finally
@@ -423,14 +422,53 @@ internal sealed partial class NbdServerConnection
         }
     }
 
+    /// <summary>The request's range as runs of data and zeroes, at most <see cref="MaxReadChunks"/> (the rest as data); 0 when block status failed.</summary>
+    private async ValueTask<int> CollectReadExtentsAsync(NbdServerRequest request, ImageExtent[] extents)
+    {
+        var node = _node!;
+        var count = 0;
+        var end = request.Offset + request.Length;
+        try
+        {
+            var pos = request.Offset;
+            while (pos < end)
+            {
+                if (count == MaxReadChunks - 1)
+                {
+                    extents[count++] = new ImageExtent(pos, end - pos, ExtentKind.Data);
+                    break;
+                }
+                var e = await node.GetBlockStatusAsync(pos, end - pos, _broken.Token).ConfigureAwait(false);
+                var len = Math.Min(e.Length, end - pos);
+                if (e.Offset != pos || len <= 0)
+                {
+                    extents[count++] = new ImageExtent(pos, end - pos, ExtentKind.Data);
+                    break;
+                }
+                if (count > 0 && extents[count - 1].Kind == e.Kind)
+                    extents[count - 1] = extents[count - 1] with { Length = extents[count - 1].Length + len };
+                else
+                    extents[count++] = new ImageExtent(pos, len, e.Kind);
+                pos += len;
+            }
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            // Block status is an optimisation here: without it, send the data.
+            return 0;
+        }
+        return count;
+    }
+
     /// <summary>One NBD_REPLY_TYPE_BLOCK_STATUS chunk per selected context, the last one marked done.</summary>
     private async Task BlockStatusCommandAsync(NbdServerRequest request)
     {
         var length = request.Length;
         var contexts = _contexts;
         var maxExtents = (request.Flags & NbdConstants.CmdFlagReqOne) != 0 ? 1 : _options.MaxBlockStatusExtents;
-        var chunkMax = NbdConstants.StructuredReplyHeaderSize + 4 + (8 * maxExtents);
+        var chunkMax = NbdWire.BlockStatusChunkHeaderSize + (NbdWire.BlockStatusDescriptorSize * maxExtents);
         var message = ArrayPool<byte>.Shared.Rent(chunkMax * contexts.Count);
+        var queued = false;
         try
         {
             var p = 0;
@@ -440,27 +478,27 @@ internal sealed partial class NbdServerConnection
                 int descriptors;
                 try
                 {
-                    var area = message.AsMemory(p + NbdConstants.StructuredReplyHeaderSize + 4, 8 * maxExtents);
+                    var area = message.AsMemory(p + NbdWire.BlockStatusChunkHeaderSize, NbdWire.BlockStatusDescriptorSize * maxExtents);
                     descriptors = context.Bitmap is null
                         ? await AllocationExtentsAsync(request.Offset, length, area, maxExtents).ConfigureAwait(false)
                         : BitmapExtents(context, request.Offset, length, area.Span, maxExtents);
                 }
-                catch (Exception e) when (!_abort.IsCancellationRequested)
+                catch (Exception e) when (!_broken.IsCancellationRequested)
                 {
-                    await ReplyFailureAsync(request, e).ConfigureAwait(false);
+                    ReplyFailure(request, e);
                     return;
                 }
-                var chunkLength = 4 + (8 * descriptors);
                 var chunkFlags = i == contexts.Count - 1 ? NbdConstants.ReplyFlagDone : (ushort)0;
-                NbdWire.WriteStructuredHeader(message.AsSpan(p), chunkFlags, NbdConstants.ReplyTypeBlockStatus, request.Cookie, (uint)chunkLength);
-                BinaryPrimitives.WriteUInt32BigEndian(message.AsSpan(p + NbdConstants.StructuredReplyHeaderSize), context.Id);
-                p += NbdConstants.StructuredReplyHeaderSize + chunkLength;
+                NbdWire.WriteBlockStatusChunkHeader(message.AsSpan(p), chunkFlags, request.Cookie, context.Id, descriptors);
+                p += NbdWire.BlockStatusChunkHeaderSize + (NbdWire.BlockStatusDescriptorSize * descriptors);
             }
-            await SendAsync(message.AsMemory(0, p)).ConfigureAwait(false);
+            _replies.EnqueuePooled(message, p);
+            queued = true;
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(message);
+            if (!queued)
+                ArrayPool<byte>.Shared.Return(message);
         }
     }
 
@@ -475,7 +513,7 @@ internal sealed partial class NbdServerConnection
         uint lastLength = 0;
         while (pos < end)
         {
-            var e = await node.GetBlockStatusAsync(pos, end - pos, _abort.Token).ConfigureAwait(false);
+            var e = await node.GetBlockStatusAsync(pos, end - pos, _broken.Token).ConfigureAwait(false);
             var len = Math.Min(e.Length, end - pos);
             if (e.Offset != pos || len <= 0)
                 throw new IOException($"block status at {pos} answered [{e.Offset}, +{e.Length})");
@@ -483,7 +521,7 @@ internal sealed partial class NbdServerConnection
             if (count > 0 && flags == lastFlags)
             {
                 lastLength += (uint)len; // cannot overflow: the sum stays within the u32 request length
-                BinaryPrimitives.WriteUInt32BigEndian(area.Span[(8 * (count - 1))..], lastLength);
+                NbdWire.RewriteBlockStatusDescriptorLength(area.Span, count - 1, lastLength);
             }
             else
             {
@@ -491,8 +529,7 @@ internal sealed partial class NbdServerConnection
                     break;
                 lastFlags = flags;
                 lastLength = (uint)len;
-                BinaryPrimitives.WriteUInt32BigEndian(area.Span[(8 * count)..], lastLength);
-                BinaryPrimitives.WriteUInt32BigEndian(area.Span[((8 * count) + 4)..], flags);
+                NbdWire.WriteBlockStatusDescriptor(area.Span, count, lastLength, flags);
                 count++;
             }
             pos += len;
@@ -523,83 +560,59 @@ internal sealed partial class NbdServerConnection
                 if (len <= 0)
                     break;
             }
-            BinaryPrimitives.WriteUInt32BigEndian(area[(8 * count)..], (uint)len);
-            BinaryPrimitives.WriteUInt32BigEndian(area[((8 * count) + 4)..], flags);
+            NbdWire.WriteBlockStatusDescriptor(area, count, (uint)len, flags);
             count++;
             pos += len;
         }
         return count;
     }
 
+
     // ---- replies --------------------------------------------------------------------------
 
-    private async ValueTask ReplyOkAsync(ulong cookie)
+    private void ReplyOk(ulong cookie)
     {
         // A simple reply is allowed for any successful command without payload, structured or not.
-        var message = ArrayPool<byte>.Shared.Rent(NbdConstants.SimpleReplyHeaderSize);
-        try
-        {
-            NbdWire.WriteSimpleReply(message, 0, cookie);
-            await SendAsync(message.AsMemory(0, NbdConstants.SimpleReplyHeaderSize)).ConfigureAwait(false);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(message);
-        }
+        Span<byte> reply = stackalloc byte[NbdConstants.SimpleReplyHeaderSize];
+        NbdWire.WriteSimpleReply(reply, 0, cookie);
+        _replies.Enqueue(reply);
     }
 
-    private async ValueTask SendNoneChunkAsync(ulong cookie)
+    private void ReplyNone(ulong cookie)
     {
-        var message = ArrayPool<byte>.Shared.Rent(NbdConstants.StructuredReplyHeaderSize);
-        try
-        {
-            NbdWire.WriteStructuredHeader(message, NbdConstants.ReplyFlagDone, NbdConstants.ReplyTypeNone, cookie, 0);
-            await SendAsync(message.AsMemory(0, NbdConstants.StructuredReplyHeaderSize)).ConfigureAwait(false);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(message);
-        }
+        Span<byte> reply = stackalloc byte[NbdConstants.StructuredReplyHeaderSize];
+        NbdWire.WriteNoneChunk(reply, cookie);
+        _replies.Enqueue(reply);
     }
 
-    private ValueTask ReplyFailureAsync(NbdServerRequest request, Exception failure)
+    private void ReplyFailure(NbdServerRequest request, Exception failure)
     {
         var errno = NbdErrors.ToErrno(failure);
         if (errno == NbdConstants.EIO)
             _server.Log($"NBD client {Peer}: command {request.Type} at {request.Offset} failed: {failure.Message}");
-        return ReplyErrorAsync(request.Cookie, errno, failure.Message);
+        ReplyError(request.Cookie, errno, failure.Message);
     }
 
     /// <summary>
     /// An error reply: a structured error chunk (with the message) once structured replies are
     /// negotiated, which a READ then requires; a simple reply otherwise.
     /// </summary>
-    private async ValueTask ReplyErrorAsync(ulong cookie, uint errno, string message)
+    private void ReplyError(ulong cookie, uint errno, string message)
     {
         if (!_structured)
         {
-            var simple = ArrayPool<byte>.Shared.Rent(NbdConstants.SimpleReplyHeaderSize);
-            try
-            {
-                NbdWire.WriteSimpleReply(simple, errno, cookie);
-                await SendAsync(simple.AsMemory(0, NbdConstants.SimpleReplyHeaderSize)).ConfigureAwait(false);
-            }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(simple);
-            }
+            Span<byte> simple = stackalloc byte[NbdConstants.SimpleReplyHeaderSize];
+            NbdWire.WriteSimpleReply(simple, errno, cookie);
+            _replies.Enqueue(simple);
             return;
         }
-        var text = Encoding.UTF8.GetBytes(Truncate(message));
-        var size = NbdConstants.StructuredReplyHeaderSize + 6 + text.Length;
+        var text = NbdWire.ErrorText(message);
+        var size = NbdWire.ErrorChunkSize(text);
         var chunk = ArrayPool<byte>.Shared.Rent(size);
         try
         {
-            NbdWire.WriteStructuredHeader(chunk, NbdConstants.ReplyFlagDone, NbdConstants.ReplyTypeError, cookie, (uint)(6 + text.Length));
-            BinaryPrimitives.WriteUInt32BigEndian(chunk.AsSpan(NbdConstants.StructuredReplyHeaderSize), errno);
-            BinaryPrimitives.WriteUInt16BigEndian(chunk.AsSpan(NbdConstants.StructuredReplyHeaderSize + 4), (ushort)text.Length);
-            text.CopyTo(chunk.AsSpan(NbdConstants.StructuredReplyHeaderSize + 6));
-            await SendAsync(chunk.AsMemory(0, size)).ConfigureAwait(false);
+            NbdWire.WriteErrorChunk(chunk, cookie, errno, text);
+            _replies.Enqueue(chunk.AsSpan(0, size));
         }
         finally
         {

@@ -6,10 +6,14 @@ using BlockMirror.Nbd.Protocol;
 namespace BlockMirror.Nbd;
 
 /// <summary>
-/// One client of the <see cref="NbdServer"/>: the fixed-newstyle handshake, then the
-/// transmission phase. A single reader parses requests (and WRITE payloads) in order and hands
-/// each to a worker task, up to <see cref="NbdServerOptions.MaxInFlightPerConnection"/> at once;
-/// workers send their replies whole under one send lock, so replies never interleave mid-message.
+/// One client of the <see cref="NbdServer"/>: the fixed-newstyle handshake, then the transmission
+/// phase, both read by a thread of the connection's own with blocking receives (nbdkit's shape: the
+/// kernel wakes the reader itself, no epoll thread and thread-pool hop per request). The reader
+/// parses each request and starts it itself: a read served from the page cache or a small write
+/// runs to its reply on the reader, anything that has to wait (the device, the journal, a flush)
+/// continues on the thread pool when it can, and the reader goes on with the next request, up to
+/// <see cref="NbdServerOptions.MaxInFlightPerConnection"/> at once. Replies go through one
+/// <see cref="NbdReplyWriter"/>: whole, never interleaved mid-message, and several in one send.
 /// </summary>
 internal sealed partial class NbdServerConnection : IAsyncDisposable
 {
@@ -27,16 +31,16 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     private readonly NbdServer _server;
     private readonly NbdServerOptions _options;
     private readonly Socket _socket;
-    private readonly NetworkStream _network;
-    private readonly BufferedStream _input;
-    private readonly SemaphoreSlim _sendLock = new(1, 1);
+    private readonly NbdSocketReader _input;
+    private readonly NbdReplyWriter _replies;
     private readonly SemaphoreSlim _slots;
-    private readonly CancellationTokenSource _abort = new();
+
+    // The state drives these: leaving Transmission cancels _stopReading (the reader stops taking
+    // requests), Break cancels _broken (work in flight stops, nothing more is sent).
     private readonly CancellationTokenSource _stopReading = new();
+    private readonly CancellationTokenSource _broken = new();
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _drained = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly byte[] _requestHeader = new byte[NbdConstants.RequestHeaderSize];
-    private byte[]? _scratch;
 
     // Negotiated state. Written only by the handshake, read by the transmission phase after it.
     private bool _fixedNewstyle;
@@ -48,10 +52,12 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     private BlockNode? _node;
     private bool _exportReadOnly;
 
+    // The connection's state (NbdConnectionState, as an int for Interlocked) and, once Broken, why.
+    private int _state = (int)NbdConnectionState.Handshake;
+    private Exception? _breakReason;
+
     // The reader holds one reference; each dispatched request holds one. Zero = drained.
     private int _references = 1;
-    private int _closing;
-    private int _disposed;
 
     public NbdServerConnection(NbdServer server, Socket socket)
     {
@@ -63,9 +69,10 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         RemoteEndPoint = socket.RemoteEndPoint;
         LocalEndPoint = socket.LocalEndPoint;
         Peer = RemoteEndPoint?.ToString() is { Length: > 0 } remote ? remote : "unix-client";
-        _network = new NetworkStream(socket, ownsSocket: false);
-        // Reads of 28-byte headers come from this buffer; large payload reads bypass it.
-        _input = new BufferedStream(_network, NbdConstants.StreamBufferBytes);
+        // The socket is only ever used synchronously: one asynchronous operation would switch .NET to
+        // emulating blocking calls on top of epoll, the very hop the connection's thread avoids.
+        _replies = new NbdReplyWriter(socket, e => Break(e));
+        _input = new NbdSocketReader(socket, _replies);
         _slots = new SemaphoreSlim(_options.MaxInFlightPerConnection, _options.MaxInFlightPerConnection);
     }
 
@@ -84,39 +91,108 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     /// <summary>Completes when the connection has ended, every request it accepted has finished, and it is disposed.</summary>
     public Task Completion => _completion.Task;
 
+    /// <summary>Why the connection ended (the first Break's reason), or null while it lasts; for diagnostics.</summary>
+    public Exception? BreakReason => Volatile.Read(ref _state) >= (int)NbdConnectionState.Broken ? _breakReason : null;
+
+    /// <summary>The replies' sender, whose counts show how many replies shared a send.</summary>
+    internal NbdReplyWriter Replies => _replies;
+
+    /// <summary>Requests accepted and not answered yet (their reply not queued); for tests.</summary>
+    internal int RequestsInFlight => _options.MaxInFlightPerConnection - _slots.CurrentCount;
+
+    private NbdConnectionState State => (NbdConnectionState)Volatile.Read(ref _state);
+
+    /// <summary>
+    /// Runs the connection: its thread does the handshake and reads requests until the client
+    /// disconnects or the connection is closed; then the requests already accepted reply (up to the
+    /// grace period of a close) and the socket is shut.
+    /// </summary>
     public async Task RunAsync(CancellationToken serverStopping)
     {
+        var reading = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                Serve(serverStopping);
+                reading.SetResult();
+            }
+            catch (Exception e)
+            {
+                reading.SetException(e);
+            }
+        })
+        {
+            IsBackground = true,
+            Name = "NBD connection",
+        };
+        thread.Start();
         try
         {
-            bool transmit;
-            using (var handshake = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token, serverStopping))
+            try
             {
-                handshake.CancelAfter(_options.HandshakeTimeout);
-                try
-                {
-                    transmit = await HandshakeAsync(handshake.Token).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException) when (!_abort.IsCancellationRequested && !serverStopping.IsCancellationRequested)
-                {
-                    _server.Log($"NBD client {Peer}: handshake timed out");
-                    transmit = false;
-                }
+                await reading.Task.ConfigureAwait(false);
             }
-            if (transmit)
-                await TransmitAsync().ConfigureAwait(false);
+            finally
+            {
+                // Requests already accepted still reply (up to the grace period of a close), and
+                // their replies leave before the socket is shut.
+                await _drained.Task.ConfigureAwait(false);
+                await _replies.WhenAllSentAsync().ConfigureAwait(false);
+            }
         }
         catch (NbdProtocolException e)
         {
             _server.Log($"NBD client {Peer}: {e.Message}; disconnecting");
+            Break(e);
         }
         catch (Exception e) when (IsConnectionFailure(e))
         {
             // The client went away (or we cut it); nothing to report.
+            Break(e);
         }
         finally
         {
-            Abort();
+            Break(new EndOfStreamException("the connection ended"));
         }
+    }
+
+    /// <summary>The connection's thread: the handshake, then the requests.</summary>
+    private void Serve(CancellationToken serverStopping)
+    {
+        try
+        {
+            if (HandshakeWithin(serverStopping) && TryMove(NbdConnectionState.Handshake, NbdConnectionState.Transmission))
+                ReadRequests();
+        }
+        finally
+        {
+            ReleaseReference();
+        }
+    }
+
+    /// <summary>The handshake, cut off after <see cref="NbdServerOptions.HandshakeTimeout"/> or when the server stops.</summary>
+    private bool HandshakeWithin(CancellationToken serverStopping)
+    {
+        // Blocking receives take no token: an expired handshake breaks the connection, which
+        // shuts the socket and so ends the receive it waits in.
+        using var timeout = new CancellationTokenSource(_options.HandshakeTimeout);
+        using var expired = timeout.Token.UnsafeRegister(static c => ((NbdServerConnection)c!).Break(new TimeoutException("handshake timed out")), this);
+        using var stopping = serverStopping.UnsafeRegister(static c => ((NbdServerConnection)c!).Break(new OperationCanceledException("the server is stopping")), this);
+        try
+        {
+            var transmit = Handshake();
+            if (!transmit && TimedOut())
+                _server.Log($"NBD client {Peer}: handshake timed out");
+            return transmit;
+        }
+        catch (Exception e) when (IsConnectionFailure(e) && TimedOut())
+        {
+            _server.Log($"NBD client {Peer}: handshake timed out");
+            return false;
+        }
+
+        bool TimedOut() => timeout.IsCancellationRequested && _breakReason is TimeoutException;
     }
 
     /// <summary>
@@ -125,16 +201,21 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     /// </summary>
     public void BeginClose(TimeSpan grace)
     {
-        if (Interlocked.Exchange(ref _closing, 1) != 0)
+        if (State == NbdConnectionState.Handshake)
+        {
+            // Still haggling: nothing in flight to wait for.
+            Break(new OperationCanceledException("the connection was closed during the handshake"));
             return;
+        }
+        if (!TryMove(NbdConnectionState.Transmission, NbdConnectionState.Draining))
+            return; // closing or broken already
         try
         {
             _stopReading.Cancel();
-            if (_export is null)
-                _abort.Cancel(); // still haggling: nothing in flight to wait for
-            else
-                _abort.CancelAfter(grace);
-            // Wakes a reader blocked in recv even where cancellation of the read is not honoured.
+            // Whatever has not replied when the grace ends is cut off with the connection.
+            _broken.Token.UnsafeRegister(static (c, _) => ((NbdServerConnection)c!).Break(new TimeoutException("requests still running when the close's grace ended")), this);
+            _broken.CancelAfter(grace);
+            // Wakes the reader blocked in recv.
             _socket.Shutdown(SocketShutdown.Receive);
         }
         catch (Exception e) when (e is ObjectDisposedException or SocketException)
@@ -142,27 +223,44 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         }
     }
 
-    public async ValueTask DisposeAsync()
+    public ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
-            return;
-        Abort();
-        await _input.DisposeAsync().ConfigureAwait(false);
-        await _network.DisposeAsync().ConfigureAwait(false);
+        Break(new ObjectDisposedException(nameof(NbdServerConnection)));
+        if ((NbdConnectionState)Interlocked.Exchange(ref _state, (int)NbdConnectionState.Closed) == NbdConnectionState.Closed)
+            return ValueTask.CompletedTask;
+        _replies.Dispose();
         _socket.Dispose();
-        _abort.Dispose();
+        _broken.Dispose();
         _stopReading.Dispose();
-        _sendLock.Dispose();
         _slots.Dispose();
         _completion.TrySetResult();
+        return ValueTask.CompletedTask;
     }
 
-    private void Abort()
+    private bool TryMove(NbdConnectionState from, NbdConnectionState to) =>
+        Interlocked.CompareExchange(ref _state, (int)to, (int)from) == (int)from;
+
+    /// <summary>
+    /// The one way a connection ends (Npgsql's <c>NpgsqlConnector.Break</c>), whatever ended it: the
+    /// first reason is kept, the reader stops, work in flight is cancelled, and the socket is shut
+    /// both ways so the client sees the end (and a send or receive blocked on it returns). Later
+    /// calls change nothing.
+    /// </summary>
+    private void Break(Exception reason)
     {
+        while (true)
+        {
+            var from = State;
+            if (from >= NbdConnectionState.Broken)
+                return;
+            if (TryMove(from, NbdConnectionState.Broken))
+                break;
+        }
+        _breakReason = reason;
         try
         {
             _stopReading.Cancel();
-            _abort.Cancel();
+            _broken.Cancel();
             _socket.Shutdown(SocketShutdown.Both);
         }
         catch (Exception e) when (e is ObjectDisposedException or SocketException)
@@ -170,57 +268,20 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         }
     }
 
+    private void ReleaseReference()
+    {
+        if (Interlocked.Decrement(ref _references) == 0)
+            _drained.TrySetResult();
+    }
+
     private static bool IsConnectionFailure(Exception e) =>
         e is IOException or SocketException or ObjectDisposedException or OperationCanceledException;
 
-    // ---- low-level I/O --------------------------------------------------------------------
-
-    /// <summary>Reads exactly <paramref name="buffer"/>; false on a clean end of stream before its first byte.</summary>
-    private async ValueTask<bool> TryReadExactAsync(Memory<byte> buffer, CancellationToken cancellationToken)
+    /// <summary>Sends one handshake message; the handshake is a strict dialogue, nothing to coalesce.</summary>
+    private void SendAll(ReadOnlySpan<byte> message)
     {
-        var read = await _input.ReadAtLeastAsync(buffer, buffer.Length, throwOnEndOfStream: false, cancellationToken).ConfigureAwait(false);
-        if (read == 0 && buffer.Length > 0)
-            return false;
-        if (read < buffer.Length)
-            throw new EndOfStreamException("The client closed the connection in the middle of a message");
-        return true;
-    }
-
-    private async ValueTask ReadExactAsync(Memory<byte> buffer, CancellationToken cancellationToken)
-    {
-        if (!await TryReadExactAsync(buffer, cancellationToken).ConfigureAwait(false))
-            throw new EndOfStreamException("The client closed the connection in the middle of a message");
-    }
-
-    private async ValueTask DiscardAsync(long count, CancellationToken cancellationToken)
-    {
-        _scratch ??= new byte[NbdConstants.StreamBufferBytes];
-        while (count > 0)
-        {
-            var chunk = (int)Math.Min(count, _scratch.Length);
-            await ReadExactAsync(_scratch.AsMemory(0, chunk), cancellationToken).ConfigureAwait(false);
-            count -= chunk;
-        }
-    }
-
-    /// <summary>Sends one whole message; replies of concurrent requests queue on the send lock.</summary>
-    private async ValueTask SendAsync(ReadOnlyMemory<byte> message)
-    {
-        await _sendLock.WaitAsync(_abort.Token).ConfigureAwait(false);
-        try
-        {
-            await _network.WriteAsync(message, _abort.Token).ConfigureAwait(false);
-        }
-        catch
-        {
-            // A half-written reply leaves the stream unframed: the connection cannot go on.
-            Abort();
-            throw;
-        }
-        finally
-        {
-            _sendLock.Release();
-        }
+        if (_socket.Send(message, SocketFlags.None) != message.Length)
+            throw new IOException("short send during the handshake");
     }
 
     private static string Decode(ReadOnlySpan<byte> bytes) => StrictUtf8.GetString(bytes);

@@ -5,7 +5,7 @@ namespace BlockMirror.Core.Images;
 
 /// <summary>
 /// The few Linux libc calls .NET does not expose: sparse-file navigation, hole punching,
-/// OFD locks, data sync, st_blocks and copy_file_range. Linux only (x86_64 and arm64 share
+/// OFD locks, data sync, st_blocks, reads that do not wait (preadv2) and copy_file_range. Linux only (x86_64 and arm64 share
 /// every layout used here). "libc" resolves to libc.so.6: the runtime maps that name itself.
 /// </summary>
 internal static partial class LibC
@@ -123,6 +123,12 @@ internal static partial class LibC
     // glibc exports fstat as a real symbol since 2.33 (Debian 12 has 2.36); older glibc only had __fxstat.
     [LibraryImport("libc", SetLastError = true)]
     internal static partial int fstat(int fd, out StatBuffer buf);
+
+    // preadv2 flag (Linux ≥ 4.14): fail with EAGAIN instead of waiting for the device.
+    internal const int RWF_NOWAIT = 0x08;
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static unsafe partial nint preadv2(int fd, IoVector* iov, int iovcnt, long offset, int flags);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial nint copy_file_range(int fdIn, ref long offIn, int fdOut, ref long offOut, nuint len, uint flags);

@@ -167,6 +167,16 @@ public sealed class BlockNode
         return Image.ReadAsync(offset, buffer, cancellationToken);
     }
 
+    /// <summary>
+    /// Reads on the caller's thread when the image can without waiting for the device (the data is
+    /// cached); false when it cannot, and the caller uses <see cref="ReadAsync"/>.
+    /// </summary>
+    public bool TryReadCached(long offset, Span<byte> buffer)
+    {
+        CheckRange(offset, buffer.Length);
+        return Image is IInlineIo inline && inline.TryReadCached(offset, buffer);
+    }
+
     public ValueTask<ImageExtent> GetBlockStatusAsync(long offset, long maxLength, CancellationToken cancellationToken = default)
     {
         CheckRange(offset, maxLength);
@@ -272,6 +282,9 @@ public sealed class BlockNode
     private ValueTask ApplyToImageAsync(WriteRequest request, CancellationToken cancellationToken)
     {
         var image = Image;
+        if (request is { OnCallerThread: true, Kind: WriteKind.Write, Fua: false } && image is IInlineIo inline
+            && inline.TryWriteInline(request.Offset, request.Data.Span))
+            return ValueTask.CompletedTask;
         return request.Kind switch
         {
             WriteKind.Write => image.WriteAsync(request.Offset, request.Data, request.Fua, cancellationToken),

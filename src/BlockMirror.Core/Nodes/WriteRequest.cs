@@ -3,13 +3,18 @@ using BlockMirror.Core.Images;
 namespace BlockMirror.Core.Nodes;
 
 /// <summary>One content-changing request on a node's write path, from any door (HTTP, NBD).</summary>
+/// <param name="OnCallerThread">
+/// The caller has a thread of its own to spend (an NBD connection's): a small data write may be
+/// done on it (<see cref="Images.IInlineIo"/>) instead of on the thread pool. Changes nothing else.
+/// </param>
 public readonly record struct WriteRequest(
     WriteKind Kind,
     long Offset,
     long Length,
     ReadOnlyMemory<byte> Data,
     bool Fua = false,
-    bool MayUnmap = true)
+    bool MayUnmap = true,
+    bool OnCallerThread = false)
 {
     public long End => Offset + Length;
 

@@ -26,7 +26,7 @@ public sealed class MirrorCopyOffloadTests : IAsyncLifetime
     public async Task DisposeAsync()
     {
         if (_immutable.Count > 0)
-            ChattrFactAttribute.SetImmutable(false, [.. _immutable]);
+            Chattr.SetImmutable(false, [.. _immutable]);
         await _f.DisposeAsync();
     }
 
@@ -284,7 +284,7 @@ public sealed class MirrorCopyOffloadTests : IAsyncLifetime
         Assert.InRange(job.BytesCopiedInKernel, 3 * job.ChunkMax, Size - job.ChunkMax);
         Assert.False(job.CopyOffloadRefused);
 
-        ChattrFactAttribute.SetImmutable(false, target);
+        Chattr.SetImmutable(false, target);
         _immutable.Clear();
         var before = job.BytesCopiedInKernel;
         await _f.Layer.ResumeJobAsync("job0");
@@ -324,7 +324,7 @@ public sealed class MirrorCopyOffloadTests : IAsyncLifetime
 
     private void MakeImmutable(string path)
     {
-        ChattrFactAttribute.SetImmutable(true, path);
+        Chattr.SetImmutable(true, path);
         lock (_immutable)
             _immutable.Add(path);
     }

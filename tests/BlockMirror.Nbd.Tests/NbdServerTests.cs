@@ -1,6 +1,7 @@
+using BlockMirror.Core;
 using BlockMirror.Nbd;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Nbd.Tests;
 
 /// <summary>The server through our own client, over real sockets, backed by a real raw file.</summary>
 public sealed class NbdServerTests

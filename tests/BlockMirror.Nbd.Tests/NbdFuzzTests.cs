@@ -3,7 +3,7 @@ using System.Security.Cryptography;
 using BlockMirror.Nbd;
 using Xunit.Abstractions;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Nbd.Tests;
 
 /// <summary>
 /// Seeded hostile input against the NBD server: garbage handshakes, random options with lying

@@ -1,9 +1,10 @@
+using BlockMirror.Core;
 using BlockMirror.Core.Events;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
 using BlockMirror.Nbd;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Nbd.Tests;
 
 /// <summary>The nbd driver (<see cref="NbdImage"/>) and its opener, against our own server.</summary>
 public sealed class NbdImageTests

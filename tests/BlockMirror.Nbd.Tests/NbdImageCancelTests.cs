@@ -1,6 +1,6 @@
 using BlockMirror.Nbd;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Nbd.Tests;
 
 /// <summary>
 /// Cancelling a request that is already on the wire to a server that does not answer: the caller

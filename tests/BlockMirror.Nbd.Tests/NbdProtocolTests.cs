@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Nbd.Tests;
 
 /// <summary>Byte-level protocol tests: what the server sends, and how it survives clients that misbehave.</summary>
 public sealed class NbdProtocolTests

@@ -1,6 +1,7 @@
+using BlockMirror.Core;
 using BlockMirror.Nbd;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Nbd.Tests;
 
 public sealed class NbdUriTests
 {

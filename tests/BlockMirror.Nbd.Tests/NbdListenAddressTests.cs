@@ -1,6 +1,6 @@
 using BlockMirror.Nbd;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Nbd.Tests;
 
 public sealed class NbdListenAddressTests
 {

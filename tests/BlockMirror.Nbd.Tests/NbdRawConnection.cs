@@ -3,7 +3,7 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text;
 
-namespace BlockMirror.Core.Tests.Nbd;
+namespace BlockMirror.Nbd.Tests;
 
 /// <summary>
 /// A hand-driven NBD connection for protocol tests: every byte is written and read explicitly,
@@ -153,7 +153,11 @@ internal sealed class NbdRawConnection : IAsyncDisposable
         return (size, flags);
     }
 
-    public Task SendRequestAsync(ushort flags, ushort type, ulong cookie, ulong offset, uint length, byte[]? payload = null)
+    public Task SendRequestAsync(ushort flags, ushort type, ulong cookie, ulong offset, uint length, byte[]? payload = null) =>
+        WriteAsync(Request(flags, type, cookie, offset, length, payload));
+
+    /// <summary>A transmission request as bytes (header and payload), for sending several in one write.</summary>
+    public static byte[] Request(ushort flags, ushort type, ulong cookie, ulong offset, uint length, byte[]? payload = null)
     {
         var b = new byte[28 + (payload?.Length ?? 0)];
         BinaryPrimitives.WriteUInt32BigEndian(b, 0x25609513);
@@ -163,7 +167,7 @@ internal sealed class NbdRawConnection : IAsyncDisposable
         BinaryPrimitives.WriteUInt64BigEndian(b.AsSpan(16), offset);
         BinaryPrimitives.WriteUInt32BigEndian(b.AsSpan(24), length);
         payload?.CopyTo(b, 28);
-        return WriteAsync(b);
+        return b;
     }
 
     /// <summary>A simple reply header: (error, cookie).</summary>
@@ -184,10 +188,11 @@ internal sealed class NbdRawConnection : IAsyncDisposable
             BinaryPrimitives.ReadUInt64BigEndian(h.AsSpan(8)), await ReadAsync((int)length));
     }
 
+    /// <summary>Reads exactly <paramref name="count"/> bytes; a reply that never comes fails the test instead of hanging it.</summary>
     public async Task<byte[]> ReadAsync(int count)
     {
         var b = new byte[count];
-        await _stream.ReadExactlyAsync(b);
+        await _stream.ReadExactlyAsync(b).AsTask().WaitAsync(TimeSpan.FromSeconds(60));
         return b;
     }
 
@@ -205,6 +210,31 @@ internal sealed class NbdRawConnection : IAsyncDisposable
             return true;
         }
     }
+
+    /// <summary>
+    /// Waits until the server has read every byte sent so far (a Unix socket's SIOCOUTQ counts what
+    /// the peer has not received yet), so the next write reaches it as a piece of its own.
+    /// </summary>
+    public async Task WaitUntilServerReadAllAsync()
+    {
+        Assert.Equal(AddressFamily.Unix, _socket.AddressFamily);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (Unsent() > 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the server did not read what was sent");
+            await Task.Yield();
+        }
+    }
+
+    private int Unsent()
+    {
+        const ulong SiocOutq = 0x5411; // TIOCOUTQ
+        Assert.Equal(0, Ioctl((int)_socket.Handle, SiocOutq, out var unsent));
+        return unsent;
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    private static extern int Ioctl(int fd, ulong request, out int value);
 
     public void Abort() => _socket.Close(0);
 
