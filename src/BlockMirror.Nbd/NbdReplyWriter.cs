@@ -17,7 +17,7 @@ namespace BlockMirror.Nbd;
 /// </summary>
 internal sealed class NbdReplyWriter : IDisposable
 {
-    private readonly Socket _socket;
+    private readonly NbdChannel _channel;
     private readonly Action<Exception> _onFailure;
     private readonly Lock _lock = new();
     private readonly SemaphoreSlim _wakeSender = new(0);
@@ -30,9 +30,9 @@ internal sealed class NbdReplyWriter : IDisposable
     private bool _failed;
     private bool _disposed;
 
-    public NbdReplyWriter(Socket socket, Action<Exception> onFailure)
+    public NbdReplyWriter(NbdChannel channel, Action<Exception> onFailure)
     {
-        _socket = socket;
+        _channel = channel;
         _onFailure = onFailure;
     }
 
@@ -215,12 +215,5 @@ internal sealed class NbdReplyWriter : IDisposable
         idle?.TrySetResult();
     }
 
-    private void Send(NbdReplyBatch batch)
-    {
-        var segments = batch.Segments;
-        // A blocking socket sends everything or fails; a short count would leave the stream unframed.
-        var sent = segments.Count == 1 ? _socket.Send(segments[0].AsSpan(), SocketFlags.None) : _socket.Send(segments, SocketFlags.None);
-        if (sent != batch.Length)
-            throw new IOException($"sent {sent} of {batch.Length} bytes of replies");
-    }
+    private void Send(NbdReplyBatch batch) => _channel.Send(batch.Segments, batch.Length);
 }
