@@ -1,4 +1,3 @@
-using System.Diagnostics.CodeAnalysis;
 
 namespace BlockMirror.Core;
 
@@ -68,8 +67,11 @@ public static class BlockErrors
         Invalid("too-many-actions", $"A transaction takes at most {max} actions, got {count} (Limits:MaxTransactionActions)");
 
     /// <summary>Keeps client-supplied text in messages short (a hostile name can be megabytes).</summary>
-    public static string Shorten(string text) => text.Length <= 64 ? text : string.Concat(text.AsSpan(0, 61), "...");
+    public static string Shorten(string text) =>
+        text.Length <= MaxQuotedLength ? text : string.Concat(text.AsSpan(0, MaxQuotedLength - Ellipsis.Length), Ellipsis);
 
-    [DoesNotReturn]
-    public static void Throw(BlockException e) => throw e;
+    /// <summary>The longest client-supplied text a message quotes whole (<see cref="Shorten"/>).</summary>
+    private const int MaxQuotedLength = 64;
+
+    private const string Ellipsis = "...";
 }

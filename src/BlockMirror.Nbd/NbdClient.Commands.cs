@@ -109,7 +109,7 @@ public sealed partial class NbdClient
     private async ValueTask SendRequestAsync(ushort type, ushort flags, ulong cookie, ulong offset, uint length, ReadOnlyMemory<byte> payload, CancellationToken ct)
     {
         // Small payloads go in the same write as their header (one segment on the wire).
-        var inline = payload.Length <= 64 * 1024 ? payload.Length : 0;
+        var inline = payload.Length <= NbdConstants.StreamBufferBytes ? payload.Length : 0;
         var message = ArrayPool<byte>.Shared.Rent(NbdConstants.RequestHeaderSize + inline);
         try
         {

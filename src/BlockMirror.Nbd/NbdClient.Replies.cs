@@ -156,7 +156,7 @@ public sealed partial class NbdClient
 
     private async ValueTask OnErrorChunkAsync(NbdPendingRequest pending, uint length)
     {
-        if (length < 6 || length > 64 * 1024)
+        if (length < 6 || length > NbdConstants.MaxMessageBytes)
             throw new NbdProtocolException($"bad error chunk of {length} bytes");
         var data = new byte[length];
         await ReadExactAsync(data, CancellationToken.None).ConfigureAwait(false);

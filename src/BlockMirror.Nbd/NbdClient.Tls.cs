@@ -37,6 +37,6 @@ public sealed partial class NbdClient
         _tls = session;
         PeerSubject = (session.RemoteCertificate as X509Certificate2)?.Subject ?? session.RemoteCertificate?.Subject;
         _output = session;
-        _input = new BufferedStream(session, 64 * 1024);
+        _input = new BufferedStream(session, NbdConstants.StreamBufferBytes);
     }
 }

@@ -50,7 +50,7 @@ public sealed partial class NbdClient : IAsyncDisposable
         _network = new NetworkStream(socket, ownsSocket: false);
         // Until TLS starts nothing is read ahead: what a server sends behind its STARTTLS reply was
         // not protected, and must not be taken for part of the session (see StartTlsAsync).
-        _input = uri.Tls ? _network : new BufferedStream(_network, 64 * 1024);
+        _input = uri.Tls ? _network : new BufferedStream(_network, NbdConstants.StreamBufferBytes);
         _output = _network;
         _inFlight = new SemaphoreSlim(options.MaxInFlight, options.MaxInFlight);
         ExportName = uri.ExportName;

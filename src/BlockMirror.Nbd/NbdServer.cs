@@ -175,7 +175,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         lock (_lock)
             victims = [.. _connections.Where(c => c.ExportName == name)];
         foreach (var c in victims)
-            c.BeginClose(TimeSpan.FromSeconds(5));
+            c.BeginClose(Options.StopGracePeriod);
         return victims.Length;
     }
 
@@ -272,7 +272,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
             await c.Completion.ConfigureAwait(false);
     }
 
-    private static void RemoveStaleSocket(string path)
+    private void RemoveStaleSocket(string path)
     {
         // A socket file left by a killed process makes bind fail with EADDRINUSE. Remove it only
         // when it is a socket (open(2) of a socket fails with ENXIO; a regular file opens) and
@@ -305,17 +305,16 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         TryDelete(path);
     }
 
-    private static void TryDelete(string path)
+    private void TryDelete(string path)
     {
         try
         {
             File.Delete(path);
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-        }
-        catch (UnauthorizedAccessException)
-        {
+            // A socket file left behind is removed by the next start (RemoveStaleSocket).
+            Log($"NBD socket '{path}' could not be removed: {e.Message}");
         }
     }
 

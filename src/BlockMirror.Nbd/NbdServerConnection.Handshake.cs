@@ -127,7 +127,7 @@ internal sealed partial class NbdServerConnection
     private void ReplyOption(uint option, uint replyType, string message) =>
         SendOption(option, replyType, Encoding.UTF8.GetBytes(Truncate(message)));
 
-    private static string Truncate(string message) => message.Length > NbdWire.MaxErrorMessageChars ? message[..NbdWire.MaxErrorMessageChars] : message;
+    private static string Truncate(string message) => message.Length > NbdConstants.MaxErrorTextChars ? message[..NbdConstants.MaxErrorTextChars] : message;
 
     /// <summary>The export, and the node behind it, if both still exist.</summary>
     private (BlockExport Export, BlockNode Node)? FindExport(string name)

@@ -92,7 +92,7 @@ internal sealed partial class NbdServerConnection
         {
             error = NbdConstants.ESHUTDOWN;
             message = "the export was removed";
-            BeginClose(TimeSpan.FromSeconds(5));
+            BeginClose(_options.StopGracePeriod);
         }
         if (error != 0)
         {

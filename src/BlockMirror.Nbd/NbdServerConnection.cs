@@ -18,7 +18,7 @@ namespace BlockMirror.Nbd;
 internal sealed partial class NbdServerConnection : IAsyncDisposable
 {
     /// <summary>Option data we read into memory; longer options are skipped and refused (NBD_REP_ERR_TOO_BIG).</summary>
-    private const int MaxOptionData = 64 * 1024;
+    private const int MaxOptionData = NbdConstants.MaxMessageBytes;
 
     /// <summary>An oversized WRITE's payload is read and dropped up to this size, so the connection survives; beyond it we hang up.</summary>
     private const long MaxSkippablePayload = 256L * 1024 * 1024;

@@ -1,3 +1,5 @@
+using BlockMirror.Nbd.Protocol;
+
 namespace BlockMirror.Nbd;
 
 /// <summary>
@@ -11,7 +13,7 @@ namespace BlockMirror.Nbd;
 internal sealed class NbdSocketReader
 {
     /// <summary>Large enough for a burst of small requests (32 × 4 KiB writes with headers is 132 KiB: two receives).</summary>
-    private const int BufferSize = 64 * 1024;
+    private const int BufferSize = NbdConstants.StreamBufferBytes;
 
     /// <summary>What is still missing of a payload from this size on is received straight into it.</summary>
     private const int DirectReceiveFrom = BufferSize / 2;

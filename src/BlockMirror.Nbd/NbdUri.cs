@@ -107,17 +107,8 @@ public sealed class NbdUri
     }
 
     /// <summary>The endpoint to connect to (host names resolved, IPv4 preferred).</summary>
-    public async Task<EndPoint> ResolveAsync(CancellationToken cancellationToken = default)
-    {
-        if (SocketPath is { } path)
-            return new UnixDomainSocketEndPoint(path);
-        if (IPAddress.TryParse(Host, out var ip))
-            return new IPEndPoint(ip, Port);
-        var addresses = await Dns.GetHostAddressesAsync(Host!, cancellationToken).ConfigureAwait(false);
-        var chosen = addresses.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? addresses.FirstOrDefault()
-            ?? throw new SocketException((int)SocketError.HostNotFound);
-        return new IPEndPoint(chosen, Port);
-    }
+    public Task<EndPoint> ResolveAsync(CancellationToken cancellationToken = default) =>
+        NbdEndPoint.ResolveAsync(SocketPath, Host, Port, cancellationToken);
 
     /// <inheritdoc />
     public override string ToString() => Text;

@@ -9,13 +9,10 @@ namespace BlockMirror.Api.Tests;
 /// four write groups, three bitmap modes, success and "simulated failure" (the job cancelled in
 /// pending instead of finalized), with the expected bitmap counts at every step.
 /// </summary>
-public sealed class BitmapMirrorScenarioTests : IAsyncLifetime
+public sealed class BitmapMirrorScenarioTests() : ServiceTest(watchEvents: true)
 {
     private const long G = 65536;
     private const long Size = 64L << 20;
-    private readonly BlockMirrorFactory _factory = new();
-    private HttpClient _http = null!;
-    private EventWaiter _events = null!;
     private int _targets;
 
     private static readonly (byte Pattern, long Offset, long Length)[] Group0 =
@@ -27,59 +24,51 @@ public sealed class BitmapMirrorScenarioTests : IAsyncLifetime
     private static readonly (byte Pattern, long Offset, long Length)[] Group3 =
         [(0xaa, 0x10000, 3 * G), (0xbb, 0xd8000, G), (0xcc, 0x2028000, G), (0xdd, 0x3fc0000, G)];
 
-    public async Task InitializeAsync()
+    protected override async Task SetUpAsync()
     {
-        _http = _factory.CreateClient();
-        _events = await EventWaiter.StartAsync(_factory.CreateClient());
-        await _http.CreateNodeAsync("drive0", Size);
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _events.DisposeAsync();
-        await _factory.DisposeAsync();
+        await Http.CreateNodeAsync("drive0", Size);
     }
 
     private async Task WriteGroupAsync((byte Pattern, long Offset, long Length)[] group)
     {
         foreach (var (pattern, offset, length) in group)
-            await _http.WriteAsync("drive0", offset, Enumerable.Repeat(pattern, (int)length).ToArray());
+            await Http.WriteAsync("drive0", offset, Enumerable.Repeat(pattern, (int)length).ToArray());
     }
 
-    private async Task<long> CountAsync() => (long)(await _http.GetJsonAsync("/api/v1/nodes/drive0/bitmaps/bitmap0"))["count"]!;
+    private async Task<long> CountAsync() => (long)(await Http.GetJsonAsync("/api/v1/nodes/drive0/bitmaps/bitmap0"))["count"]!;
 
     /// <summary>A mirror with bitmap0 into a fresh target; returns when the job is gone.</summary>
     private async Task BitmapMirrorAsync(string mode, bool fail, Func<Task>? duringJob = null)
     {
         var id = $"m{++_targets}";
-        await _http.CreateNodeAsync($"t{_targets}", Size);
-        await _http.PostJsonAsync("/api/v1/jobs/mirror", new
+        await Http.CreateNodeAsync($"t{_targets}", Size);
+        await Http.PostJsonAsync("/api/v1/jobs/mirror", new
         {
             id, device = "drive0", target = $"t{_targets}", sync = "full", bitmap = "bitmap0", bitmapMode = mode,
             autoFinalize = false, speed = duringJob is null ? 0 : 1,
         }, HttpStatusCode.Created);
         if (duringJob is not null)
         {
-            await _events.WaitStatusAsync(id, "running");
-            var info = await _http.GetJsonAsync("/api/v1/nodes/drive0/bitmaps/bitmap0");
+            await Events.WaitStatusAsync(id, "running");
+            var info = await Http.GetJsonAsync("/api/v1/nodes/drive0/bitmaps/bitmap0");
             Assert.Equal(mode == "always", (bool)info["busy"]!);
             await duringJob();
-            using var _ = await _http.PatchAsJsonAsync($"/api/v1/jobs/{id}", new { speed = 0 });
+            using var _ = await Http.PatchAsJsonAsync($"/api/v1/jobs/{id}", new { speed = 0 });
         }
-        await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == id);
-        await _http.PostJsonAsync($"/api/v1/jobs/{id}/complete", new { });
-        await _events.WaitAsync("BLOCK_JOB_PENDING", d => (string?)d["id"] == id);
+        await Events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == id);
+        await Http.PostJsonAsync($"/api/v1/jobs/{id}/complete", new { });
+        await Events.WaitAsync("BLOCK_JOB_PENDING", d => (string?)d["id"] == id);
         if (fail)
         {
-            await _http.PostJsonAsync($"/api/v1/jobs/{id}/cancel", new { force = true });
-            await _events.WaitAsync("BLOCK_JOB_CANCELLED", d => (string?)d["id"] == id);
+            await Http.PostJsonAsync($"/api/v1/jobs/{id}/cancel", new { force = true });
+            await Events.WaitAsync("BLOCK_JOB_CANCELLED", d => (string?)d["id"] == id);
         }
         else
         {
-            await _http.PostJsonAsync($"/api/v1/jobs/{id}/finalize", new { });
-            await _events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == id);
+            await Http.PostJsonAsync($"/api/v1/jobs/{id}/finalize", new { });
+            await Events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == id);
         }
-        await _events.WaitStatusAsync(id, "null");
+        await Events.WaitStatusAsync(id, "null");
     }
 
     [Theory]
@@ -92,7 +81,7 @@ public sealed class BitmapMirrorScenarioTests : IAsyncLifetime
     public async Task Bitmap_counts_follow_QEMU_at_every_step(string mode, bool fail)
     {
         await WriteGroupAsync(Group0);
-        await _http.AddBitmapAsync("drive0", "bitmap0", G);
+        await Http.AddBitmapAsync("drive0", "bitmap0", G);
         await WriteGroupAsync(Group1);
         Assert.Equal(6 * G, await CountAsync());
 
@@ -116,20 +105,20 @@ public sealed class BitmapMirrorScenarioTests : IAsyncLifetime
 
         // Test mirror #3 (recovery) into a fresh target, completed: the device pivots onto that
         // target, which holds exactly the dirty granules, byte for byte.
-        var dirty = ApiClient.Extents(await _http.GetJsonAsync("/api/v1/nodes/drive0/bitmaps/bitmap0/extents"));
+        var dirty = ApiClient.Extents(await Http.GetJsonAsync("/api/v1/nodes/drive0/bitmaps/bitmap0/extents"));
         var expected = new List<byte[]>();
         foreach (var (offset, length) in dirty)
-            expected.Add(await _http.ReadAsync("drive0", offset, length));
+            expected.Add(await Http.ReadAsync("drive0", offset, length));
         await BitmapMirrorAsync(mode, fail: false);
         Assert.Equal(mode == "never" ? 15 * G : 0, await CountAsync());
-        Assert.Equal("t3.img", (string?)(await _http.GetJsonAsync("/api/v1/nodes/drive0"))["path"]);
+        Assert.Equal("t3.img", (string?)(await Http.GetJsonAsync("/api/v1/nodes/drive0"))["path"]);
         for (var i = 0; i < dirty.Count; i++)
-            Assert.Equal(expected[i], await _http.ReadAsync("drive0", dirty[i].Offset, dirty[i].Length));
-        Assert.Equal(dirty.Sum(d => d.Length), (await _http.GetJsonAsync("/api/v1/nodes/drive0/extents"))["items"]!.AsArray()
+            Assert.Equal(expected[i], await Http.ReadAsync("drive0", dirty[i].Offset, dirty[i].Length));
+        Assert.Equal(dirty.Sum(d => d.Length), (await Http.GetJsonAsync("/api/v1/nodes/drive0/extents"))["items"]!.AsArray()
             .Where(e => (string?)e!["type"] == "data").Sum(e => (long)e!["length"]!));
 
-        using var removed = await _http.DeleteAsync("/api/v1/nodes/drive0/bitmaps/bitmap0");
+        using var removed = await Http.DeleteAsync("/api/v1/nodes/drive0/bitmaps/bitmap0");
         Assert.Equal(HttpStatusCode.NoContent, removed.StatusCode);
-        Assert.Empty((await _http.GetJsonAsync("/api/v1/nodes/drive0/bitmaps"))["items"]!.AsArray());
+        Assert.Empty((await Http.GetJsonAsync("/api/v1/nodes/drive0/bitmaps"))["items"]!.AsArray());
     }
 }

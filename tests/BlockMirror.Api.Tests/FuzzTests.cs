@@ -10,21 +10,15 @@ namespace BlockMirror.Api.Tests;
 /// is below 500; every refusal is a problem document with a code; a refused request changes no
 /// state; nothing is created outside the image root.
 /// </summary>
-public sealed class FuzzTests(ITestOutputHelper output) : IAsyncLifetime
+public sealed class FuzzTests(ITestOutputHelper output) : ServiceTest
 {
-    private readonly BlockMirrorFactory _factory = new();
-    private HttpClient _http = null!;
-
-    public async Task InitializeAsync()
+    protected override async Task SetUpAsync()
     {
-        _http = _factory.CreateClient();
-        await _http.CreateNodeAsync("disk0", 4L << 20);
-        await _http.CreateNodeAsync("disk1", 4L << 20);
-        await _http.AddBitmapAsync("disk0", "b0");
-        await _http.WriteAsync("disk0", 12345, new byte[777]);
+        await Http.CreateNodeAsync("disk0", 4L << 20);
+        await Http.CreateNodeAsync("disk1", 4L << 20);
+        await Http.AddBitmapAsync("disk0", "b0");
+        await Http.WriteAsync("disk0", 12345, new byte[777]);
     }
-
-    public async Task DisposeAsync() => await _factory.DisposeAsync();
 
     private static readonly string[] Names =
         ["disk0", "disk1", "b0", "", " ", "..", "../x", "a/b", "%2e%2e", new string('n', 300), "ünï", "-x", "_ok", "a:b.c-d", "null", "0"];
@@ -47,7 +41,7 @@ public sealed class FuzzTests(ITestOutputHelper output) : IAsyncLifetime
         {
             using var request = NextRequest(random);
             var before = IsMutating(request.Method) ? await StateAsync() : null;
-            using var response = await _http.SendAsync(request);
+            using var response = await Http.SendAsync(request);
             sent++;
             var status = (int)response.StatusCode;
             var body = await response.Content.ReadAsStringAsync();
@@ -62,8 +56,8 @@ public sealed class FuzzTests(ITestOutputHelper output) : IAsyncLifetime
             }
         }
         // Nothing escaped the image root.
-        var outside = Directory.EnumerateFiles(_factory.DataDir, "*", SearchOption.AllDirectories)
-            .Where(f => !f.StartsWith(_factory.ImageRoot + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+        var outside = Directory.EnumerateFiles(Factory.DataDir, "*", SearchOption.AllDirectories)
+            .Where(f => !f.StartsWith(Factory.ImageRoot + Path.DirectorySeparatorChar, StringComparison.Ordinal))
             .Where(f => !Path.GetFileName(f).StartsWith("blockmirror.db", StringComparison.Ordinal))
             .ToList();
         Assert.Empty(outside);
@@ -77,7 +71,7 @@ public sealed class FuzzTests(ITestOutputHelper output) : IAsyncLifetime
     private async Task<string> StateAsync()
     {
         var sb = new StringBuilder();
-        var nodes = await _http.GetJsonAsync("/api/v1/nodes");
+        var nodes = await Http.GetJsonAsync("/api/v1/nodes");
         foreach (var n in nodes["items"]!.AsArray())
         {
             var copy = n!.DeepClone().AsObject();
@@ -85,12 +79,12 @@ public sealed class FuzzTests(ITestOutputHelper output) : IAsyncLifetime
             sb.Append(copy.ToJsonString());
             foreach (var b in n["bitmaps"]!.AsArray())
             {
-                sb.Append((await _http.GetJsonAsync($"/api/v1/nodes/{n["name"]}/bitmaps/{b}")).ToJsonString());
-                sb.Append((await _http.GetJsonAsync($"/api/v1/nodes/{n["name"]}/bitmaps/{b}/sha256")).ToJsonString());
+                sb.Append((await Http.GetJsonAsync($"/api/v1/nodes/{n["name"]}/bitmaps/{b}")).ToJsonString());
+                sb.Append((await Http.GetJsonAsync($"/api/v1/nodes/{n["name"]}/bitmaps/{b}/sha256")).ToJsonString());
             }
         }
-        sb.Append((await _http.GetJsonAsync("/api/v1/jobs")).ToJsonString());
-        sb.Append((await _http.GetJsonAsync("/api/v1/exports")).ToJsonString());
+        sb.Append((await Http.GetJsonAsync("/api/v1/jobs")).ToJsonString());
+        sb.Append((await Http.GetJsonAsync("/api/v1/exports")).ToJsonString());
         return sb.ToString();
     }
 

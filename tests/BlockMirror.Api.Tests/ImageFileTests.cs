@@ -11,21 +11,10 @@ namespace BlockMirror.Api.Tests;
 /// with a code (never a 500), only regular files are opened and never with a blocking open (a FIFO
 /// used to hold the control lock forever), and a file with a second name is refused unless allowed.
 /// </summary>
-public sealed partial class ImageFileTests : IAsyncLifetime
+public sealed partial class ImageFileTests : ServiceTest
 {
     /// <summary>Long enough for a loaded CI machine; an open that blocks never answers at all.</summary>
     private static readonly TimeSpan Quick = TimeSpan.FromSeconds(20);
-
-    private readonly BlockMirrorFactory _factory = new();
-    private HttpClient _http = null!;
-
-    public Task InitializeAsync()
-    {
-        _http = _factory.CreateClient();
-        return Task.CompletedTask;
-    }
-
-    public async Task DisposeAsync() => await _factory.DisposeAsync();
 
     [Theory]
     [InlineData(1L << 44)]
@@ -33,44 +22,44 @@ public sealed partial class ImageFileTests : IAsyncLifetime
     [InlineData(long.MaxValue - 511)]
     public async Task A_size_beyond_the_file_systems_maximum_file_size_is_refused_with_invalid_size(long size)
     {
-        using var response = await _http.PostAsJsonAsync("/api/v1/nodes", new { name = "big", driver = "raw", path = "big.img", create = new { size } });
+        using var response = await Http.PostAsJsonAsync("/api/v1/nodes", new { name = "big", driver = "raw", path = "big.img", create = new { size } });
         if (response.StatusCode == HttpStatusCode.Created)
         {
             // A file system that holds it (tmpfs takes 2^63 - 1): then it is simply an image.
-            using var deleted = await _http.DeleteAsync("/api/v1/nodes/big?deleteImage=true");
+            using var deleted = await Http.DeleteAsync("/api/v1/nodes/big?deleteImage=true");
             Assert.Equal(HttpStatusCode.NoContent, deleted.StatusCode);
             return;
         }
         await ApiClient.ExpectProblemAsync(response, 400, "invalid-size");
-        Assert.False(File.Exists(Path.Combine(_factory.ImageRoot, "big.img")), "a refused create leaves no file");
-        await _http.GetJsonAsync("/api/v1/nodes/big", HttpStatusCode.NotFound);
+        Assert.False(File.Exists(Path.Combine(Factory.ImageRoot, "big.img")), "a refused create leaves no file");
+        await Http.GetJsonAsync("/api/v1/nodes/big", HttpStatusCode.NotFound);
     }
 
     [Fact]
     public async Task A_path_component_longer_than_the_file_system_allows_is_refused_with_invalid_path()
     {
         var name = new string('x', 300);
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = name, create = new { size = 512 } }, 400, "invalid-path");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = $"{name}/disk.img", create = new { size = 512 } }, 400, "invalid-path");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = $"dir/{name}" }, 400, "invalid-path");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = name, create = new { size = 512 } }, 400, "invalid-path");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = $"{name}/disk.img", create = new { size = 512 } }, 400, "invalid-path");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = $"dir/{name}" }, 400, "invalid-path");
         // A file where a directory should be.
-        await _http.CreateNodeAsync("a", 512, "a.img");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = "a.img/b/c.img", create = new { size = 512 } }, 400, "invalid-path");
-        Assert.Equal(["a"], (await _http.GetJsonAsync("/api/v1/nodes"))["items"]!.AsArray().Select(n => (string)n!["name"]!));
+        await Http.CreateNodeAsync("a", 512, "a.img");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = "a.img/b/c.img", create = new { size = 512 } }, 400, "invalid-path");
+        Assert.Equal(["a"], (await Http.GetJsonAsync("/api/v1/nodes"))["items"]!.AsArray().Select(n => (string)n!["name"]!));
     }
 
     [Fact]
     public async Task An_nbd_unix_socket_path_longer_than_sun_path_is_refused_with_invalid_uri()
     {
         var uri = $"nbd+unix:///export?socket=/{new string('s', 5000)}";
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "remote", driver = "nbd", uri }, 400, "invalid-uri");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "remote", driver = "nbd", uri }, 400, "invalid-uri");
     }
 
     [Fact]
     public async Task A_fifo_is_refused_at_once_read_only_and_read_write_and_the_control_plane_keeps_working()
     {
-        Directory.CreateDirectory(_factory.ImageRoot);
-        var fifo = Path.Combine(_factory.ImageRoot, "pipe");
+        Directory.CreateDirectory(Factory.ImageRoot);
+        var fifo = Path.Combine(Factory.ImageRoot, "pipe");
         Assert.Equal(0, mkfifo(fifo, 0x180)); // 0600
         try
         {
@@ -85,7 +74,7 @@ public sealed partial class ImageFileTests : IAsyncLifetime
             using (var bitmap = await PostQuicklyAsync("/api/v1/nodes/disk0/bitmaps", new { name = "b0" }))
                 Assert.Equal(HttpStatusCode.Created, bitmap.StatusCode);
             Assert.True(watch.Elapsed < Quick, $"took {watch.Elapsed}");
-            Assert.Equal(["disk0"], (await _http.GetJsonAsync("/api/v1/nodes"))["items"]!.AsArray().Select(n => (string)n!["name"]!));
+            Assert.Equal(["disk0"], (await Http.GetJsonAsync("/api/v1/nodes"))["items"]!.AsArray().Select(n => (string)n!["name"]!));
         }
         finally
         {
@@ -103,20 +92,20 @@ public sealed partial class ImageFileTests : IAsyncLifetime
     /// would otherwise block the test itself, timeout and all.
     /// </summary>
     private async Task<HttpResponseMessage> PostQuicklyAsync(string url, object body) =>
-        await Task.Run(() => _http.PostAsJsonAsync(url, body)).WaitAsync(Quick);
+        await Task.Run(() => Http.PostAsJsonAsync(url, body)).WaitAsync(Quick);
 
     [Fact]
     public async Task A_hard_link_to_a_file_outside_the_root_is_refused_unless_allowed()
     {
-        var outside = Path.Combine(_factory.DataDir, "outside.img");
+        var outside = Path.Combine(Factory.DataDir, "outside.img");
         var content = ApiClient.Pattern(4096, 7);
         await File.WriteAllBytesAsync(outside, content);
-        Directory.CreateDirectory(_factory.ImageRoot);
-        Assert.Equal(0, link(outside, Path.Combine(_factory.ImageRoot, "inside.img")));
+        Directory.CreateDirectory(Factory.ImageRoot);
+        Assert.Equal(0, link(outside, Path.Combine(Factory.ImageRoot, "inside.img")));
 
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "in", driver = "raw", path = "inside.img" }, 409, "image-hard-linked");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "in", driver = "raw", path = "inside.img", readOnly = true }, 409, "image-hard-linked");
-        await _http.GetJsonAsync("/api/v1/nodes/in", HttpStatusCode.NotFound);
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "in", driver = "raw", path = "inside.img" }, 409, "image-hard-linked");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "in", driver = "raw", path = "inside.img", readOnly = true }, 409, "image-hard-linked");
+        await Http.GetJsonAsync("/api/v1/nodes/in", HttpStatusCode.NotFound);
         Assert.Equal(content, await File.ReadAllBytesAsync(outside));
 
         // Storage:AllowHardLinks: the operator says such links are intended.

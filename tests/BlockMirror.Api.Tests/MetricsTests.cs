@@ -14,23 +14,13 @@ namespace BlockMirror.Api.Tests;
 /// </summary>
 [CollectionDefinition(CollectionName, DisableParallelization = true)]
 [Collection(CollectionName)]
-public sealed partial class MetricsTests : IAsyncLifetime
+public sealed partial class MetricsTests : ServiceTest
 {
     public const string CollectionName = "Metrics";
 
     private const long MiB = 1 << 20;
 
-    private readonly BlockMirrorFactory _factory = new();
     private readonly string _suffix = Guid.NewGuid().ToString("N")[..8];
-    private HttpClient _http = null!;
-
-    public Task InitializeAsync()
-    {
-        _http = _factory.CreateClient();
-        return Task.CompletedTask;
-    }
-
-    public async Task DisposeAsync() => await _factory.DisposeAsync();
 
     [Fact]
     public async Task Bitmap_dirty_bytes_and_bytes_copied_match_the_api()
@@ -38,34 +28,34 @@ public sealed partial class MetricsTests : IAsyncLifetime
         var src = $"msrc-{_suffix}";
         var dst = $"mdst-{_suffix}";
         var job = $"mjob-{_suffix}";
-        await _http.CreateNodeAsync(src, 8 * MiB);
-        await _http.CreateNodeAsync(dst, 8 * MiB);
-        await _http.AddBitmapAsync(src, "b0");
-        await _http.WriteAsync(src, 0, ApiClient.Pattern(3 * (int)MiB, 1));
-        await _http.WriteAsync(src, 5 * MiB + 1000, ApiClient.Pattern(10_000, 2));
+        await Http.CreateNodeAsync(src, 8 * MiB);
+        await Http.CreateNodeAsync(dst, 8 * MiB);
+        await Http.AddBitmapAsync(src, "b0");
+        await Http.WriteAsync(src, 0, ApiClient.Pattern(3 * (int)MiB, 1));
+        await Http.WriteAsync(src, 5 * MiB + 1000, ApiClient.Pattern(10_000, 2));
 
         var scrape = await ScrapeAsync();
         Assert.Equal(await BitmapCountAsync(src, "b0"), scrape.Single("blockmirror_bitmap_dirty_bytes", ("node", src), ("bitmap", "b0")));
 
-        await using var events = await EventWaiter.StartAsync(_http);
-        await _http.PostJsonAsync("/api/v1/jobs/mirror", new { id = job, device = src, target = dst, sync = "full", autoDismiss = false }, HttpStatusCode.Created);
+        await using var events = await EventWaiter.StartAsync(Http);
+        await Http.PostJsonAsync("/api/v1/jobs/mirror", new { id = job, device = src, target = dst, sync = "full", autoDismiss = false }, HttpStatusCode.Created);
         await events.WaitStatusAsync(job, "ready");
 
         scrape = await ScrapeAsync();
-        var ready = await _http.GetJsonAsync($"/api/v1/jobs/{job}");
+        var ready = await Http.GetJsonAsync($"/api/v1/jobs/{job}");
         Assert.Equal("ready", (string?)ready["status"]);
         Assert.Equal((long)ready["bytesCopied"]!, scrape.Single("blockmirror_job_copied_bytes_total", ("job_id", job)));
         Assert.Equal(1, scrape.Single("blockmirror_jobs", ("status", "ready")));
         Assert.Equal(0, scrape.Single("blockmirror_jobs", ("status", "running")));
 
         // Writes during the mirror: the bitmap records them and the job copies them again.
-        await _http.WriteAsync(src, 7 * MiB, ApiClient.Pattern(65_536, 3));
+        await Http.WriteAsync(src, 7 * MiB, ApiClient.Pattern(65_536, 3));
         scrape = await ScrapeAsync();
         Assert.Equal(await BitmapCountAsync(src, "b0"), scrape.Single("blockmirror_bitmap_dirty_bytes", ("node", src), ("bitmap", "b0")));
 
-        await _http.PostJsonAsync($"/api/v1/jobs/{job}/complete", new { });
+        await Http.PostJsonAsync($"/api/v1/jobs/{job}/complete", new { });
         await events.WaitStatusAsync(job, "concluded");
-        var concluded = await _http.GetJsonAsync($"/api/v1/jobs/{job}");
+        var concluded = await Http.GetJsonAsync($"/api/v1/jobs/{job}");
         Assert.Null((string?)concluded["error"]);
         var copied = (long)concluded["bytesCopied"]!;
         Assert.True(copied >= 3 * MiB + 10_000, $"bytesCopied {copied}");
@@ -79,7 +69,7 @@ public sealed partial class MetricsTests : IAsyncLifetime
         Assert.Equal(await BitmapCountAsync(src, "b0"), scrape.Single("blockmirror_bitmap_dirty_bytes", ("node", src), ("bitmap", "b0")));
 
         // Dismissed jobs leave the per-job series; the total keeps their bytes.
-        await _http.PostJsonAsync($"/api/v1/jobs/{job}/dismiss", new { });
+        await Http.PostJsonAsync($"/api/v1/jobs/{job}/dismiss", new { });
         scrape = await ScrapeAsync();
         Assert.Empty(scrape.All("blockmirror_job_copied_bytes_total", ("job_id", job)));
         Assert.Equal(0, scrape.Single("blockmirror_jobs", ("status", "concluded")));
@@ -117,7 +107,7 @@ public sealed partial class MetricsTests : IAsyncLifetime
     [Fact]
     public async Task Metrics_are_prometheus_text()
     {
-        using var response = await _http.GetAsync("/metrics");
+        using var response = await Http.GetAsync("/metrics");
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         Assert.StartsWith("text/plain", response.Content.Headers.ContentType?.MediaType, StringComparison.Ordinal);
         var text = await response.Content.ReadAsStringAsync();
@@ -125,10 +115,18 @@ public sealed partial class MetricsTests : IAsyncLifetime
         Assert.Contains("# TYPE blockmirror_copied_bytes_total counter", text, StringComparison.Ordinal);
     }
 
-    private async Task<long> BitmapCountAsync(string node, string bitmap) =>
-        (long)(await _http.GetJsonAsync($"/api/v1/nodes/{node}/bitmaps/{bitmap}"))["count"]!;
+    [Fact]
+    public async Task Failures_an_operator_must_act_on_are_counted()
+    {
+        var text = await Http.GetStringAsync("/metrics");
+        Assert.Contains("# TYPE blockmirror_journal_fold_failures_total counter", text, StringComparison.Ordinal);
+        Assert.Contains("# TYPE blockmirror_job_save_failures_total counter", text, StringComparison.Ordinal);
+    }
 
-    private async Task<Scrape> ScrapeAsync() => new(await _http.GetStringAsync("/metrics"));
+    private async Task<long> BitmapCountAsync(string node, string bitmap) =>
+        (long)(await Http.GetJsonAsync($"/api/v1/nodes/{node}/bitmaps/{bitmap}"))["count"]!;
+
+    private async Task<Scrape> ScrapeAsync() => new(await Http.GetStringAsync("/metrics"));
 
     /// <summary>The samples of one scrape; a sample matches when it has every given label (others are ignored).</summary>
     private sealed partial class Scrape(string text)

@@ -10,25 +10,10 @@ namespace BlockMirror.Api.Tests;
 /// with sync full it is fully dirty at once, with sync none it records each copied write), in both
 /// copy modes, and a persistent one keeps the job's granules across a kill -9 and a restart.
 /// </summary>
-public sealed class MirrorTargetBitmapTests : IAsyncLifetime
+public sealed class MirrorTargetBitmapTests() : ServiceTest(watchEvents: true)
 {
     private const long G = 65536;
     private const long Size = 8L << 20;
-    private readonly BlockMirrorFactory _factory = new();
-    private HttpClient _http = null!;
-    private EventWaiter _events = null!;
-
-    public async Task InitializeAsync()
-    {
-        _http = _factory.CreateClient();
-        _events = await EventWaiter.StartAsync(_factory.CreateClient());
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _events.DisposeAsync();
-        await _factory.DisposeAsync();
-    }
 
     private static Task<JsonNode> StartAsync(HttpClient http, object body) => http.PostJsonAsync("/api/v1/jobs/mirror", body, HttpStatusCode.Created);
 
@@ -46,21 +31,21 @@ public sealed class MirrorTargetBitmapTests : IAsyncLifetime
 
     private async Task SoftCancelAsync(string id)
     {
-        await _http.PostJsonAsync($"/api/v1/jobs/{id}/cancel", new { force = false });
-        var done = await _events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == id);
+        await Http.PostJsonAsync($"/api/v1/jobs/{id}/cancel", new { force = false });
+        var done = await Events.WaitAsync("BLOCK_JOB_COMPLETED", d => (string?)d["id"] == id);
         Assert.Null(done.Data["error"]);
     }
 
     [Fact]
     public async Task Sync_full_marks_a_bitmap_on_the_target_whole()
     {
-        await _http.CreateNodeAsync("src", Size);
-        await _http.WriteAsync("src", 5 * G, ApiClient.Pattern(100_000, 3));
-        await _http.CreateNodeAsync("dst", Size);
-        await _http.AddBitmapAsync("dst", "t");
-        await StartAsync(_http, new { id = "j", device = "src", target = "dst", sync = "full" });
-        await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
-        Assert.Equal(Size, (long)(await _http.GetJsonAsync("/api/v1/nodes/dst/bitmaps/t"))["count"]!);
+        await Http.CreateNodeAsync("src", Size);
+        await Http.WriteAsync("src", 5 * G, ApiClient.Pattern(100_000, 3));
+        await Http.CreateNodeAsync("dst", Size);
+        await Http.AddBitmapAsync("dst", "t");
+        await StartAsync(Http, new { id = "j", device = "src", target = "dst", sync = "full" });
+        await Events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
+        Assert.Equal(Size, (long)(await Http.GetJsonAsync("/api/v1/nodes/dst/bitmaps/t"))["count"]!);
         await SoftCancelAsync("j");
     }
 
@@ -70,25 +55,25 @@ public sealed class MirrorTargetBitmapTests : IAsyncLifetime
     public async Task Sync_none_records_each_copied_write_on_the_target(string copyMode, long granularity)
     {
         // Both hold the same data; from now on only new writes are copied.
-        await _http.CreateNodeAsync("src", Size);
-        await _http.CreateNodeAsync("dst", Size);
+        await Http.CreateNodeAsync("src", Size);
+        await Http.CreateNodeAsync("dst", Size);
         foreach (var node in new[] { "src", "dst" })
-            await _http.WriteAsync(node, 0, ApiClient.Pattern((int)Size, 9));
-        await _http.AddBitmapAsync("dst", "t", granularity);
-        await StartAsync(_http, new { id = "j", device = "src", target = "dst", sync = "none", copyMode });
-        await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
-        Assert.Empty(await DirtyAsync(_http, "dst", "t"));
-        await _http.AddBitmapAsync("src", "s", granularity);
+            await Http.WriteAsync(node, 0, ApiClient.Pattern((int)Size, 9));
+        await Http.AddBitmapAsync("dst", "t", granularity);
+        await StartAsync(Http, new { id = "j", device = "src", target = "dst", sync = "none", copyMode });
+        await Events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
+        Assert.Empty(await DirtyAsync(Http, "dst", "t"));
+        await Http.AddBitmapAsync("src", "s", granularity);
 
-        await WriteMixAsync(_http, "src");
+        await WriteMixAsync(Http, "src");
         await SoftCancelAsync("j");
 
         // Background copies whole job granules (64 KiB), write-blocking copies each request as it
         // is: either way the target's bitmap equals one of that granularity on the device.
-        var written = await DirtyAsync(_http, "src", "s");
+        var written = await DirtyAsync(Http, "src", "s");
         Assert.NotEmpty(written);
-        Assert.Equal(written, await DirtyAsync(_http, "dst", "t"));
-        Assert.Equal(await _http.ReadAsync("src", 0, Size), await _http.ReadAsync("dst", 0, Size));
+        Assert.Equal(written, await DirtyAsync(Http, "dst", "t"));
+        Assert.Equal(await Http.ReadAsync("src", 0, Size), await Http.ReadAsync("dst", 0, Size));
     }
 
     /// <summary>

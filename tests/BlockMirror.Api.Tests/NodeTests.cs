@@ -4,23 +4,12 @@ using BlockMirror.Api.Tests.Infrastructure;
 
 namespace BlockMirror.Api.Tests;
 
-public sealed class NodeTests : IAsyncLifetime
+public sealed class NodeTests : ServiceTest
 {
-    private readonly BlockMirrorFactory _factory = new();
-    private HttpClient _http = null!;
-
-    public Task InitializeAsync()
-    {
-        _http = _factory.CreateClient();
-        return Task.CompletedTask;
-    }
-
-    public async Task DisposeAsync() => await _factory.DisposeAsync();
-
     [Fact]
     public async Task Create_returns_201_with_location_and_a_sparse_image()
     {
-        using var response = await _http.PostAsJsonAsync("/api/v1/nodes", new { name = "disk0", driver = "raw", path = "vm/disk0.img", create = new { size = 1L << 30 } });
+        using var response = await Http.PostAsJsonAsync("/api/v1/nodes", new { name = "disk0", driver = "raw", path = "vm/disk0.img", create = new { size = 1L << 30 } });
         var node = await ApiClient.ExpectAsync(response, HttpStatusCode.Created);
         Assert.Equal("/api/v1/nodes/disk0", response.Headers.Location?.OriginalString);
         Assert.Equal("disk0", (string?)node["name"]);
@@ -29,54 +18,54 @@ public sealed class NodeTests : IAsyncLifetime
         Assert.Equal(1L << 30, (long)node["size"]!);
         Assert.True((long)node["allocatedBytes"]! < 1 << 20);
         Assert.False((bool)node["busy"]!);
-        Assert.True(File.Exists(Path.Combine(_factory.ImageRoot, "vm", "disk0.img")));
+        Assert.True(File.Exists(Path.Combine(Factory.ImageRoot, "vm", "disk0.img")));
     }
 
     [Fact]
     public async Task List_get_and_delete_round_trip()
     {
-        await _http.CreateNodeAsync("a", 1 << 20);
-        await _http.CreateNodeAsync("b", 1 << 20);
-        var list = await _http.GetJsonAsync("/api/v1/nodes");
+        await Http.CreateNodeAsync("a", 1 << 20);
+        await Http.CreateNodeAsync("b", 1 << 20);
+        var list = await Http.GetJsonAsync("/api/v1/nodes");
         Assert.Equal(["a", "b"], list["items"]!.AsArray().Select(n => (string)n!["name"]!).ToArray());
-        var a = await _http.GetJsonAsync("/api/v1/nodes/a");
+        var a = await Http.GetJsonAsync("/api/v1/nodes/a");
         Assert.Equal("a.img", (string?)a["path"]);
 
-        using var deleted = await _http.DeleteAsync("/api/v1/nodes/a");
+        using var deleted = await Http.DeleteAsync("/api/v1/nodes/a");
         Assert.Equal(HttpStatusCode.NoContent, deleted.StatusCode);
-        Assert.True(File.Exists(Path.Combine(_factory.ImageRoot, "a.img")), "the image is kept by default");
-        using var gone = await _http.GetAsync("/api/v1/nodes/a");
+        Assert.True(File.Exists(Path.Combine(Factory.ImageRoot, "a.img")), "the image is kept by default");
+        using var gone = await Http.GetAsync("/api/v1/nodes/a");
         await ApiClient.ExpectProblemAsync(gone, 404, "node-not-found");
 
-        using var deletedWithImage = await _http.DeleteAsync("/api/v1/nodes/b?deleteImage=true");
+        using var deletedWithImage = await Http.DeleteAsync("/api/v1/nodes/b?deleteImage=true");
         Assert.Equal(HttpStatusCode.NoContent, deletedWithImage.StatusCode);
-        Assert.False(File.Exists(Path.Combine(_factory.ImageRoot, "b.img")));
+        Assert.False(File.Exists(Path.Combine(Factory.ImageRoot, "b.img")));
     }
 
     [Fact]
     public async Task Open_existing_image_and_refuse_a_second_writer()
     {
-        await _http.CreateNodeAsync("a", 1 << 20, "shared.img");
+        await Http.CreateNodeAsync("a", 1 << 20, "shared.img");
         // The first node holds the image's write lock: a second node on the same file is refused.
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "b", driver = "raw", path = "shared.img" }, 409, "image-locked");
-        using var _ = await _http.DeleteAsync("/api/v1/nodes/a");
-        var b = await _http.PostJsonAsync("/api/v1/nodes", new { name = "b", driver = "raw", path = "shared.img" }, HttpStatusCode.Created);
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "b", driver = "raw", path = "shared.img" }, 409, "image-locked");
+        using var _ = await Http.DeleteAsync("/api/v1/nodes/a");
+        var b = await Http.PostJsonAsync("/api/v1/nodes", new { name = "b", driver = "raw", path = "shared.img" }, HttpStatusCode.Created);
         Assert.Equal(1L << 20, (long)b["size"]!);
     }
 
     [Fact]
     public async Task Node_creation_refusals_have_their_codes()
     {
-        await _http.CreateNodeAsync("a", 1 << 20);
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "a", driver = "raw", path = "other.img", create = new { size = 512 } }, 409, "node-exists");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "raw", path = "a.img", create = new { size = 512 } }, 409, "image-exists");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "raw", path = "missing.img" }, 404, "image-not-found");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "raw", path = "c.img", create = new { size = 1000 } }, 400, "invalid-size");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "raw", path = "c.img", create = new { size = -512 } }, 400, "invalid-size");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "-bad", driver = "raw", path = "c.img", create = new { size = 512 } }, 400, "invalid-name");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = new string('x', 129), driver = "raw", path = "c.img", create = new { size = 512 } }, 400, "invalid-name");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "qcow9", path = "c.img" }, 400, "invalid-request");
-        await _http.PostProblemAsync("/api/v1/nodes", new { driver = "raw", path = "c.img" }, 400, "invalid-request");
+        await Http.CreateNodeAsync("a", 1 << 20);
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "a", driver = "raw", path = "other.img", create = new { size = 512 } }, 409, "node-exists");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "raw", path = "a.img", create = new { size = 512 } }, 409, "image-exists");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "raw", path = "missing.img" }, 404, "image-not-found");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "raw", path = "c.img", create = new { size = 1000 } }, 400, "invalid-size");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "raw", path = "c.img", create = new { size = -512 } }, 400, "invalid-size");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "-bad", driver = "raw", path = "c.img", create = new { size = 512 } }, 400, "invalid-name");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = new string('x', 129), driver = "raw", path = "c.img", create = new { size = 512 } }, 400, "invalid-name");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "c", driver = "qcow9", path = "c.img" }, 400, "invalid-request");
+        await Http.PostProblemAsync("/api/v1/nodes", new { driver = "raw", path = "c.img" }, 400, "invalid-request");
     }
 
     [Theory]
@@ -88,94 +77,94 @@ public sealed class NodeTests : IAsyncLifetime
     [InlineData("dir/")]
     public async Task Paths_outside_the_root_are_refused(string path)
     {
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "x", driver = "raw", path, create = new { size = 512 } }, 400, "path-outside-root");
-        Assert.False(File.Exists(Path.Combine(_factory.DataDir, "escape.img")));
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "x", driver = "raw", path, create = new { size = 512 } }, 400, "path-outside-root");
+        Assert.False(File.Exists(Path.Combine(Factory.DataDir, "escape.img")));
     }
 
     [Fact]
     public async Task Symlinks_that_leave_the_root_are_refused()
     {
-        var outside = Path.Combine(_factory.DataDir, "outside");
+        var outside = Path.Combine(Factory.DataDir, "outside");
         Directory.CreateDirectory(outside);
         File.WriteAllBytes(Path.Combine(outside, "secret.img"), new byte[4096]);
-        Directory.CreateDirectory(_factory.ImageRoot);
-        Directory.CreateSymbolicLink(Path.Combine(_factory.ImageRoot, "link"), outside);
-        File.CreateSymbolicLink(Path.Combine(_factory.ImageRoot, "file-link.img"), Path.Combine(outside, "secret.img"));
+        Directory.CreateDirectory(Factory.ImageRoot);
+        Directory.CreateSymbolicLink(Path.Combine(Factory.ImageRoot, "link"), outside);
+        File.CreateSymbolicLink(Path.Combine(Factory.ImageRoot, "file-link.img"), Path.Combine(outside, "secret.img"));
 
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "x", driver = "raw", path = "link/secret.img" }, 400, "path-outside-root");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "x", driver = "raw", path = "link/new.img", create = new { size = 512 } }, 400, "path-outside-root");
-        await _http.PostProblemAsync("/api/v1/nodes", new { name = "x", driver = "raw", path = "file-link.img" }, 400, "path-outside-root");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "x", driver = "raw", path = "link/secret.img" }, 400, "path-outside-root");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "x", driver = "raw", path = "link/new.img", create = new { size = 512 } }, 400, "path-outside-root");
+        await Http.PostProblemAsync("/api/v1/nodes", new { name = "x", driver = "raw", path = "file-link.img" }, 400, "path-outside-root");
         Assert.False(File.Exists(Path.Combine(outside, "new.img")));
     }
 
     [Fact]
     public async Task Data_round_trip_zero_discard_and_extents()
     {
-        await _http.CreateNodeAsync("d", 4 << 20);
+        await Http.CreateNodeAsync("d", 4 << 20);
         var data = ApiClient.Pattern(100_000, 3);
-        await _http.WriteAsync("d", 1_000_003, data);
-        Assert.Equal(data, await _http.ReadAsync("d", 1_000_003, data.Length));
-        Assert.Equal(new byte[1000], await _http.ReadAsync("d", 0, 1000));
+        await Http.WriteAsync("d", 1_000_003, data);
+        Assert.Equal(data, await Http.ReadAsync("d", 1_000_003, data.Length));
+        Assert.Equal(new byte[1000], await Http.ReadAsync("d", 0, 1000));
 
-        var extents = await _http.GetJsonAsync("/api/v1/nodes/d/extents");
+        var extents = await Http.GetJsonAsync("/api/v1/nodes/d/extents");
         var items = extents["items"]!.AsArray();
         Assert.Contains(items, e => (string?)e!["type"] == "data" && (long)e["offset"]! <= 1_000_003 && (long)e["offset"]! + (long)e["length"]! >= 1_100_003);
         Assert.Equal(4L << 20, items.Sum(e => (long)e!["length"]!));
 
-        using (var z = await _http.PostAsJsonAsync("/api/v1/nodes/d/zero", new { offset = 1_000_003, length = 10_000, mayUnmap = false }))
+        using (var z = await Http.PostAsJsonAsync("/api/v1/nodes/d/zero", new { offset = 1_000_003, length = 10_000, mayUnmap = false }))
             Assert.Equal(HttpStatusCode.NoContent, z.StatusCode);
-        Assert.Equal(new byte[10_000], await _http.ReadAsync("d", 1_000_003, 10_000));
-        Assert.Equal(data[10_000..], await _http.ReadAsync("d", 1_010_003, data.Length - 10_000));
+        Assert.Equal(new byte[10_000], await Http.ReadAsync("d", 1_000_003, 10_000));
+        Assert.Equal(data[10_000..], await Http.ReadAsync("d", 1_010_003, data.Length - 10_000));
 
-        using (var d = await _http.PostAsJsonAsync("/api/v1/nodes/d/discard", new { offset = 0, length = 4 << 20 }))
+        using (var d = await Http.PostAsJsonAsync("/api/v1/nodes/d/discard", new { offset = 0, length = 4 << 20 }))
             Assert.Equal(HttpStatusCode.NoContent, d.StatusCode);
-        Assert.Equal(new byte[data.Length], await _http.ReadAsync("d", 1_000_003, data.Length));
-        var after = await _http.GetJsonAsync("/api/v1/nodes/d/extents");
+        Assert.Equal(new byte[data.Length], await Http.ReadAsync("d", 1_000_003, data.Length));
+        var after = await Http.GetJsonAsync("/api/v1/nodes/d/extents");
         Assert.All(after["items"]!.AsArray(), e => Assert.Equal("zero", (string?)e!["type"]));
     }
 
     [Fact]
     public async Task Data_path_refusals_have_their_codes()
     {
-        await _http.CreateNodeAsync("d", 1 << 20);
+        await Http.CreateNodeAsync("d", 1 << 20);
         using (var content = new ByteArrayContent(new byte[10]))
         {
-            using var r = await _http.PutAsync($"/api/v1/nodes/d/data?offset={(1 << 20) - 5}", content);
+            using var r = await Http.PutAsync($"/api/v1/nodes/d/data?offset={(1 << 20) - 5}", content);
             await ApiClient.ExpectProblemAsync(r, 400, "out-of-range");
         }
         using (var content = new ByteArrayContent(new byte[10]))
         {
-            using var r = await _http.PutAsync("/api/v1/nodes/d/data?offset=-1", content);
+            using var r = await Http.PutAsync("/api/v1/nodes/d/data?offset=-1", content);
             await ApiClient.ExpectProblemAsync(r, 400, "out-of-range");
         }
         using (var content = new ByteArrayContent(new byte[10]))
         {
-            using var r = await _http.PutAsync("/api/v1/nodes/d/data?offset=99999999999999999999999", content);
+            using var r = await Http.PutAsync("/api/v1/nodes/d/data?offset=99999999999999999999999", content);
             await ApiClient.ExpectProblemAsync(r, 400, "invalid-request");
         }
         using (var content = new ByteArrayContent(new byte[10]))
         {
-            using var r = await _http.PutAsync("/api/v1/nodes/nope/data?offset=0", content);
+            using var r = await Http.PutAsync("/api/v1/nodes/nope/data?offset=0", content);
             await ApiClient.ExpectProblemAsync(r, 404, "node-not-found");
         }
-        using (var r = await _http.GetAsync($"/api/v1/nodes/d/data?offset=0&length={(1 << 20) + 1}"))
+        using (var r = await Http.GetAsync($"/api/v1/nodes/d/data?offset=0&length={(1 << 20) + 1}"))
             await ApiClient.ExpectProblemAsync(r, 400, "out-of-range");
-        using (var r = await _http.GetAsync($"/api/v1/nodes/d/data?offset={long.MaxValue}&length={long.MaxValue}"))
+        using (var r = await Http.GetAsync($"/api/v1/nodes/d/data?offset={long.MaxValue}&length={long.MaxValue}"))
             await ApiClient.ExpectProblemAsync(r, 400, "out-of-range");
-        await _http.PostProblemAsync("/api/v1/nodes/d/zero", new { offset = 1 << 20, length = 1 }, 400, "out-of-range");
-        await _http.PostProblemAsync("/api/v1/nodes/d/discard", new { offset = long.MaxValue, length = long.MaxValue }, 400, "out-of-range");
-        await _http.PostProblemAsync("/api/v1/nodes/d/zero", new { length = 1 }, 400, "invalid-request");
+        await Http.PostProblemAsync("/api/v1/nodes/d/zero", new { offset = 1 << 20, length = 1 }, 400, "out-of-range");
+        await Http.PostProblemAsync("/api/v1/nodes/d/discard", new { offset = long.MaxValue, length = long.MaxValue }, 400, "out-of-range");
+        await Http.PostProblemAsync("/api/v1/nodes/d/zero", new { length = 1 }, 400, "invalid-request");
 
-        await _http.PostJsonAsync("/api/v1/nodes", new { name = "ro", driver = "raw", path = "d.img", readOnly = true }, HttpStatusCode.Conflict);
-        await _http.CreateNodeAsync("base", 1 << 20);
-        using (var _ = await _http.DeleteAsync("/api/v1/nodes/base")) { }
-        await _http.PostJsonAsync("/api/v1/nodes", new { name = "ro", driver = "raw", path = "base.img", readOnly = true }, HttpStatusCode.Created);
+        await Http.PostJsonAsync("/api/v1/nodes", new { name = "ro", driver = "raw", path = "d.img", readOnly = true }, HttpStatusCode.Conflict);
+        await Http.CreateNodeAsync("base", 1 << 20);
+        using (var _ = await Http.DeleteAsync("/api/v1/nodes/base")) { }
+        await Http.PostJsonAsync("/api/v1/nodes", new { name = "ro", driver = "raw", path = "base.img", readOnly = true }, HttpStatusCode.Created);
         using (var content = new ByteArrayContent(new byte[10]))
         {
-            using var r = await _http.PutAsync("/api/v1/nodes/ro/data?offset=0", content);
+            using var r = await Http.PutAsync("/api/v1/nodes/ro/data?offset=0", content);
             await ApiClient.ExpectProblemAsync(r, 409, "node-read-only");
         }
-        await _http.PostProblemAsync("/api/v1/nodes/ro/zero", new { offset = 0, length = 512 }, 409, "node-read-only");
+        await Http.PostProblemAsync("/api/v1/nodes/ro/zero", new { offset = 0, length = 512 }, 409, "node-read-only");
     }
 
     [Fact]
@@ -257,7 +246,7 @@ public sealed class NodeTests : IAsyncLifetime
     {
         var huge = new string('a', 2 << 20);
         using var content = new StringContent($$"""{"name":"{{huge}}","driver":"raw"}""", System.Text.Encoding.UTF8, "application/json");
-        using var r = await _http.PostAsync("/api/v1/nodes", content);
+        using var r = await Http.PostAsync("/api/v1/nodes", content);
         await ApiClient.ExpectProblemAsync(r, 413, "body-too-large");
     }
 }

@@ -11,19 +11,14 @@ namespace BlockMirror.Api.Tests;
 /// marked, every operation summarized, every schema member described, examples that work when sent
 /// as they are, tags in the order a user works, and the Bearer scheme for "Authorize".
 /// </summary>
-public sealed class OpenApiDocumentTests : IAsyncLifetime
+public sealed class OpenApiDocumentTests() : ServiceTest(WithNbd())
 {
-    private readonly BlockMirrorFactory _factory = new(settings: new Dictionary<string, string?> { ["Nbd:Listen"] = "127.0.0.1:0" });
-    private HttpClient _http = null!;
     private JsonNode _doc = null!;
 
-    public async Task InitializeAsync()
+    protected override async Task SetUpAsync()
     {
-        _http = _factory.CreateClient();
-        _doc = JsonNode.Parse(await _http.GetStringAsync("/swagger/v1/swagger.json"))!;
+        _doc = JsonNode.Parse(await Http.GetStringAsync("/swagger/v1/swagger.json"))!;
     }
-
-    public async Task DisposeAsync() => await _factory.DisposeAsync();
 
     private JsonObject Schemas => _doc["components"]!["schemas"]!.AsObject();
 
@@ -151,7 +146,7 @@ public sealed class OpenApiDocumentTests : IAsyncLifetime
     private async Task<JsonNode> Send(HttpMethod method, string url, JsonNode body, HttpStatusCode expected)
     {
         using var request = new HttpRequestMessage(method, url) { Content = new StringContent(body.ToJsonString(), Encoding.UTF8, "application/json") };
-        using var response = await _http.SendAsync(request);
+        using var response = await Http.SendAsync(request);
         return await ApiClient.ExpectAsync(response, expected);
     }
 }

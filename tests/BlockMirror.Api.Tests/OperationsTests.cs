@@ -6,23 +6,12 @@ using BlockMirror.Api.Tests.Infrastructure;
 
 namespace BlockMirror.Api.Tests;
 
-public sealed class OperationsTests : IAsyncLifetime
+public sealed class OperationsTests : ServiceTest
 {
-    private readonly BlockMirrorFactory _factory = new();
-    private HttpClient _http = null!;
-
-    public Task InitializeAsync()
-    {
-        _http = _factory.CreateClient();
-        return Task.CompletedTask;
-    }
-
-    public async Task DisposeAsync() => await _factory.DisposeAsync();
-
     [Fact]
     public async Task Healthz_is_healthy()
     {
-        using var r = await _http.GetAsync("/healthz");
+        using var r = await Http.GetAsync("/healthz");
         Assert.Equal(HttpStatusCode.OK, r.StatusCode);
         Assert.Equal("Healthy", await r.Content.ReadAsStringAsync());
     }
@@ -32,7 +21,7 @@ public sealed class OperationsTests : IAsyncLifetime
     {
         // Regenerate with: ./openapi/generate.sh (see README): it runs this test with
         // BLOCKMIRROR_UPDATE_OPENAPI=1, which writes the served document to openapi/openapi.json.
-        var text = await _http.GetStringAsync("/swagger/v1/swagger.json");
+        var text = await Http.GetStringAsync("/swagger/v1/swagger.json");
         var served = JsonNode.Parse(text);
         var file = FindRepoFile("openapi/openapi.json");
         if (Environment.GetEnvironmentVariable("BLOCKMIRROR_UPDATE_OPENAPI") == "1")
@@ -45,7 +34,7 @@ public sealed class OperationsTests : IAsyncLifetime
     [Fact]
     public async Task Swagger_ui_is_served()
     {
-        using var r = await _http.GetAsync("/swagger/index.html");
+        using var r = await Http.GetAsync("/swagger/index.html");
         Assert.Equal(HttpStatusCode.OK, r.StatusCode);
         Assert.Contains("swagger", await r.Content.ReadAsStringAsync(), StringComparison.OrdinalIgnoreCase);
     }
@@ -53,9 +42,9 @@ public sealed class OperationsTests : IAsyncLifetime
     [Fact]
     public async Task Unknown_routes_and_methods_are_problem_documents()
     {
-        using (var r = await _http.GetAsync("/api/v1/nope"))
+        using (var r = await Http.GetAsync("/api/v1/nope"))
             await ApiClient.ExpectProblemAsync(r, 404, "not-found");
-        using (var r = await _http.PatchAsync("/api/v1/nodes", new StringContent("{}")))
+        using (var r = await Http.PatchAsync("/api/v1/nodes", new StringContent("{}")))
             await ApiClient.ExpectProblemAsync(r, 405, "method-not-allowed");
     }
 
@@ -72,7 +61,7 @@ public sealed class OperationsTests : IAsyncLifetime
     public async Task Malformed_json_is_invalid_request(string body)
     {
         using var content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
-        using var r = await _http.PostAsync("/api/v1/nodes", content);
+        using var r = await Http.PostAsync("/api/v1/nodes", content);
         await ApiClient.ExpectProblemAsync(r, 400, "invalid-request");
     }
 
@@ -80,7 +69,7 @@ public sealed class OperationsTests : IAsyncLifetime
     public async Task Wrong_content_type_is_a_problem()
     {
         using var content = new StringContent("{}", System.Text.Encoding.UTF8, "text/plain");
-        using var r = await _http.PostAsync("/api/v1/nodes", content);
+        using var r = await Http.PostAsync("/api/v1/nodes", content);
         Assert.Equal(415, (int)r.StatusCode);
         Assert.Equal("application/problem+json", r.Content.Headers.ContentType?.MediaType);
     }

@@ -8,97 +8,86 @@ namespace BlockMirror.Api.Tests;
 /// Over REST, the cases where BlockMirror answered differently from qemu-storage-daemon 7.2
 /// (issue 11), and a mirror into the service's own NBD export (issue 10, case 15).
 /// </summary>
-public sealed class QemuConformanceTests : IAsyncLifetime
+public sealed class QemuConformanceTests() : ServiceTest(WithNbd(), watchEvents: true)
 {
     private const long Size = 4L << 20;
-    private readonly BlockMirrorFactory _factory = new(settings: new Dictionary<string, string?> { ["Nbd:Listen"] = "127.0.0.1:0" });
-    private HttpClient _http = null!;
-    private EventWaiter _events = null!;
 
-    public async Task InitializeAsync()
+    protected override async Task SetUpAsync()
     {
-        _http = _factory.CreateClient();
-        _events = await EventWaiter.StartAsync(_factory.CreateClient());
-        await _http.CreateNodeAsync("disk0", Size);
-        await _http.CreateNodeAsync("copy", Size);
-        await _http.CreateNodeAsync("other", Size);
-        await _http.WriteAsync("disk0", 0, ApiClient.Pattern((int)Size, 3));
-    }
-
-    public async Task DisposeAsync()
-    {
-        await _events.DisposeAsync();
-        await _factory.DisposeAsync();
+        await Http.CreateNodeAsync("disk0", Size);
+        await Http.CreateNodeAsync("copy", Size);
+        await Http.CreateNodeAsync("other", Size);
+        await Http.WriteAsync("disk0", 0, ApiClient.Pattern((int)Size, 3));
     }
 
     /// <summary>A job that stays running: one 1 MiB claim at speed 1 owes the limiter for days.</summary>
     private Task<System.Text.Json.Nodes.JsonNode> StartSlowAsync(string id = "rj", string device = "disk0", string target = "copy") =>
-        _http.PostJsonAsync("/api/v1/jobs/mirror", new { id, sync = "full", device, target, speed = 1, bufSize = 1 << 20 }, HttpStatusCode.Created);
+        Http.PostJsonAsync("/api/v1/jobs/mirror", new { id, sync = "full", device, target, speed = 1, bufSize = 1 << 20 }, HttpStatusCode.Created);
 
     [Fact]
     public async Task Read_only_export_of_an_enabled_bitmap_is_refused()
     {
-        await _http.AddBitmapAsync("disk0", "b0");
-        var p = await _http.PostProblemAsync("/api/v1/exports", new { name = "ro", node = "disk0", writable = false, bitmaps = new[] { "b0" } }, 409, "bitmap-enabled");
+        await Http.AddBitmapAsync("disk0", "b0");
+        var p = await Http.PostProblemAsync("/api/v1/exports", new { name = "ro", node = "disk0", writable = false, bitmaps = new[] { "b0" } }, 409, "bitmap-enabled");
         Assert.Equal("Enabled bitmap 'b0' incompatible with readonly export", (string?)p["detail"]);
         // The first listed bitmap is the one reported, as in QEMU.
-        var second = await _http.PostProblemAsync("/api/v1/exports", new { name = "ro", node = "disk0", writable = false, bitmaps = new[] { "b0", "missing" } }, 409, "bitmap-enabled");
+        var second = await Http.PostProblemAsync("/api/v1/exports", new { name = "ro", node = "disk0", writable = false, bitmaps = new[] { "b0", "missing" } }, 409, "bitmap-enabled");
         Assert.Equal("Enabled bitmap 'b0' incompatible with readonly export", (string?)second["detail"]);
-        Assert.Empty((await _http.GetJsonAsync("/api/v1/exports"))["items"]!.AsArray());
-        Assert.False((bool)(await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["busy"]!);
+        Assert.Empty((await Http.GetJsonAsync("/api/v1/exports"))["items"]!.AsArray());
+        Assert.False((bool)(await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["busy"]!);
 
-        await _http.PostJsonAsync("/api/v1/nodes/disk0/bitmaps/b0/disable", new { });
-        await _http.PostJsonAsync("/api/v1/exports", new { name = "ro", node = "disk0", writable = false, bitmaps = new[] { "b0" } }, HttpStatusCode.Created);
+        await Http.PostJsonAsync("/api/v1/nodes/disk0/bitmaps/b0/disable", new { });
+        await Http.PostJsonAsync("/api/v1/exports", new { name = "ro", node = "disk0", writable = false, bitmaps = new[] { "b0" } }, HttpStatusCode.Created);
     }
 
     [Fact]
     public async Task Soft_cancel_of_a_user_paused_job_is_refused()
     {
         await StartSlowAsync();
-        await _http.PostJsonAsync("/api/v1/jobs/rj/pause", new { });
-        await _events.WaitStatusAsync("rj", "paused");
+        await Http.PostJsonAsync("/api/v1/jobs/rj/pause", new { });
+        await Events.WaitStatusAsync("rj", "paused");
 
-        var p = await _http.PostProblemAsync("/api/v1/jobs/rj/cancel", new { force = false }, 409, "job-paused");
+        var p = await Http.PostProblemAsync("/api/v1/jobs/rj/cancel", new { force = false }, 409, "job-paused");
         Assert.Equal("The block job for device 'rj' is currently paused", (string?)p["detail"]);
-        await _http.PostProblemAsync("/api/v1/jobs/rj/cancel", new { }, 409, "job-paused");
-        var job = await _http.GetJsonAsync("/api/v1/jobs/rj");
+        await Http.PostProblemAsync("/api/v1/jobs/rj/cancel", new { }, 409, "job-paused");
+        var job = await Http.GetJsonAsync("/api/v1/jobs/rj");
         Assert.Equal("paused", (string?)job["status"]);
         Assert.True((bool)job["paused"]!);
 
-        await _http.PostJsonAsync("/api/v1/jobs/rj/cancel", new { force = true });
-        await _events.WaitAsync("BLOCK_JOB_CANCELLED", d => (string?)d["id"] == "rj");
+        await Http.PostJsonAsync("/api/v1/jobs/rj/cancel", new { force = true });
+        await Events.WaitAsync("BLOCK_JOB_CANCELLED", d => (string?)d["id"] == "rj");
     }
 
     [Fact]
     public async Task Soft_cancel_in_pending_is_a_force_cancel_without_pivot()
     {
-        await _http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "copy", autoFinalize = false, autoDismiss = false }, HttpStatusCode.Created);
-        await _events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
-        await _http.PostJsonAsync("/api/v1/jobs/j/complete", new { });
-        await _events.WaitAsync("BLOCK_JOB_PENDING", d => (string?)d["id"] == "j");
+        await Http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "copy", autoFinalize = false, autoDismiss = false }, HttpStatusCode.Created);
+        await Events.WaitAsync("BLOCK_JOB_READY", d => (string?)d["id"] == "j");
+        await Http.PostJsonAsync("/api/v1/jobs/j/complete", new { });
+        await Events.WaitAsync("BLOCK_JOB_PENDING", d => (string?)d["id"] == "j");
 
-        var accepted = await _http.PostJsonAsync("/api/v1/jobs/j/cancel", new { force = false });
+        var accepted = await Http.PostJsonAsync("/api/v1/jobs/j/cancel", new { force = false });
         Assert.Equal("j", (string?)accepted["id"]);
-        var cancelled = await _events.WaitAsync("BLOCK_JOB_CANCELLED", d => (string?)d["id"] == "j");
+        var cancelled = await Events.WaitAsync("BLOCK_JOB_CANCELLED", d => (string?)d["id"] == "j");
         Assert.Null(cancelled.Data["error"]);
-        await _events.WaitStatusAsync("j", "concluded");
-        Assert.Equal(["running", "ready", "waiting", "pending", "aborting", "concluded"], _events.StatusesOf("j").Where(s => s != "created").ToArray());
-        var job = await _http.GetJsonAsync("/api/v1/jobs/j");
+        await Events.WaitStatusAsync("j", "concluded");
+        Assert.Equal(["running", "ready", "waiting", "pending", "aborting", "concluded"], Events.StatusesOf("j").Where(s => s != "created").ToArray());
+        var job = await Http.GetJsonAsync("/api/v1/jobs/j");
         Assert.Equal("concluded", (string?)job["status"]);
         Assert.Equal("Operation canceled", (string?)job["error"]);
 
-        var p = await _http.PostProblemAsync("/api/v1/jobs/j/finalize", new { }, 409, "job-verb-not-allowed");
+        var p = await Http.PostProblemAsync("/api/v1/jobs/j/finalize", new { }, 409, "job-verb-not-allowed");
         Assert.Equal("Job 'j' in state 'concluded' cannot accept command verb 'finalize'", (string?)p["detail"]);
-        Assert.Equal("disk0.img", (string?)(await _http.GetJsonAsync("/api/v1/nodes/disk0"))["path"]);
-        Assert.False((bool)(await _http.GetJsonAsync("/api/v1/nodes/copy"))["busy"]!);
-        Assert.DoesNotContain(_events.Events, e => e.Name == "BLOCK_JOB_COMPLETED");
+        Assert.Equal("disk0.img", (string?)(await Http.GetJsonAsync("/api/v1/nodes/disk0"))["path"]);
+        Assert.False((bool)(await Http.GetJsonAsync("/api/v1/nodes/copy"))["busy"]!);
+        Assert.DoesNotContain(Events.Events, e => e.Name == "BLOCK_JOB_COMPLETED");
     }
 
     [Fact]
     public async Task The_refusal_QEMU_names_wins_when_a_request_has_two_faults()
     {
         async Task<string?> Refused(object body, int status, string code) =>
-            (string?)(await _http.PostProblemAsync("/api/v1/jobs/mirror", body, status, code))["detail"];
+            (string?)(await Http.PostProblemAsync("/api/v1/jobs/mirror", body, status, code))["detail"];
 
         // Arguments before the graph: a bad granularity or buffer before "into itself".
         Assert.Equal("Parameter 'granularity' expects a power of 2",
@@ -112,9 +101,9 @@ public sealed class QemuConformanceTests : IAsyncLifetime
         await Refused(new { sync = "full", device = "other", target = "copy" }, 409, "node-busy");
 
         // A merge into a busy bitmap with a missing source: the missing source.
-        await _http.AddBitmapAsync("other", "t");
-        await _http.PostJsonAsync("/api/v1/exports", new { name = "holder", node = "other", writable = true, bitmaps = new[] { "t" } }, HttpStatusCode.Created);
-        var merge = await _http.PostProblemAsync("/api/v1/nodes/other/bitmaps/t/merge", new { sources = new[] { new { name = "nope" } } }, 404, "bitmap-not-found");
+        await Http.AddBitmapAsync("other", "t");
+        await Http.PostJsonAsync("/api/v1/exports", new { name = "holder", node = "other", writable = true, bitmaps = new[] { "t" } }, HttpStatusCode.Created);
+        var merge = await Http.PostProblemAsync("/api/v1/nodes/other/bitmaps/t/merge", new { sources = new[] { new { name = "nope" } } }, 404, "bitmap-not-found");
         Assert.Equal("Dirty bitmap 'nope' not found", (string?)merge["detail"]);
     }
 
@@ -122,24 +111,24 @@ public sealed class QemuConformanceTests : IAsyncLifetime
     public async Task A_patch_refused_for_its_copy_mode_does_not_set_the_speed()
     {
         await StartSlowAsync();
-        using (var r = await _http.PatchAsJsonAsync("/api/v1/jobs/rj", new { speed = 12345, copyMode = "background" }))
+        using (var r = await Http.PatchAsJsonAsync("/api/v1/jobs/rj", new { speed = 12345, copyMode = "background" }))
             await ApiClient.ExpectProblemAsync(r, 409, "copy-mode-change");
-        Assert.Equal(1, (long)(await _http.GetJsonAsync("/api/v1/jobs/rj"))["speed"]!);
+        Assert.Equal(1, (long)(await Http.GetJsonAsync("/api/v1/jobs/rj"))["speed"]!);
     }
 
     [Fact]
     public async Task Mirror_into_the_services_own_export_of_the_device_is_refused()
     {
-        var export = await _http.PostJsonAsync("/api/v1/exports", new { name = "e0", node = "disk0", writable = true }, HttpStatusCode.Created);
-        await _http.PostJsonAsync("/api/v1/nodes", new { name = "loop", driver = "nbd", uri = (string)export["uri"]! }, HttpStatusCode.Created);
+        var export = await Http.PostJsonAsync("/api/v1/exports", new { name = "e0", node = "disk0", writable = true }, HttpStatusCode.Created);
+        await Http.PostJsonAsync("/api/v1/nodes", new { name = "loop", driver = "nbd", uri = (string)export["uri"]! }, HttpStatusCode.Created);
 
-        var p = await _http.PostProblemAsync("/api/v1/jobs/mirror",
+        var p = await Http.PostProblemAsync("/api/v1/jobs/mirror",
             new { id = "self", sync = "full", device = "disk0", target = "loop", copyMode = "write-blocking" }, 400, "mirror-into-itself");
         Assert.Contains("into itself", (string?)p["detail"], StringComparison.Ordinal);
-        Assert.Empty((await _http.GetJsonAsync("/api/v1/jobs"))["items"]!.AsArray());
-        Assert.False((bool)(await _http.GetJsonAsync("/api/v1/nodes/disk0"))["busy"]!);
+        Assert.Empty((await Http.GetJsonAsync("/api/v1/jobs"))["items"]!.AsArray());
+        Assert.False((bool)(await Http.GetJsonAsync("/api/v1/nodes/disk0"))["busy"]!);
         // The service still answers writes to the device through its own path and the export.
-        await _http.WriteAsync("loop", 0, ApiClient.Pattern(4096, 9));
-        Assert.Equal(ApiClient.Pattern(4096, 9), await _http.ReadAsync("disk0", 0, 4096));
+        await Http.WriteAsync("loop", 0, ApiClient.Pattern(4096, 9));
+        Assert.Equal(ApiClient.Pattern(4096, 9), await Http.ReadAsync("disk0", 0, 4096));
     }
 }

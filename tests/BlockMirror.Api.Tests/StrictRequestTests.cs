@@ -10,26 +10,21 @@ namespace BlockMirror.Api.Tests;
 /// Issue 12 items 1–3: a request the API does not understand is refused naming the field (and,
 /// for QEMU's spellings, the member meant), before anything is looked up, and changes nothing.
 /// </summary>
-public sealed class StrictRequestTests : IAsyncLifetime
+public sealed class StrictRequestTests : ServiceTest
 {
     private const long MiB = 1L << 20;
-    private readonly BlockMirrorFactory _factory = new();
-    private HttpClient _http = null!;
 
-    public async Task InitializeAsync()
+    protected override async Task SetUpAsync()
     {
-        _http = _factory.CreateClient();
-        await _http.CreateNodeAsync("disk0", 8 * MiB);
-        await _http.CreateNodeAsync("copy", 8 * MiB);
-        await _http.AddBitmapAsync("disk0", "b0");
+        await Http.CreateNodeAsync("disk0", 8 * MiB);
+        await Http.CreateNodeAsync("copy", 8 * MiB);
+        await Http.AddBitmapAsync("disk0", "b0");
     }
-
-    public async Task DisposeAsync() => await _factory.DisposeAsync();
 
     private async Task<JsonNode> SendAsync(HttpMethod method, string url, string json, int status, string code)
     {
         using var request = new HttpRequestMessage(method, url) { Content = new StringContent(json, Encoding.UTF8, "application/json") };
-        using var response = await _http.SendAsync(request);
+        using var response = await Http.SendAsync(request);
         return await ApiClient.ExpectProblemAsync(response, status, code);
     }
 
@@ -44,7 +39,7 @@ public sealed class StrictRequestTests : IAsyncLifetime
         return string.Join(" | ", errors![field]!.AsArray().Select(m => (string)m!));
     }
 
-    private async Task AssertNoJobsAsync() => Assert.Empty((await _http.GetJsonAsync("/api/v1/jobs"))["items"]!.AsArray());
+    private async Task AssertNoJobsAsync() => Assert.Empty((await Http.GetJsonAsync("/api/v1/jobs"))["items"]!.AsArray());
 
     // ---- item 1: unknown members ----------------------------------------------------------------
 
@@ -58,7 +53,7 @@ public sealed class StrictRequestTests : IAsyncLifetime
         Assert.Contains("bitmapMode", ErrorOf(p, "bitmap-mode"), StringComparison.Ordinal);
         Assert.Contains("bitmapMode", (string?)p["detail"], StringComparison.Ordinal);
         await AssertNoJobsAsync();
-        var b0 = await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0");
+        var b0 = await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0");
         Assert.False((bool)b0["busy"]!);
         Assert.True((bool)b0["recording"]!);
     }
@@ -85,7 +80,7 @@ public sealed class StrictRequestTests : IAsyncLifetime
     {
         var p = await PostAsync("/api/v1/nodes", """{"name":"n","driver":"raw","path":"n.img","create":{"size":1048576,"sparse":true}}""", code: "unknown-field");
         Assert.Contains("size", ErrorOf(p, "create.sparse"), StringComparison.Ordinal);
-        Assert.False(File.Exists(Path.Combine(_factory.ImageRoot, "n.img")));
+        Assert.False(File.Exists(Path.Combine(Factory.ImageRoot, "n.img")));
 
         p = await PostAsync("/api/v1/nodes", """{"node-name":"n","driver":"raw","path":"n.img"}""", code: "unknown-field");
         Assert.Contains("'name'", ErrorOf(p, "node-name"), StringComparison.Ordinal);
@@ -104,7 +99,7 @@ public sealed class StrictRequestTests : IAsyncLifetime
             """{"actions":[{"type":"bitmap-add","node":"disk0","name":"x"},{"type":"bitmap-clear","node":"disk0","name":"b0","granularity":65536}]}""",
             code: "unknown-field");
         Assert.Contains("bitmap-clear", ErrorOf(p, "actions[1].granularity"), StringComparison.Ordinal);
-        Assert.Single((await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps"))["items"]!.AsArray());
+        Assert.Single((await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps"))["items"]!.AsArray());
 
         p = await PostAsync("/api/v1/transactions", """{"actions":[{"type":"bitmap-frobnicate","node":"disk0","name":"b0"}]}""");
         Assert.Contains("bitmap-merge", ErrorOf(p, "actions[0].type"), StringComparison.Ordinal);
@@ -138,7 +133,7 @@ public sealed class StrictRequestTests : IAsyncLifetime
         Assert.Contains(message, ErrorOf(p, field), StringComparison.Ordinal);
         Assert.Contains(field, (string?)p["detail"], StringComparison.Ordinal);
         await AssertNoJobsAsync();
-        Assert.Equal(2, (await _http.GetJsonAsync("/api/v1/nodes"))["items"]!.AsArray().Count);
+        Assert.Equal(2, (await Http.GetJsonAsync("/api/v1/nodes"))["items"]!.AsArray().Count);
     }
 
     [Theory]
@@ -156,7 +151,7 @@ public sealed class StrictRequestTests : IAsyncLifetime
     public async Task A_missing_body_is_named()
     {
         using var empty = new StringContent("", Encoding.UTF8, "application/json");
-        using var r = await _http.PostAsync("/api/v1/nodes", empty);
+        using var r = await Http.PostAsync("/api/v1/nodes", empty);
         var p = await ApiClient.ExpectProblemAsync(r, 400, "invalid-request");
         Assert.Contains("required", ErrorOf(p, "body"), StringComparison.Ordinal);
     }
@@ -164,26 +159,26 @@ public sealed class StrictRequestTests : IAsyncLifetime
     [Fact]
     public async Task Sizes_are_accepted_as_users_type_them()
     {
-        var node = await _http.PostJsonAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = "n.img", create = new { size = "8M" } }, HttpStatusCode.Created);
+        var node = await Http.PostJsonAsync("/api/v1/nodes", new { name = "n", driver = "raw", path = "n.img", create = new { size = "8M" } }, HttpStatusCode.Created);
         Assert.Equal(8 * MiB, (long)node["size"]!);
-        var bitmap = await _http.PostJsonAsync("/api/v1/nodes/n/bitmaps", new { name = "b", granularity = "64K" }, HttpStatusCode.Created);
+        var bitmap = await Http.PostJsonAsync("/api/v1/nodes/n/bitmaps", new { name = "b", granularity = "64K" }, HttpStatusCode.Created);
         Assert.Equal(65536, (long)bitmap["granularity"]!);
-        var bitmap2 = await _http.PostJsonAsync("/api/v1/nodes/n/bitmaps", new { name = "b2", granularity = "1.5K" }, HttpStatusCode.BadRequest);
+        var bitmap2 = await Http.PostJsonAsync("/api/v1/nodes/n/bitmaps", new { name = "b2", granularity = "1.5K" }, HttpStatusCode.BadRequest);
         Assert.Equal("invalid-granularity", (string?)bitmap2["code"]); // 1536 bytes parses; it is not a power of two
-        var job = await _http.PostJsonAsync("/api/v1/jobs/mirror",
+        var job = await Http.PostJsonAsync("/api/v1/jobs/mirror",
             new { id = "j", sync = "full", device = "disk0", target = "copy", speed = "1M", bufSize = "4MiB", granularity = "128k", autoDismiss = false }, HttpStatusCode.Created);
         Assert.Equal(MiB, (long)job["speed"]!);
         Assert.Equal(4 * MiB, (long)job["bufSize"]!);
         Assert.Equal(131072, (long)job["granularity"]!);
-        using var patch = await _http.PatchAsync("/api/v1/jobs/j", new StringContent("""{"speed":"2M"}""", Encoding.UTF8, "application/json"));
+        using var patch = await Http.PatchAsync("/api/v1/jobs/j", new StringContent("""{"speed":"2M"}""", Encoding.UTF8, "application/json"));
         var changed = await ApiClient.ExpectAsync(patch, HttpStatusCode.OK);
         Assert.Equal(2 * MiB, (long)changed["speed"]!);
-        await _http.PostJsonAsync("/api/v1/jobs/j/cancel", new { force = true });
+        await Http.PostJsonAsync("/api/v1/jobs/j/cancel", new { force = true });
 
         // Query byte counts too.
         var data = ApiClient.Pattern(4096, 3);
-        await _http.WriteAsync("n", MiB, data);
-        using var read = await _http.GetAsync("/api/v1/nodes/n/data?offset=1M&length=4K");
+        await Http.WriteAsync("n", MiB, data);
+        using var read = await Http.GetAsync("/api/v1/nodes/n/data?offset=1M&length=4K");
         Assert.Equal(HttpStatusCode.OK, read.StatusCode);
         Assert.Equal(data, await read.Content.ReadAsByteArrayAsync());
     }
@@ -191,31 +186,31 @@ public sealed class StrictRequestTests : IAsyncLifetime
     [Fact]
     public async Task Data_path_query_parameters_are_named()
     {
-        using (var r = await _http.GetAsync("/api/v1/nodes/disk0/data?offset=0"))
+        using (var r = await Http.GetAsync("/api/v1/nodes/disk0/data?offset=0"))
             Assert.Contains("required", ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "length"), StringComparison.Ordinal);
-        using (var r = await _http.GetAsync("/api/v1/nodes/disk0/data?offset=0&length=lots"))
+        using (var r = await Http.GetAsync("/api/v1/nodes/disk0/data?offset=0&length=lots"))
             Assert.Contains("got \"lots\"", ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "length"), StringComparison.Ordinal);
         using (var content = Bytes(16))
-        using (var r = await _http.PutAsync("/api/v1/nodes/disk0/data", content))
+        using (var r = await Http.PutAsync("/api/v1/nodes/disk0/data", content))
             Assert.Contains("required", ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "offset"), StringComparison.Ordinal);
-        using (var r = await _http.GetAsync("/api/v1/nodes/disk0/extents?offset=x"))
+        using (var r = await Http.GetAsync("/api/v1/nodes/disk0/extents?offset=x"))
             ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "offset");
-        using (var r = await _http.DeleteAsync("/api/v1/nodes/copy?deleteImage=perhaps"))
+        using (var r = await Http.DeleteAsync("/api/v1/nodes/copy?deleteImage=perhaps"))
             Assert.Contains("true or false", ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "deleteImage"), StringComparison.Ordinal);
-        Assert.Equal(0, (long)(await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["count"]!);
-        Assert.True(File.Exists(Path.Combine(_factory.ImageRoot, "copy.img")));
+        Assert.Equal(0, (long)(await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["count"]!);
+        Assert.True(File.Exists(Path.Combine(Factory.ImageRoot, "copy.img")));
     }
 
     [Fact]
     public async Task Job_list_parameters_are_named()
     {
-        using (var r = await _http.GetAsync("/api/v1/jobs?include=everything"))
+        using (var r = await Http.GetAsync("/api/v1/jobs?include=everything"))
             Assert.Contains("dismissed, history", ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "include"), StringComparison.Ordinal);
-        using (var r = await _http.GetAsync("/api/v1/jobs?include=history&limit=0"))
+        using (var r = await Http.GetAsync("/api/v1/jobs?include=history&limit=0"))
             ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "limit");
-        using (var r = await _http.GetAsync("/api/v1/jobs?include=history&after=bogus"))
+        using (var r = await Http.GetAsync("/api/v1/jobs?include=history&after=bogus"))
             ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "after");
-        using (var r = await _http.GetAsync("/api/v1/jobs?limit=10"))
+        using (var r = await Http.GetAsync("/api/v1/jobs?limit=10"))
             ErrorOf(await ApiClient.ExpectProblemAsync(r, 400, "invalid-request"), "limit");
     }
 
@@ -227,18 +222,18 @@ public sealed class StrictRequestTests : IAsyncLifetime
     {
         using var content = new StringContent("""{"data":"AAAA"}""", Encoding.UTF8);
         content.Headers.ContentType = new MediaTypeHeaderValue(type);
-        using var r = await _http.PutAsync("/api/v1/nodes/disk0/data?offset=0", content);
+        using var r = await Http.PutAsync("/api/v1/nodes/disk0/data?offset=0", content);
         var p = await ApiClient.ExpectProblemAsync(r, 415, "unsupported-media-type");
         Assert.Contains("application/octet-stream", (string?)p["detail"], StringComparison.Ordinal);
-        Assert.Equal(0, (long)(await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["count"]!);
-        Assert.All((await _http.GetJsonAsync("/api/v1/nodes/disk0/extents"))["items"]!.AsArray(), e => Assert.Equal("zero", (string?)e!["type"]));
+        Assert.Equal(0, (long)(await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["count"]!);
+        Assert.All((await Http.GetJsonAsync("/api/v1/nodes/disk0/extents"))["items"]!.AsArray(), e => Assert.Equal("zero", (string?)e!["type"]));
     }
 
     [Fact]
     public async Task A_json_body_of_another_type_is_415_saying_json()
     {
         using var content = new StringContent("{}", Encoding.UTF8, "text/plain");
-        using var r = await _http.PostAsync("/api/v1/nodes", content);
+        using var r = await Http.PostAsync("/api/v1/nodes", content);
         var p = await ApiClient.ExpectProblemAsync(r, 415, "unsupported-media-type");
         Assert.Contains("application/json", (string?)p["detail"], StringComparison.Ordinal);
     }
@@ -265,8 +260,8 @@ public sealed class StrictRequestTests : IAsyncLifetime
     public async Task Fields_are_checked_before_the_state_of_nodes_and_jobs()
     {
         // A busy device: a request with a field fault is refused for the field, not for the state.
-        await _http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "copy", speed = 1 }, HttpStatusCode.Created);
-        await _http.CreateNodeAsync("other", 8 * MiB);
+        await Http.PostJsonAsync("/api/v1/jobs/mirror", new { id = "j", sync = "full", device = "disk0", target = "copy", speed = 1 }, HttpStatusCode.Created);
+        await Http.CreateNodeAsync("other", 8 * MiB);
         var p = await PostAsync("/api/v1/jobs/mirror", """{"device":"disk0","target":"other","sync":"incremental"}""");
         ErrorOf(p, "sync");
         p = await PostAsync("/api/v1/jobs/mirror", """{"device":"disk0","target":"other","sync":"full","bitmap-mode":"never"}""", code: "unknown-field");
@@ -276,7 +271,7 @@ public sealed class StrictRequestTests : IAsyncLifetime
         // An existing name with a bad driver: the driver, not node-exists.
         p = await PostAsync("/api/v1/nodes", """{"name":"disk0","driver":"qcow3","path":"x.img"}""");
         ErrorOf(p, "driver");
-        await _http.PostJsonAsync("/api/v1/jobs/j/cancel", new { force = true });
+        await Http.PostJsonAsync("/api/v1/jobs/j/cancel", new { force = true });
     }
 
     private static ByteArrayContent Bytes(int length)

@@ -3,27 +3,22 @@ using BlockMirror.Api.Tests.Infrastructure;
 
 namespace BlockMirror.Api.Tests;
 
-public sealed class TransactionTests : IAsyncLifetime
+public sealed class TransactionTests : ServiceTest
 {
     private const long G = 65536;
-    private readonly BlockMirrorFactory _factory = new();
-    private HttpClient _http = null!;
 
-    public async Task InitializeAsync()
+    protected override async Task SetUpAsync()
     {
-        _http = _factory.CreateClient();
-        await _http.CreateNodeAsync("disk0", 16L << 20);
-        await _http.AddBitmapAsync("disk0", "b0");
-        await _http.WriteAsync("disk0", 2 * G, new byte[G]);
+        await Http.CreateNodeAsync("disk0", 16L << 20);
+        await Http.AddBitmapAsync("disk0", "b0");
+        await Http.WriteAsync("disk0", 2 * G, new byte[G]);
     }
-
-    public async Task DisposeAsync() => await _factory.DisposeAsync();
 
     [Fact]
     public async Task Copy_and_reset_in_one_step()
     {
         // libvirt's checkpoint pattern: new bitmap, merge the old one into it, clear the old one.
-        var result = await _http.PostJsonAsync("/api/v1/transactions", new
+        var result = await Http.PostJsonAsync("/api/v1/transactions", new
         {
             actions = new object[]
             {
@@ -37,16 +32,16 @@ public sealed class TransactionTests : IAsyncLifetime
         Assert.Equal("copy", (string?)results[0]!["name"]);
         Assert.Equal(G, (long)results[1]!["count"]!);
         Assert.Equal(0, (long)results[2]!["count"]!);
-        Assert.Equal(G, (long)(await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/copy"))["count"]!);
-        Assert.Equal(0, (long)(await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["count"]!);
+        Assert.Equal(G, (long)(await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/copy"))["count"]!);
+        Assert.Equal(0, (long)(await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0"))["count"]!);
     }
 
     [Fact]
     public async Task First_failure_aborts_everything_and_reports_its_index()
     {
-        await _http.AddBitmapAsync("disk0", "b1", disabled: true);
-        var before = (string?)(await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0/sha256"))["sha256"];
-        var problem = await _http.PostProblemAsync("/api/v1/transactions", new
+        await Http.AddBitmapAsync("disk0", "b1", disabled: true);
+        var before = (string?)(await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0/sha256"))["sha256"];
+        var problem = await Http.PostProblemAsync("/api/v1/transactions", new
         {
             actions = new object[]
             {
@@ -59,10 +54,10 @@ public sealed class TransactionTests : IAsyncLifetime
         }, 404, "bitmap-not-found");
         Assert.Equal(4, (int?)problem["actionIndex"]);
 
-        using (var r = await _http.GetAsync("/api/v1/nodes/disk0/bitmaps/new"))
+        using (var r = await Http.GetAsync("/api/v1/nodes/disk0/bitmaps/new"))
             await ApiClient.ExpectProblemAsync(r, 404, "bitmap-not-found");
-        Assert.Equal(before, (string?)(await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0/sha256"))["sha256"]);
-        var b1 = await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b1");
+        Assert.Equal(before, (string?)(await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0/sha256"))["sha256"]);
+        var b1 = await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b1");
         Assert.False((bool)b1["recording"]!);
         Assert.False((bool)b1["busy"]!);
     }
@@ -70,8 +65,8 @@ public sealed class TransactionTests : IAsyncLifetime
     [Fact]
     public async Task A_removed_bitmap_cannot_be_used_later_in_the_same_transaction()
     {
-        await _http.AddBitmapAsync("disk0", "t");
-        var problem = await _http.PostProblemAsync("/api/v1/transactions", new
+        await Http.AddBitmapAsync("disk0", "t");
+        var problem = await Http.PostProblemAsync("/api/v1/transactions", new
         {
             actions = new object[]
             {
@@ -80,16 +75,16 @@ public sealed class TransactionTests : IAsyncLifetime
             },
         }, 409, "bitmap-busy");
         Assert.Equal(1, (int?)problem["actionIndex"]);
-        await _http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0");
+        await Http.GetJsonAsync("/api/v1/nodes/disk0/bitmaps/b0");
     }
 
     [Fact]
     public async Task Malformed_actions_are_invalid_requests()
     {
-        await _http.PostProblemAsync("/api/v1/transactions", new { }, 400, "invalid-request");
-        await _http.PostProblemAsync("/api/v1/transactions", new { actions = new object[] { new { type = "format-disk", node = "disk0" } } }, 400, "invalid-request");
-        await _http.PostProblemAsync("/api/v1/transactions", new { actions = new object[] { new { type = "bitmap-add", node = "disk0" } } }, 400, "invalid-request");
-        var empty = await _http.PostJsonAsync("/api/v1/transactions", new { actions = Array.Empty<object>() });
+        await Http.PostProblemAsync("/api/v1/transactions", new { }, 400, "invalid-request");
+        await Http.PostProblemAsync("/api/v1/transactions", new { actions = new object[] { new { type = "format-disk", node = "disk0" } } }, 400, "invalid-request");
+        await Http.PostProblemAsync("/api/v1/transactions", new { actions = new object[] { new { type = "bitmap-add", node = "disk0" } } }, 400, "invalid-request");
+        var empty = await Http.PostJsonAsync("/api/v1/transactions", new { actions = Array.Empty<object>() });
         Assert.Empty(empty["results"]!.AsArray());
     }
 
@@ -98,11 +93,11 @@ public sealed class TransactionTests : IAsyncLifetime
     {
         // Concurrent writers and copy-and-clear transactions: every write lands in exactly one of the
         // two bitmaps (before the transaction in 'copy', after it in 'b0'), never in neither.
-        await _http.PostJsonAsync("/api/v1/nodes/disk0/bitmaps/b0/clear", new { });
-        var writes = Enumerable.Range(0, 64).Select(i => _http.WriteAsync("disk0", i * 4 * G, new byte[512]));
+        await Http.PostJsonAsync("/api/v1/nodes/disk0/bitmaps/b0/clear", new { });
+        var writes = Enumerable.Range(0, 64).Select(i => Http.WriteAsync("disk0", i * 4 * G, new byte[512]));
         var txs = Enumerable.Range(0, 8).Select(async i =>
         {
-            await _http.PostJsonAsync("/api/v1/transactions", new
+            await Http.PostJsonAsync("/api/v1/transactions", new
             {
                 actions = new object[]
                 {
@@ -117,7 +112,7 @@ public sealed class TransactionTests : IAsyncLifetime
         var union = new HashSet<long>();
         foreach (var name in Enumerable.Range(0, 8).Select(i => $"copy{i}").Append("b0"))
         {
-            foreach (var (off, len) in ApiClient.Extents(await _http.GetJsonAsync($"/api/v1/nodes/disk0/bitmaps/{name}/extents")))
+            foreach (var (off, len) in ApiClient.Extents(await Http.GetJsonAsync($"/api/v1/nodes/disk0/bitmaps/{name}/extents")))
             {
                 for (var o = off; o < off + len; o += G)
                     union.Add(o);

@@ -80,7 +80,7 @@ public sealed class NbdPipelineTests
         await raw.GoAsync("disk0", structured: false);
         var data = Pattern(4096, 7);
 
-        var quiesced = await env.Disk.Gate.QuiesceAsync();
+        var quiesced = await env.Disk.QuiesceGate.QuiesceAsync();
         try
         {
             await raw.WriteAsync([
@@ -109,7 +109,7 @@ public sealed class NbdPipelineTests
         await raw.GoAsync("disk0", structured: false);
         var data = Pattern(4096, 8);
 
-        var quiesced = await env.Disk.Gate.QuiesceAsync();
+        var quiesced = await env.Disk.QuiesceGate.QuiesceAsync();
         await raw.WriteAsync([
             .. NbdRawConnection.Request(0, CmdWrite, cookie: 1, offset: 0, length: 4096, data),
             .. NbdRawConnection.Request(0, CmdDisc, cookie: 2, offset: 0, length: 0),

@@ -4,7 +4,7 @@ using Microsoft.EntityFrameworkCore;
 namespace BlockMirror.Api.Data;
 
 /// <summary>The block layer's store on SQLite. Each call is one short transaction (a checkpoint of several bitmaps included).</summary>
-public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteGate gate) : IBlockStore
+public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteLock writeLock) : IBlockStore
 {
     public async Task<IReadOnlyList<NodeRecord>> LoadNodesAsync(CancellationToken cancellationToken = default)
     {
@@ -27,14 +27,14 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
         await ApplyNodeAsync(db, node, cancellationToken);
-        using (await gate.EnterAsync(cancellationToken))
+        using (await writeLock.AcquireAsync(cancellationToken))
             await db.SaveChangesAsync(cancellationToken);
     }
 
     public async Task DeleteNodeAsync(string name, CancellationToken cancellationToken = default)
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
-        using var turn = await gate.EnterAsync(cancellationToken);
+        using var held = await writeLock.AcquireAsync(cancellationToken);
         await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
         await db.Bitmaps.Where(b => b.Node == name).ExecuteDeleteAsync(cancellationToken);
         await db.Nodes.Where(n => n.Name == name).ExecuteDeleteAsync(cancellationToken);
@@ -45,7 +45,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
         await ApplyBitmapsAsync(db, bitmaps, cancellationToken);
-        using (await gate.EnterAsync(cancellationToken))
+        using (await writeLock.AcquireAsync(cancellationToken))
             await db.SaveChangesAsync(cancellationToken);
     }
 
@@ -54,7 +54,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
         await ApplyNodeAsync(db, device, cancellationToken);
         await ApplyBitmapsAsync(db, deviceBitmaps, cancellationToken);
-        using var turn = await gate.EnterAsync(cancellationToken);
+        using var held = await writeLock.AcquireAsync(cancellationToken);
         await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
         await db.Bitmaps.Where(b => b.Node == consumedNode).ExecuteDeleteAsync(cancellationToken);
         await db.Nodes.Where(n => n.Name == consumedNode).ExecuteDeleteAsync(cancellationToken);
@@ -65,7 +65,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
     public async Task DeleteBitmapsAsync(IReadOnlyCollection<(string Node, string Name)> bitmaps, CancellationToken cancellationToken = default)
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
-        using var turn = await gate.EnterAsync(cancellationToken);
+        using var held = await writeLock.AcquireAsync(cancellationToken);
         await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
         foreach (var (node, name) in bitmaps)
             await db.Bitmaps.Where(b => b.Node == node && b.Name == name).ExecuteDeleteAsync(cancellationToken);
@@ -77,7 +77,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
         var deletedKeys = deleted.ToHashSet();
         await ApplyBitmapsAsync(db, [.. saved.Where(b => !deletedKeys.Contains((b.Node, b.Name)))], cancellationToken);
-        using var turn = await gate.EnterAsync(cancellationToken);
+        using var held = await writeLock.AcquireAsync(cancellationToken);
         await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
         foreach (var (node, name) in deleted)
             await db.Bitmaps.Where(b => b.Node == node && b.Name == name).ExecuteDeleteAsync(cancellationToken);

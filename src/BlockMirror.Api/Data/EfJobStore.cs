@@ -5,8 +5,8 @@ using Microsoft.EntityFrameworkCore;
 
 namespace BlockMirror.Api.Data;
 
-/// <summary>Jobs on SQLite: one row per job run, the full snapshot as JSON.</summary>
-public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteGate gate) : IJobStore
+/// <summary>Jobs on SQLite: one row per job run, the full snapshot as JSON (<see cref="StoredJobSnapshot"/>).</summary>
+public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteLock writeLock) : IJobStore
 {
     /// <summary>The snapshot's JSON (lenient: older snapshots lack newer members).</summary>
     internal static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
@@ -28,11 +28,11 @@ public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, 
         row.Error = job.Error;
         row.Outcome = RestoredJob.RecordedOutcome(job) is { } ended ? JobNames.Of(ended.Outcome) : null;
         row.Dismissed = job.Dismissed;
-        row.Snapshot = JsonSerializer.Serialize(job.Snapshot, Json);
+        row.Snapshot = SerializeSnapshot(job.Snapshot);
         row.CreatedAt = job.CreatedAt;
         row.UpdatedAt = job.UpdatedAt;
         row.FinishedAt = job.FinishedAt;
-        using (await gate.EnterAsync(cancellationToken))
+        using (await writeLock.AcquireAsync(cancellationToken))
             await db.SaveChangesAsync(cancellationToken);
     }
 
@@ -40,11 +40,15 @@ public sealed class EfJobStore(IDbContextFactory<BlockMirrorDbContext> factory, 
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
         var rows = await db.Jobs.AsNoTracking().OrderBy(j => j.CreatedAt).ToListAsync(cancellationToken);
-        return [.. rows.Select(r => new JobRecord(r.Uid, r.Id, r.Type, r.Status, r.Device, r.Target, r.Error, r.Dismissed,
-            JsonSerializer.Deserialize<JobInfo>(r.Snapshot, Json)!, r.CreatedAt, r.UpdatedAt, r.FinishedAt))];
+        return [.. rows.Select(ToRecord)];
     }
 
     /// <summary>A row as the record it stores (the history reads rows directly).</summary>
     internal static JobRecord ToRecord(JobEntity r) => new(r.Uid, r.Id, r.Type, r.Status, r.Device, r.Target, r.Error, r.Dismissed,
-        JsonSerializer.Deserialize<JobInfo>(r.Snapshot, Json)!, r.CreatedAt, r.UpdatedAt, r.FinishedAt);
+        DeserializeSnapshot(r.Snapshot), r.CreatedAt, r.UpdatedAt, r.FinishedAt);
+
+    /// <summary>A snapshot as the <c>Snapshot</c> column holds it.</summary>
+    internal static string SerializeSnapshot(JobInfo info) => JsonSerializer.Serialize(StoredJobSnapshot.From(info), Json);
+
+    internal static JobInfo DeserializeSnapshot(string json) => JsonSerializer.Deserialize<StoredJobSnapshot>(json, Json)!.ToInfo();
 }

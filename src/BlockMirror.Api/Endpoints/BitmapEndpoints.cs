@@ -54,7 +54,7 @@ public static class BitmapEndpoints
     /// <remarks>Refused while busy or read-only; an inconsistent bitmap can always be removed.</remarks>
     public static async Task<NoContent> RemoveBitmap(string node, string name, BlockLayer layer, CancellationToken cancellationToken)
     {
-        await layer.TransactionOrThrowAsync(new BitmapRemoveAction(node, name), cancellationToken);
+        await layer.RunOneActionAsync<object?>(new BitmapRemoveAction(node, name), cancellationToken);
         return TypedResults.NoContent();
     }
 
@@ -102,17 +102,5 @@ public static class BitmapEndpoints
     {
         var bitmap = await layer.BitmapActionAsync(action, cancellationToken);
         return TypedResults.Ok(bitmap.ToDto(layer.GetNode(node)));
-    }
-
-    private static async Task TransactionOrThrowAsync(this BlockLayer layer, TransactionAction action, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await layer.TransactionAsync([action], cancellationToken);
-        }
-        catch (TransactionFailedException e)
-        {
-            throw e.Error;
-        }
     }
 }

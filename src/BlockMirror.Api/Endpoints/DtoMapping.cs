@@ -28,7 +28,7 @@ public static class DtoMapping
             bitmap.Inconsistent ? bitmap.InconsistentReason : null);
 
     /// <summary>A live job as the API shows it (its duration so far while it runs).</summary>
-    public static JobDto ToDto(this Job job) => job.GetInfo().ToDto(job.Layer.UtcNow);
+    public static JobDto ToDto(this Job job) => job.GetInfo().ToDto(job.Host.Time.GetUtcNow().UtcDateTime);
 
     /// <summary>A job snapshot; <paramref name="now"/> ends the duration of a job not finished.</summary>
     public static JobDto ToDto(this JobInfo i, DateTime now) => new(

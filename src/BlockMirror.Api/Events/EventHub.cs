@@ -13,14 +13,15 @@ namespace BlockMirror.Api.Events;
 /// never waits on SQLite). A subscriber that reconnects with Last-Event-ID replays from the
 /// database, then from the in-memory tail, then live: nothing is lost or repeated.
 /// </summary>
-public sealed class EventHub : IEventSink, IAsyncDisposable
+public sealed partial class EventHub : IEventSink, IAsyncDisposable
 {
     private const int TailCapacity = 16384;
 
     private readonly IDbContextFactory<BlockMirrorDbContext> _factory;
-    private readonly SqliteWriteGate _gate;
+    private readonly SqliteWriteLock _writeLock;
     private readonly JsonSerializerOptions _json;
     private readonly TimeProvider _time;
+    private readonly ILogger<EventHub> _logger;
     private readonly Lock _lock = new();
     private readonly List<Channel<EventMessage>> _subscribers = [];
     private readonly LinkedList<EventMessage> _tail = new();
@@ -28,10 +29,11 @@ public sealed class EventHub : IEventSink, IAsyncDisposable
     private Task? _writer;
     private long _lastId;
 
-    public EventHub(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteGate gate, JsonSerializerOptions json, TimeProvider time)
+    public EventHub(IDbContextFactory<BlockMirrorDbContext> factory, SqliteWriteLock writeLock, JsonSerializerOptions json, TimeProvider time, ILogger<EventHub> logger)
     {
+        _logger = logger;
         _factory = factory;
-        _gate = gate;
+        _writeLock = writeLock;
         _json = json;
         _time = time;
     }
@@ -119,16 +121,20 @@ public sealed class EventHub : IEventSink, IAsyncDisposable
             {
                 await using var db = await _factory.CreateDbContextAsync();
                 db.Events.AddRange(batch.Select(m => new EventEntity { Id = m.Id, Name = m.Name, Data = m.Data, Time = m.Time }));
-                using (await _gate.EnterAsync())
+                using (await _writeLock.AcquireAsync())
                     await db.SaveChangesAsync();
             }
             catch (Exception e) when (e is DbUpdateException or InvalidOperationException or Microsoft.Data.Sqlite.SqliteException)
             {
                 // The events stay in the in-memory tail; a later restart simply does not replay them.
+                LogEventsNotStored(_logger, e, batch[0].Id, batch[^1].Id);
             }
             batch.Clear();
         }
     }
+
+    [LoggerMessage(1, LogLevel.Warning, "Events {First}-{Last} could not be stored; live subscribers got them, a restart will not replay them")]
+    private static partial void LogEventsNotStored(ILogger logger, Exception exception, long first, long last);
 
     public async ValueTask DisposeAsync()
     {

@@ -38,6 +38,12 @@ public sealed class BlockMirrorMetrics
         meter.CreateObservableGauge("blockmirror.bitmap.memory", () => _layer.BitmapMemoryInUse, unit: "By",
             description: "Memory the bitmaps take, as counted against Limits:BitmapMemoryBytes.");
 
+        // Failures an operator must act on (the service goes on, but the disk or database needs attention).
+        meter.CreateObservableCounter("blockmirror.journal.fold.failures", () => _layer.FailedFolds, unit: "{failure}",
+            description: "Background folds of the bitmap journal into the checkpoints that failed (the journal grows until one succeeds).");
+        meter.CreateObservableCounter("blockmirror.job.save.failures", () => _layer.FailedJobSaves, unit: "{failure}",
+            description: "Job records the database refused (the stored job state lags until a save succeeds).");
+
         NbdRequests = meter.CreateCounter<long>("blockmirror.nbd.requests", unit: "{request}",
             description: "NBD transmission requests handled by the NBD server.");
     }

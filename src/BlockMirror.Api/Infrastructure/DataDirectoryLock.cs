@@ -16,7 +16,7 @@ namespace BlockMirror.Api.Infrastructure;
 /// </summary>
 public sealed class DataDirectoryLock : IDisposable
 {
-    private readonly Lock _gate = new();
+    private readonly Lock _handleLock = new();
     private SafeFileHandle? _handle;
 
     /// <param name="databasePath">The SQLite file, or null for a database in memory (nothing to own).</param>
@@ -33,7 +33,7 @@ public sealed class DataDirectoryLock : IDisposable
     {
         get
         {
-            lock (_gate)
+            lock (_handleLock)
                 return _handle is not null;
         }
     }
@@ -53,7 +53,7 @@ public sealed class DataDirectoryLock : IDisposable
     /// <summary>Takes the lock, or throws a <see cref="StartupRefusedException"/> (<see cref="ExitCodes.InUse"/>) naming the holder. Idempotent.</summary>
     public void Acquire()
     {
-        lock (_gate)
+        lock (_handleLock)
         {
             if (LockPath is null || _handle is not null)
                 return;
@@ -95,7 +95,7 @@ public sealed class DataDirectoryLock : IDisposable
     /// <summary>Releases the lock (closing the descriptor drops it). The next instance may start.</summary>
     public void Dispose()
     {
-        lock (_gate)
+        lock (_handleLock)
         {
             _handle?.Dispose();
             _handle = null;

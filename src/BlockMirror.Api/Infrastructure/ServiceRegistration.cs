@@ -62,7 +62,7 @@ public static class ServiceRegistration
             var storage = sp.GetRequiredService<IOptions<StorageOptions>>().Value;
             return new ImageRoot(Path.GetFullPath(storage.Root, builder.Environment.ContentRootPath)) { AllowHardLinks = storage.AllowHardLinks };
         });
-        services.AddSingleton<SqliteWriteGate>();
+        services.AddSingleton<SqliteWriteLock>();
         services.AddSingleton<IBlockStore, EfBlockStore>();
         // The journal that keeps persistent bitmaps exact across a kill -9 lives beside the database
         // (its checkpoints are rows of it); a database in memory survives nothing, so it gets none.
@@ -70,7 +70,7 @@ public static class ServiceRegistration
         // registration makes GetService return null.
         services.AddSingleton<IBitmapJournal>(sp =>
             BitmapJournalPrefix(ResolveConnectionString(sp.GetRequiredService<IConfiguration>(), builder.Environment.ContentRootPath)) is { } prefix
-                ? new FileBitmapJournal(prefix, time: sp.GetRequiredService<TimeProvider>())
+                ? new FileBitmapJournal(prefix, time: sp.GetRequiredService<TimeProvider>(), logger: sp.GetRequiredService<ILogger<FileBitmapJournal>>())
                 : null!);
         services.AddSingleton<EventHub>();
         services.AddSingleton<IJobStore, EfJobStore>();
@@ -87,7 +87,8 @@ public static class ServiceRegistration
                 sp.GetRequiredService<IBlockStore>(),
                 sp.GetRequiredService<EventHub>(),
                 sp.GetRequiredService<TimeProvider>(),
-                sp.GetService<IRemoteImageOpener>())
+                sp.GetService<IRemoteImageOpener>(),
+                sp.GetRequiredService<ILoggerFactory>())
             {
                 JobStore = sp.GetRequiredService<IJobStore>(),
                 Journal = sp.GetService<IBitmapJournal>(),

@@ -28,7 +28,7 @@ public sealed partial class StartupService(
         await layer.LoadAsync(cancellationToken);
         foreach (var failure in layer.LoadFailures)
             logger.LogWarning("Not restored: {Failure}", failure);
-        // An operator should know why a persistent bitmap can only be removed now (BlockLayer.Unprovable).
+        // An operator should know why a persistent bitmap can only be removed now (BitmapPersistence.Unprovable).
         foreach (var bitmap in layer.InconsistentAtLoad)
             logger.LogWarning("Persistent bitmap not proven exact, restored inconsistent: {Bitmap}", bitmap);
         await layer.RecoverJobsAsync(cancellationToken);

@@ -17,7 +17,7 @@ public sealed class StorageHealthCheck(
     StorageHealth health,
     BlockLayer layer,
     IDbContextFactory<BlockMirrorDbContext> factory,
-    SqliteWriteGate gate) : IHealthCheck
+    SqliteWriteLock writeLock) : IHealthCheck
 {
     public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
     {
@@ -44,7 +44,7 @@ public sealed class StorageHealthCheck(
         try
         {
             await using var db = await factory.CreateDbContextAsync(cancellationToken);
-            using var turn = await gate.EnterAsync(cancellationToken);
+            using var held = await writeLock.AcquireAsync(cancellationToken);
             await using var tx = await db.Database.BeginTransactionAsync(cancellationToken);
             var version = await db.Database.SqlQueryRaw<long>("SELECT user_version AS Value FROM pragma_user_version").SingleAsync(cancellationToken);
             // A pragma takes no parameters; the value is the integer just read, formatted invariantly.

@@ -214,7 +214,7 @@ public sealed class DirtyBitmap
             long added = _bits.SetCountNew(first, last - first + 1);
             if (added != 0)
             {
-                PublishCount();
+                PublishCountBitmapLocked();
             }
 
             return added;
@@ -240,7 +240,7 @@ public sealed class DirtyBitmap
         lock (_lock)
         {
             _bits.Reset(first, stop - first);
-            PublishCount();
+            PublishCountBitmapLocked();
         }
     }
 
@@ -250,7 +250,7 @@ public sealed class DirtyBitmap
         lock (_lock)
         {
             _bits.SetAll();
-            PublishCount();
+            PublishCountBitmapLocked();
         }
     }
 
@@ -260,7 +260,7 @@ public sealed class DirtyBitmap
         lock (_lock)
         {
             _bits.ResetAll();
-            PublishCount();
+            PublishCountBitmapLocked();
         }
     }
 
@@ -430,7 +430,7 @@ public sealed class DirtyBitmap
                 lock (_lock)
                 {
                     _bits.OrWords(buffer.AsSpan(0, words));
-                    PublishCount();
+                    PublishCountBitmapLocked();
                 }
             }
             finally
@@ -461,7 +461,7 @@ public sealed class DirtyBitmap
                 pos = s + c;
             }
 
-            PublishCount();
+            PublishCountBitmapLocked();
         }
     }
 
@@ -482,7 +482,7 @@ public sealed class DirtyBitmap
         lock (_lock)
         {
             _bits.CopyFrom(bits);
-            PublishCount();
+            PublishCountBitmapLocked();
         }
     }
 
@@ -506,7 +506,7 @@ public sealed class DirtyBitmap
         lock (_lock)
         {
             _bits.CopyFrom(loaded);
-            PublishCount();
+            PublishCountBitmapLocked();
         }
     }
 
@@ -520,7 +520,7 @@ public sealed class DirtyBitmap
     }
 
     /// <summary>Recomputes the lock-free counters; caller holds the lock.</summary>
-    private void PublishCount()
+    private void PublishCountBitmapLocked()
     {
         long granules = _bits.Count;
         long bytes = granules << _shift;

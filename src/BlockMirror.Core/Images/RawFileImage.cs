@@ -23,9 +23,9 @@ public sealed class RawFileImage : IBlockImage, IInlineIo
     private const long SmallestBlock = 4096;
 
     private readonly SafeFileHandle _handle;
-    private readonly SemaphoreSlim _writeTurn = new(1, 1);
+    private readonly SemaphoreSlim _pwriteLock = new(1, 1);
     private readonly BlockStatusCache _dataRegion = new();
-    private readonly Lock _seekHoleTurn = new();
+    private readonly Lock _seekHoleLock = new();
     private readonly Action _fdatasync;
     private int _disposed;
     private StatBuffer? _closedStat;
@@ -60,7 +60,7 @@ public sealed class RawFileImage : IBlockImage, IInlineIo
     public bool HasZeroInit => true;
 
     /// <summary>st_blocks × 512, from a fresh fstat on every call (allocation changes under us).</summary>
-    public long AllocatedBytes => Stat().Blocks * 512;
+    public long AllocatedBytes => Stat().Blocks * StatBuffer.BlockUnit;
 
     /// <summary>
     /// Forgets fallocate, as on a filesystem without it, so write-zeroes writes zero buffers and
@@ -195,12 +195,12 @@ public sealed class RawFileImage : IBlockImage, IInlineIo
     }
 
     /// <inheritdoc />
-    /// <remarks>Takes the same write turn as <see cref="WriteAsync"/>, without waiting for it.</remarks>
+    /// <remarks>Takes the same pwrite lock as <see cref="WriteAsync"/>, without waiting for it.</remarks>
     public bool TryWriteInline(long offset, ReadOnlySpan<byte> data)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ThrowIfReadOnly();
-        if (!_writeTurn.Wait(0))
+        if (!_pwriteLock.Wait(0))
             return false;
         try
         {
@@ -208,7 +208,7 @@ public sealed class RawFileImage : IBlockImage, IInlineIo
         }
         finally
         {
-            _writeTurn.Release();
+            _pwriteLock.Release();
         }
         return true;
     }
@@ -221,7 +221,7 @@ public sealed class RawFileImage : IBlockImage, IInlineIo
         // RandomAccess.WriteAsync already loops until every byte is written.
         return fua
             ? WriteFuaAsync(offset, data, cancellationToken)
-            : WriteInTurnAsync(offset, data, cancellationToken);
+            : WriteSerializedAsync(offset, data, cancellationToken);
     }
 
     /// <summary>
@@ -230,23 +230,23 @@ public sealed class RawFileImage : IBlockImage, IInlineIo
     /// NBD server's CPU with 16 writes in flight). Waiting here is asynchronous and costs no thread.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask WriteInTurnAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    private async ValueTask WriteSerializedAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await _writeTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _pwriteLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             await RandomAccess.WriteAsync(_handle, data, offset, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            _writeTurn.Release();
+            _pwriteLock.Release();
         }
     }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteFuaAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await WriteInTurnAsync(offset, data, cancellationToken).ConfigureAwait(false);
+        await WriteSerializedAsync(offset, data, cancellationToken).ConfigureAwait(false);
         // A file has no FUA; like QEMU we emulate it with a flush after the write.
         await Task.Run(_fdatasync, CancellationToken.None).ConfigureAwait(false);
     }
@@ -408,7 +408,7 @@ public sealed class RawFileImage : IBlockImage, IInlineIo
 
         // One SEEK_HOLE at a time: the kernel serializes them on the file's f_pos_lock anyway, and
         // a caller that waited here may find its answer in the region the one before it cached.
-        lock (_seekHoleTurn)
+        lock (_seekHoleLock)
         {
             if (_dataRegion.TryGetData(offset, out dataEnd))
                 return new ImageExtent(offset, Math.Min(length, dataEnd - offset), ExtentKind.Data);
@@ -465,16 +465,7 @@ public sealed class RawFileImage : IBlockImage, IInlineIo
         }
     }
 
-    private void SyncData()
-    {
-        using var lease = new FileDescriptorLease(_handle);
-        while (LibC.fdatasync(lease.Fd) != 0)
-        {
-            var errno = LibC.LastErrno;
-            if (errno != LibC.EINTR)
-                throw LibC.ErrnoException(errno, Location, "fdatasync");
-        }
-    }
+    private void SyncData() => LibC.FDataSync(_handle, Location);
 
     private StatBuffer Stat()
     {

@@ -21,6 +21,9 @@ internal struct StatBuffer
     internal const uint Fifo = 0x1000;
     internal const uint Socket = 0xC000;
 
+    /// <summary>The unit of <see cref="Blocks"/>: st_blocks counts 512-byte blocks whatever the file system's block size.</summary>
+    internal const long BlockUnit = 512;
+
     private static readonly bool s_x64 = RuntimeInformation.ProcessArchitecture == Architecture.X64;
 
     /// <summary>st_dev.</summary>

@@ -11,7 +11,7 @@ namespace BlockMirror.Core.Jobs;
 /// </summary>
 internal sealed class AsyncSignal : IValueTaskSource<bool>
 {
-    private readonly Lock _lock = new();
+    private readonly Lock _signalLock = new();
     private readonly TimeProvider _time;
     private ManualResetValueTaskSourceCore<bool> _core = new() { RunContinuationsAsynchronously = true };
     private bool _set;
@@ -23,21 +23,21 @@ internal sealed class AsyncSignal : IValueTaskSource<bool>
     /// <summary>Wakes the waiter, or the next one if nobody waits now.</summary>
     public void Set()
     {
-        lock (_lock)
+        lock (_signalLock)
         {
             if (!_waiting)
             {
                 _set = true;
                 return;
             }
-            CompleteLocked(true);
+            CompleteSignalLocked(true);
         }
     }
 
     /// <summary>Waits for <see cref="Set"/>; true when signalled, false when <paramref name="timeout"/> passed first.</summary>
     public ValueTask<bool> WaitAsync(TimeSpan? timeout = null)
     {
-        lock (_lock)
+        lock (_signalLock)
         {
             if (_waiting)
                 throw new InvalidOperationException("AsyncSignal supports a single waiter");
@@ -59,14 +59,14 @@ internal sealed class AsyncSignal : IValueTaskSource<bool>
 
     private void OnTimeout(short version)
     {
-        lock (_lock)
+        lock (_signalLock)
         {
             if (_waiting && _core.Version == version)
-                CompleteLocked(false);
+                CompleteSignalLocked(false);
         }
     }
 
-    private void CompleteLocked(bool signalled)
+    private void CompleteSignalLocked(bool signalled)
     {
         _waiting = false;
         _timer?.Dispose();

@@ -1,3 +1,4 @@
+using BlockMirror.Core.Bitmaps;
 using BlockMirror.Core.State;
 
 namespace BlockMirror.Core.Jobs;
@@ -10,10 +11,12 @@ namespace BlockMirror.Core.Jobs;
 /// auto-finalize and auto-dismiss. A driver subclass supplies the run and the graph changes.
 /// </summary>
 /// <remarks>
-/// Verbs are called by <see cref="BlockLayer"/> under its control lock; the run executes on its
-/// own task and takes the control lock only to finish. The job's own state is guarded by one
-/// lock so a verb never sees a half-made transition; events are published under it, so their
-/// order is the order of the transitions.
+/// Verbs are called by the <see cref="JobManager"/> under the control lock (methods ending in
+/// <c>ControlLocked</c>); the run executes on its own task and takes the control lock only to
+/// finish. The job's own state is guarded by <see cref="StateLock"/> (methods ending in
+/// <c>StateLocked</c>) so a verb never sees a half-made transition; events are published under it,
+/// so their order is the order of the transitions. The layer is reached only through
+/// <see cref="IJobHost"/>.
 /// </remarks>
 public abstract class Job
 {
@@ -70,21 +73,24 @@ public abstract class Job
     private JobOutcome? _outcome;
     private JobCancelMode? _cancelMode;
 
-    protected Job(BlockLayer layer, string id, string device, bool autoFinalize, bool autoDismiss, long speed, Guid? uid = null, DateTime? createdAt = null)
+    protected Job(IJobHost host, string id, string device, bool autoFinalize, bool autoDismiss, long speed, Guid? uid = null, DateTime? createdAt = null)
     {
-        Layer = layer;
+        Host = host;
         Id = id;
         Device = device;
         AutoFinalize = autoFinalize;
         AutoDismiss = autoDismiss;
         _speed = speed;
         Uid = uid ?? Guid.NewGuid();
-        CreatedAt = createdAt ?? layer.UtcNow;
+        CreatedAt = createdAt ?? Now;
         _updatedAt = CreatedAt;
-        Wake = new AsyncSignal(layer.Time);
+        Wake = new AsyncSignal(host.Time);
     }
 
-    public BlockLayer Layer { get; }
+    /// <summary>The layer as a job sees it.</summary>
+    public IJobHost Host { get; }
+
+    private DateTime Now => Host.Time.GetUtcNow().UtcDateTime;
 
     /// <summary>Unique per job run (ids can be reused once a job is dismissed).</summary>
     public Guid Uid { get; }
@@ -236,6 +242,15 @@ public abstract class Job
     /// <summary>A snapshot with every field of API.md's "Job".</summary>
     public abstract JobInfo GetInfo();
 
+    /// <summary>
+    /// Whether the job works from <paramref name="bitmap"/> (clears its bits before their work is done,
+    /// so a checkpoint may store only what is durable of it, and may not store it disabled).
+    /// </summary>
+    public virtual bool WorksFrom(DirtyBitmap bitmap) => false;
+
+    /// <summary>Bytes of bitmaps the job owns privately, counted in the layer's bitmap memory budget.</summary>
+    public virtual long PrivateBitmapBytes => 0;
+
     public static bool CanTransition(JobStatus from, JobStatus to) => s_transitions[(int)from, (int)to];
 
     public static bool AllowsVerb(JobStatus status, JobVerb verb) => s_verbs[(int)verb, (int)status];
@@ -246,25 +261,25 @@ public abstract class Job
     protected void Transition(JobStatus to)
     {
         lock (StateLock)
-            TransitionLocked(to);
+            TransitionStateLocked(to);
     }
 
-    private void TransitionLocked(JobStatus to)
+    private void TransitionStateLocked(JobStatus to)
     {
         var from = _status;
         if (!CanTransition(from, to))
             throw new InvalidOperationException($"Job '{Id}': illegal transition {JobNames.Of(from)} -> {JobNames.Of(to)}");
         _status = to;
-        _updatedAt = Layer.UtcNow;
+        _updatedAt = Now;
         if (to == JobStatus.Ready)
             _readyAt ??= _updatedAt;
         if (from != to)
-            Layer.Events.Publish("JOB_STATUS_CHANGE", new { id = Id, status = JobNames.Of(to) });
+            Host.Events.Publish("JOB_STATUS_CHANGE", new { id = Id, status = JobNames.Of(to) });
         Save();
     }
 
     /// <summary>QEMU's job_apply_verb: refuses a verb the current status does not allow.</summary>
-    private void ApplyVerbLocked(JobVerb verb)
+    private void ApplyVerbStateLocked(JobVerb verb)
     {
         if (!AllowsVerb(_status, verb))
             throw BlockErrors.Conflict("job-verb-not-allowed",
@@ -275,11 +290,11 @@ public abstract class Job
     protected void ApplyVerb(JobVerb verb)
     {
         lock (StateLock)
-            ApplyVerbLocked(verb);
+            ApplyVerbStateLocked(verb);
     }
 
     /// <summary>Queues the job's current record for the store (never waits for it).</summary>
-    protected void Save() => Layer.EnqueueJobSave(this);
+    protected void Save() => Host.QueueSave(this);
 
     internal JobRecord ToRecord()
     {
@@ -294,52 +309,50 @@ public abstract class Job
             return _status == JobStatus.Null ? JobNames.Of(JobStatus.Concluded) : JobNames.Of(_status);
     }
 
-    // ---- verbs (BlockLayer calls these under its control lock) ------------------------------
+    // ---- verbs (the job manager calls these under the control lock) --------------------------
 
-    internal void UserPause()
+    internal void PauseControlLocked()
     {
         lock (StateLock)
         {
-            ApplyVerbLocked(JobVerb.Pause);
+            ApplyVerbStateLocked(JobVerb.Pause);
             if (_userPaused)
                 throw BlockErrors.Conflict("job-already-paused", "Job is already paused");
             _userPaused = true;
             _pauseCount++;
-            _updatedAt = Layer.UtcNow;
+            _updatedAt = Now;
         }
         Wake.Set();
         Save();
     }
 
-    internal void UserResume()
+    internal void ResumeControlLocked()
     {
         lock (StateLock)
         {
             // QEMU checks this before the verb table.
             if (!_userPaused)
                 throw BlockErrors.Conflict("job-not-paused", "Can't resume a job that was not paused");
-            ApplyVerbLocked(JobVerb.Resume);
+            ApplyVerbStateLocked(JobVerb.Resume);
             _userPaused = false;
             _pauseCount--;
             _ioStatus = IoStatus.Ok;
-            _updatedAt = Layer.UtcNow;
+            _updatedAt = Now;
         }
         Wake.Set();
         Save();
     }
 
-    internal void SetSpeed(long speed) => Change(speed, null);
-
-    internal void Complete()
+    internal void CompleteControlLocked()
     {
         lock (StateLock)
         {
-            ApplyVerbLocked(JobVerb.Complete);
+            ApplyVerbStateLocked(JobVerb.Complete);
             if (_cancelRequested)
                 throw BlockErrors.Conflict("job-verb-not-allowed", $"The active block job '{Id}' cannot be completed");
-            OnCompleteLocked();
+            OnCompleteStateLocked();
             _completeAccepted = true;
-            _updatedAt = Layer.UtcNow;
+            _updatedAt = Now;
         }
         Wake.Set();
         Save();
@@ -353,23 +366,23 @@ public abstract class Job
     /// (waiting, pending) is aborted now on a force cancel; a soft cancel of it is ignored, as in
     /// QEMU, when the driver keeps it soft.
     /// </summary>
-    internal async Task CancelAsync(bool force)
+    internal async Task CancelControlLockedAsync(bool force)
     {
         bool abortNow;
         lock (StateLock)
         {
-            force = AcceptCancelLocked(force);
+            force = AcceptCancelStateLocked(force);
             var deferred = _status is JobStatus.Waiting or JobStatus.Pending;
             if (deferred && !force)
                 return;
             _cancelRequested = true;
             _forceCancel |= force;
             abortNow = deferred;
-            _updatedAt = Layer.UtcNow;
+            _updatedAt = Now;
         }
         CancelAccepted(force);
         if (abortNow)
-            await AbortUnlockedAsync(null).ConfigureAwait(false);
+            await RunAbortControlLockedAsync(null).ConfigureAwait(false);
         else
             Save();
     }
@@ -380,7 +393,7 @@ public abstract class Job
     /// control lock, and must not wait for it: an operation holding that lock can be stuck behind
     /// the job's own I/O (a quiesce waiting for a write-blocking write to a target that does not
     /// answer) until this cancel abandons that I/O. Returns false, changing nothing, for any other
-    /// status: the caller then runs <see cref="CancelAsync"/> under the control lock.
+    /// status: the caller then runs <see cref="CancelControlLockedAsync"/> under the control lock.
     /// </summary>
     internal bool TryCancelRunning(bool force)
     {
@@ -388,10 +401,10 @@ public abstract class Job
         {
             if (_status is not (JobStatus.Created or JobStatus.Running or JobStatus.Paused or JobStatus.Ready or JobStatus.Standby))
                 return false;
-            force = AcceptCancelLocked(force);
+            force = AcceptCancelStateLocked(force);
             _cancelRequested = true;
             _forceCancel |= force;
-            _updatedAt = Layer.UtcNow;
+            _updatedAt = Now;
         }
         CancelAccepted(force);
         Save();
@@ -399,12 +412,12 @@ public abstract class Job
     }
 
     /// <summary>The checks and the resume of a cancel; returns whether it is a force cancel.</summary>
-    private bool AcceptCancelLocked(bool force)
+    private bool AcceptCancelStateLocked(bool force)
     {
         if (_userPaused && !force)
             throw BlockErrors.Conflict("job-paused", $"The block job for device '{Id}' is currently paused");
-        ApplyVerbLocked(JobVerb.Cancel);
-        force = OnCancelLocked(force);
+        ApplyVerbStateLocked(JobVerb.Cancel);
+        force = OnCancelStateLocked(force);
         if (_userPaused)
         {
             _userPaused = false;
@@ -420,16 +433,16 @@ public abstract class Job
             OnForceCancelled();
     }
 
-    internal Task FinalizeAsync()
+    internal Task FinalizeControlLockedAsync()
     {
         ApplyVerb(JobVerb.Finalize);
-        return FinalizeUnlockedAsync();
+        return RunFinalizeControlLockedAsync();
     }
 
-    internal void Dismiss()
+    internal void DismissControlLocked()
     {
         ApplyVerb(JobVerb.Dismiss);
-        DismissUnlocked();
+        RemoveDismissedControlLocked();
     }
 
     /// <summary>
@@ -437,24 +450,24 @@ public abstract class Job
     /// checked against the table before its argument (block_job_set_speed_locked), and the speed is
     /// applied only once the copy mode change (the driver's, which may refuse) went through.
     /// </summary>
-    internal void Change(long? speed, MirrorCopyMode? copyMode)
+    internal void ChangeControlLocked(long? speed, MirrorCopyMode? copyMode)
     {
         lock (StateLock)
         {
             if (speed is { } s)
             {
-                ApplyVerbLocked(JobVerb.SetSpeed);
+                ApplyVerbStateLocked(JobVerb.SetSpeed);
                 if (s < 0)
                     throw BlockErrors.Invalid("invalid-speed", "Parameter 'speed' expects a non-negative value");
             }
             if (copyMode is { } mode)
             {
-                ApplyVerbLocked(JobVerb.Change);
-                OnChangeLocked(mode);
+                ApplyVerbStateLocked(JobVerb.Change);
+                OnChangeStateLocked(mode);
             }
             if (speed is { } newSpeed)
                 Interlocked.Exchange(ref _speed, newSpeed);
-            _updatedAt = Layer.UtcNow;
+            _updatedAt = Now;
         }
         if (speed is { } changed)
             OnSpeedChanged(changed);
@@ -463,7 +476,7 @@ public abstract class Job
     }
 
     /// <summary>Ends the job because the service stops: a force cancel that concludes with <paramref name="reason"/> as error.</summary>
-    internal async Task StopForShutdownAsync(string reason)
+    internal async Task StopForShutdownControlLockedAsync(string reason)
     {
         bool abortNow;
         lock (StateLock)
@@ -482,7 +495,7 @@ public abstract class Job
         }
         CancelAccepted(force: true);
         if (abortNow)
-            await AbortUnlockedAsync(reason).ConfigureAwait(false);
+            await RunAbortControlLockedAsync(reason).ConfigureAwait(false);
     }
 
     // ---- driver hooks -------------------------------------------------------------------------
@@ -491,19 +504,19 @@ public abstract class Job
     protected abstract Task RunAsync();
 
     /// <summary>Graph changes of a successful job (QEMU's .prepare); throwing fails the job.</summary>
-    protected virtual Task PrepareAsync() => Task.CompletedTask;
+    protected virtual Task PrepareControlLockedAsync() => Task.CompletedTask;
 
     /// <summary>After a successful prepare (QEMU's .commit).</summary>
-    protected virtual Task CommitAsync() => Task.CompletedTask;
+    protected virtual Task CommitControlLockedAsync() => Task.CompletedTask;
 
     /// <summary>The job failed or was cancelled (QEMU's .abort).</summary>
-    protected virtual Task AbortAsync() => Task.CompletedTask;
+    protected virtual Task AbortControlLockedAsync() => Task.CompletedTask;
 
     /// <summary>After commit or abort, in both cases (QEMU's .clean).</summary>
-    protected virtual Task CleanAsync() => Task.CompletedTask;
+    protected virtual Task CleanControlLockedAsync() => Task.CompletedTask;
 
     /// <summary>Maps a cancel request; returns whether it is a force cancel. Called under the state lock.</summary>
-    protected virtual bool OnCancelLocked(bool force) => true;
+    protected virtual bool OnCancelStateLocked(bool force) => true;
 
     /// <summary>
     /// A force cancel was accepted (called outside the state lock): the driver abandons its I/O in
@@ -514,11 +527,11 @@ public abstract class Job
     }
 
     /// <summary>The complete verb was accepted by the table. Called under the state lock; throw to refuse.</summary>
-    protected virtual void OnCompleteLocked() =>
+    protected virtual void OnCompleteStateLocked() =>
         throw BlockErrors.Conflict("job-verb-not-allowed", $"The active block job '{Id}' cannot be completed");
 
     /// <summary>block-job-change. Called under the state lock; throw to refuse.</summary>
-    protected virtual void OnChangeLocked(MirrorCopyMode copyMode) =>
+    protected virtual void OnChangeStateLocked(MirrorCopyMode copyMode) =>
         throw BlockErrors.Conflict("copy-mode-change", "Job type does not support change");
 
     protected virtual void OnSpeedChanged(long speed)
@@ -534,10 +547,10 @@ public abstract class Job
     // ---- the lifecycle ------------------------------------------------------------------------
 
     /// <summary>Called when the creating transaction committed: created, then started on its own task.</summary>
-    internal void Created() => Transition(JobStatus.Created);
+    internal void CreatedControlLocked() => Transition(JobStatus.Created);
 
     /// <summary>job_start: running at once (as QEMU does before entering the coroutine), the run on its own task.</summary>
-    internal void Start()
+    internal void StartControlLocked()
     {
         Transition(JobStatus.Running);
         _ = Task.Run(RunLifecycleAsync);
@@ -560,7 +573,7 @@ public abstract class Job
         }
         try
         {
-            await Layer.JobControlAsync(() => RunFinishedUnlockedAsync(error)).ConfigureAwait(false);
+            await Host.RunExitAsync(() => RunFinishedControlLockedAsync(error)).ConfigureAwait(false);
         }
         catch (Exception e)
         {
@@ -569,14 +582,14 @@ public abstract class Job
             {
                 _error ??= e.Message;
                 _outcome ??= JobOutcome.Failed;
-                _finishedAt ??= Layer.UtcNow;
+                _finishedAt ??= Now;
             }
             _concluded.TrySetResult();
         }
     }
 
     /// <summary>QEMU's job_completed: success waits for finalisation, anything else aborts.</summary>
-    private async Task RunFinishedUnlockedAsync(string? error)
+    private async Task RunFinishedControlLockedAsync(string? error)
     {
         string? stop;
         bool force;
@@ -588,33 +601,33 @@ public abstract class Job
         error ??= stop;
         if (error is not null || force)
         {
-            await AbortUnlockedAsync(error).ConfigureAwait(false);
+            await RunAbortControlLockedAsync(error).ConfigureAwait(false);
             return;
         }
         Transition(JobStatus.Waiting);
         Transition(JobStatus.Pending);
         if (!AutoFinalize)
         {
-            Layer.Events.Publish("BLOCK_JOB_PENDING", new { type = Type, id = Id });
+            Host.Events.Publish("BLOCK_JOB_PENDING", new { type = Type, id = Id });
             return;
         }
-        await FinalizeUnlockedAsync().ConfigureAwait(false);
+        await RunFinalizeControlLockedAsync().ConfigureAwait(false);
     }
 
     /// <summary>job_finalize: prepare (graph changes), then commit and clean, or abort if prepare failed.</summary>
-    private async Task FinalizeUnlockedAsync()
+    private async Task RunFinalizeControlLockedAsync()
     {
         try
         {
-            await PrepareAsync().ConfigureAwait(false);
+            await PrepareControlLockedAsync().ConfigureAwait(false);
         }
         catch (Exception e)
         {
-            await AbortUnlockedAsync(e is JobFailedException ? e.Message : IoErrorText.Of(e)).ConfigureAwait(false);
+            await RunAbortControlLockedAsync(e is JobFailedException ? e.Message : IoErrorText.Of(e)).ConfigureAwait(false);
             return;
         }
-        await CommitAsync().ConfigureAwait(false);
-        await CleanAsync().ConfigureAwait(false);
+        await CommitControlLockedAsync().ConfigureAwait(false);
+        await CleanControlLockedAsync().ConfigureAwait(false);
         lock (StateLock)
         {
             // Success after a soft cancel (and no complete): the point-in-time copy, no pivot.
@@ -631,7 +644,7 @@ public abstract class Job
     /// error. No error means a force cancel, which concludes with ECANCELED's sentence as its error,
     /// as QEMU's job_update_rc does (the CANCELLED event itself carries none).
     /// </summary>
-    private async Task AbortUnlockedAsync(string? error)
+    private async Task RunAbortControlLockedAsync(string? error)
     {
         lock (StateLock)
         {
@@ -641,10 +654,10 @@ public abstract class Job
             // No error of its own: a force cancel (a shutdown or a failure passes its reason).
             _outcome = error is null ? JobOutcome.Cancelled : JobOutcome.Failed;
             _cancelMode = error is null ? JobCancelMode.Force : null;
-            TransitionLocked(JobStatus.Aborting);
+            TransitionStateLocked(JobStatus.Aborting);
         }
-        await AbortAsync().ConfigureAwait(false);
-        await CleanAsync().ConfigureAwait(false);
+        await AbortControlLockedAsync().ConfigureAwait(false);
+        await CleanControlLockedAsync().ConfigureAwait(false);
         if (error is null)
             PublishEnd("BLOCK_JOB_CANCELLED", null);
         else
@@ -658,36 +671,36 @@ public abstract class Job
         object data = error is null
             ? new { type = Type, id = Id, len, offset, speed = Speed }
             : new { type = Type, id = Id, len, offset, speed = Speed, error };
-        Layer.Events.Publish(name, data);
+        Host.Events.Publish(name, data);
     }
 
     /// <summary>Publishes BLOCK_JOB_READY (drivers call it once, on the first running → ready).</summary>
     protected void PublishReady()
     {
         var (len, offset) = EventProgress();
-        Layer.Events.Publish("BLOCK_JOB_READY", new { type = Type, id = Id, len, offset, speed = Speed });
+        Host.Events.Publish("BLOCK_JOB_READY", new { type = Type, id = Id, len, offset, speed = Speed });
     }
 
     private void Conclude()
     {
         lock (StateLock)
         {
-            _finishedAt = Layer.UtcNow;
-            TransitionLocked(JobStatus.Concluded);
+            _finishedAt = Now;
+            TransitionStateLocked(JobStatus.Concluded);
         }
         _concluded.TrySetResult();
         if (AutoDismiss)
-            DismissUnlocked();
+            RemoveDismissedControlLocked();
     }
 
-    private void DismissUnlocked()
+    private void RemoveDismissedControlLocked()
     {
         lock (StateLock)
         {
             _dismissed = true;
-            TransitionLocked(JobStatus.Null);
+            TransitionStateLocked(JobStatus.Null);
         }
-        Layer.JobDismissedUnlocked(this);
+        Host.DismissedControlLocked(this);
     }
 
     /// <summary>
@@ -705,7 +718,7 @@ public abstract class Job
             if (!(_pauseCount > 0 && !_forceCancel))
                 return;
             resumeTo = _status;
-            TransitionLocked(_status == JobStatus.Ready ? JobStatus.Standby : JobStatus.Paused);
+            TransitionStateLocked(_status == JobStatus.Ready ? JobStatus.Standby : JobStatus.Paused);
         }
         while (PauseWanted())
             await Wake.WaitAsync().ConfigureAwait(false);
@@ -729,7 +742,7 @@ public abstract class Job
                 _pauseCount++;
                 _ioStatus = status;
             }
-            _updatedAt = Layer.UtcNow;
+            _updatedAt = Now;
         }
         Wake.Set();
     }
@@ -756,6 +769,6 @@ public abstract class Job
     protected void Touch()
     {
         lock (StateLock)
-            _updatedAt = Layer.UtcNow;
+            _updatedAt = Now;
     }
 }

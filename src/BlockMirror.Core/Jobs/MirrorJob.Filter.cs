@@ -59,7 +59,7 @@ public sealed partial class MirrorJob
     /// is dirty even if the write was never acknowledged or never reached the target.
     /// </summary>
     private ValueTask JournalAheadAsync(BlockNode node, long offset, long length) =>
-        ReferenceEquals(_working, _named) && _named.Persistent && node.PersistentBitmapMarked is { } journal
+        ReferenceEquals(_working, _named) && _named.Persistent && node.EnsureBitmapRangeDurable is { } journal
             ? journal(node, _named, offset, length)
             : ValueTask.CompletedTask;
 
@@ -75,7 +75,7 @@ public sealed partial class MirrorJob
         _dirtyRate.Add(newly * Granularity);
         // The caller's persistent bitmap is disabled while the filter marks it, so the node does
         // not journal it: the filter must, before the write is acknowledged.
-        if (ReferenceEquals(_working, _named) && _named.Persistent && node.PersistentBitmapMarked is { } journal)
+        if (ReferenceEquals(_working, _named) && _named.Persistent && node.EnsureBitmapRangeDurable is { } journal)
             return journal(node, _named, offset, length);
         return ValueTask.CompletedTask;
     }
@@ -94,7 +94,7 @@ public sealed partial class MirrorJob
             foreach (var other in _ops)
             {
                 if (other.Overlaps(op.Offset, op.End))
-                    (earlier ??= []).Add(other.WhenDoneLocked());
+                    (earlier ??= []).Add(other.WhenDoneOpsLocked());
             }
             _ops.Add(op);
         }
@@ -115,7 +115,7 @@ public sealed partial class MirrorJob
             lock (_opsLock)
             {
                 _ops.Remove(op);
-                waiters = op.TakeWaitersLocked();
+                waiters = op.TakeWaitersOpsLocked();
             }
             waiters?.TrySetResult();
             Wake.Set();

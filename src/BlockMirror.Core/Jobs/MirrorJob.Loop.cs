@@ -22,7 +22,7 @@ public sealed partial class MirrorJob
     /// <summary>mirror_run: dirty initialisation, then the loop until converged-and-completing or cancelled.</summary>
     protected override async Task RunAsync()
     {
-        _lastProgressSave = Layer.Time.GetTimestamp();
+        _lastProgressSave = Host.Time.GetTimestamp();
         try
         {
             await DirtyInitAsync().ConfigureAwait(false);
@@ -110,9 +110,9 @@ public sealed partial class MirrorJob
 
     private void SaveProgressIfDue()
     {
-        if (Layer.JobStore is null || Layer.Time.GetElapsedTime(_lastProgressSave) < ProgressSaveInterval)
+        if (!Host.StoresJobs || Host.Time.GetElapsedTime(_lastProgressSave) < ProgressSaveInterval)
             return;
-        _lastProgressSave = Layer.Time.GetTimestamp();
+        _lastProgressSave = Host.Time.GetTimestamp();
         Touch();
         Save();
     }
@@ -126,7 +126,7 @@ public sealed partial class MirrorJob
     /// </summary>
     private async Task<bool> TryConvergeAsync()
     {
-        _convergeQuiesce ??= await _device.Gate.QuiesceAsync(Abandoned).ConfigureAwait(false);
+        _convergeQuiesce ??= await Host.QuiesceAsync(_device, Abandoned).ConfigureAwait(false);
         if (_working.Count != 0 || Volatile.Read(ref _inFlightChunks) != 0)
             return false;
         if (!await FlushTargetAsync().ConfigureAwait(false) || _working.Count != 0)
@@ -403,7 +403,7 @@ public sealed partial class MirrorJob
         lock (_opsLock)
         {
             _ops.Remove(claim);
-            waiters = claim.TakeWaitersLocked();
+            waiters = claim.TakeWaitersOpsLocked();
         }
         waiters?.TrySetResult();
     }
@@ -427,7 +427,7 @@ public sealed partial class MirrorJob
             BlockdevOnError.Enospc => noSpace ? BlockdevOnError.Stop : BlockdevOnError.Report,
             _ => BlockdevOnError.Report,
         };
-        Layer.Events.Publish("BLOCK_JOB_ERROR", new { id = Id, operation = read ? "read" : "write", action = JobNames.Of(action) });
+        Host.Events.Publish("BLOCK_JOB_ERROR", new { id = Id, operation = read ? "read" : "write", action = JobNames.Of(action) });
         switch (action)
         {
             case BlockdevOnError.Report:

@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using BlockMirror.Core.Bitmaps;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
+using Microsoft.Extensions.Logging;
 
 namespace BlockMirror.Core.Jobs;
 
@@ -50,9 +51,9 @@ public sealed partial class MirrorJob : Job
     // Progress at exit, published whole: the bitmap may record again afterwards (mode always).
     private StrongBox<(long Dirty, long InFlight)>? _frozen;
 
-    internal MirrorJob(BlockLayer layer, string id, MirrorOptions options, BlockNode device, BlockNode target,
+    internal MirrorJob(IJobHost host, string id, MirrorOptions options, BlockNode device, BlockNode target,
         int granularity, long bufSize, DirtyBitmap? named, BitmapMode? bitmapMode)
-        : base(layer, id, device.Name, options.AutoFinalize, options.AutoDismiss, options.Speed)
+        : base(host, id, device.Name, options.AutoFinalize, options.AutoDismiss, options.Speed)
     {
         Options = options;
         _device = device;
@@ -64,9 +65,9 @@ public sealed partial class MirrorJob : Job
         _copyMode = (int)options.CopyMode;
         _filter = new MirrorWriteFilter(this);
         _guard = new TargetGuardFilter(id);
-        _limiter = new ByteRateLimiter(layer.Time, options.Speed);
-        _copyRate = new RateMeter(layer.Time);
-        _dirtyRate = new RateMeter(layer.Time);
+        _limiter = new ByteRateLimiter(host.Time, options.Speed);
+        _copyRate = new RateMeter(host.Time);
+        _dirtyRate = new RateMeter(host.Time);
         ChunkMax = ComputeChunkMax(bufSize, granularity);
         _buffers = new ChunkBufferPool((int)ChunkMax);
         _working = CreateWorkingBitmap();
@@ -91,15 +92,16 @@ public sealed partial class MirrorJob : Job
 
     public MirrorCopyMode CopyMode => (MirrorCopyMode)Volatile.Read(ref _copyMode);
 
-    public bool IsReady => _ready;
-
     public bool ActivelySynced => Volatile.Read(ref _activelySynced) != 0;
 
     /// <summary>The bitmap the job works from (the caller's in mode always, else a private one).</summary>
     internal DirtyBitmap WorkingBitmap => _working;
 
-    /// <summary>Bytes of the job's private working bitmap, counted in the layer's bitmap memory budget.</summary>
-    internal long WorkingCopyBytes
+    /// <summary>The job works from its working bitmap only (the caller's in mode always).</summary>
+    public override bool WorksFrom(DirtyBitmap bitmap) => ReferenceEquals(Volatile.Read(ref _working), bitmap);
+
+    /// <summary>Bytes of the job's private working bitmap (none when it works from the caller's).</summary>
+    public override long PrivateBitmapBytes
     {
         get
         {
@@ -131,7 +133,7 @@ public sealed partial class MirrorJob : Job
     // ---- set-up (MirrorStartAction, under the control lock with writes quiesced) -------------
 
     /// <summary>Inserts the job at one instant: nodes busy, filters in, the caller bitmap taken over.</summary>
-    internal void Attach()
+    internal void AttachControlLocked()
     {
         _device.JobId = Id;
         _target.JobId = Id;
@@ -143,13 +145,13 @@ public sealed partial class MirrorJob : Job
         }
         _device.Filter = _filter;
         _target.Filter = _guard;
-        Layer.RegisterJobUnlocked(this);
+        Host.RegisterControlLocked(this);
     }
 
-    /// <summary>Undoes <see cref="Attach"/> (the transaction aborted).</summary>
-    internal void Detach()
+    /// <summary>Undoes <see cref="AttachControlLocked"/> (the transaction aborted).</summary>
+    internal void DetachControlLocked()
     {
-        Layer.UnregisterJobUnlocked(this);
+        Host.UnregisterControlLocked(this);
         if (ReferenceEquals(_device.Filter, _filter))
             _device.Filter = null;
         if (ReferenceEquals(_target.Filter, _guard))
@@ -170,7 +172,7 @@ public sealed partial class MirrorJob : Job
     /// copy; any other cancel is a force cancel (job_is_ready looks at the status, so a job that
     /// was ready and now waits in pending after complete is force-cancelled: no pivot).
     /// </summary>
-    protected override bool OnCancelLocked(bool force) => force || Status is not (JobStatus.Ready or JobStatus.Standby);
+    protected override bool OnCancelStateLocked(bool force) => force || Status is not (JobStatus.Ready or JobStatus.Standby);
 
     /// <summary>
     /// bdrv_cancel_in_flight, made unconditional: requests in flight on either image are abandoned
@@ -189,7 +191,7 @@ public sealed partial class MirrorJob : Job
     /// <summary>A force cancel abandoned the job's I/O: any failure from now on is its consequence, not an error of an image.</summary>
     private bool Abandoning => _abandon.IsCancellationRequested;
 
-    protected override void OnCompleteLocked()
+    protected override void OnCompleteStateLocked()
     {
         if (!_ready)
             throw BlockErrors.Conflict("job-verb-not-allowed", $"The active block job '{Id}' cannot be completed");
@@ -197,7 +199,7 @@ public sealed partial class MirrorJob : Job
     }
 
     /// <summary>mirror_change: only background → write-blocking.</summary>
-    protected override void OnChangeLocked(MirrorCopyMode copyMode)
+    protected override void OnChangeStateLocked(MirrorCopyMode copyMode)
     {
         if (copyMode != MirrorCopyMode.WriteBlocking)
             throw BlockErrors.Conflict("copy-mode-change", $"Change to copy mode '{JobNames.Of(copyMode)}' is not implemented");
@@ -248,7 +250,7 @@ public sealed partial class MirrorJob : Job
     /// (writes are still quiesced since the final convergence) and the target node is consumed.
     /// A soft cancel in ready leaves the graph as it is (point-in-time copy).
     /// </summary>
-    protected override Task PrepareAsync()
+    protected override Task PrepareControlLockedAsync()
     {
         if (!_completeRequested)
             return Task.CompletedTask;
@@ -257,7 +259,7 @@ public sealed partial class MirrorJob : Job
             // Another user appeared on the target since the start: replacing would change what it sees.
             throw new JobFailedException("Operation not permitted");
         }
-        if (Layer.IsImageReplacedUnlocked(_target))
+        if (Host.IsImageReplacedControlLocked(_target))
         {
             // The device would switch to a file no longer under the target's path.
             throw new JobFailedException($"Cannot pivot: {_target.ImageReplacedReason}");
@@ -273,30 +275,25 @@ public sealed partial class MirrorJob : Job
     /// </summary>
     private async Task PivotAsync()
     {
-        var old = (Image: _device.Image, _device.Driver, _device.Path, _device.Uri);
-        _device.Pivot(_target.Image, _target.Driver, _target.Path, _target.Uri);
         try
         {
-            await Layer.SavePivotUnlockedAsync(_device, _target.Name).ConfigureAwait(false);
+            _oldImage = await Host.PivotControlLockedAsync(_device, _target).ConfigureAwait(false);
         }
         catch (Exception e)
         {
-            _device.Pivot(old.Image, old.Driver, old.Path, old.Uri);
             throw new JobFailedException($"The pivot onto '{_target.Name}' could not be stored, the device stays on its image: {e.Message}", e);
         }
-        _oldImage = old.Image;
-        Layer.ForgetNodeUnlocked(_target.Name);
         _pivoted = true;
     }
 
-    protected override async Task CommitAsync()
+    protected override async Task CommitControlLockedAsync()
     {
         _succeeded = true;
         if (!_pivoted)
             return;
         // The old source image is no longer attached; the file stays where it was.
         if (_oldImage is not null)
-            await BestEffortAsync(() => _oldImage.DisposeAsync().AsTask()).ConfigureAwait(false);
+            await BestEffortAsync("closing the device's old image", () => _oldImage.DisposeAsync().AsTask()).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -304,9 +301,9 @@ public sealed partial class MirrorJob : Job
     /// bitmapMode, all with the device's writes quiesced so no write falls between the filter
     /// and the node's own bitmaps.
     /// </summary>
-    protected override async Task CleanAsync()
+    protected override async Task CleanControlLockedAsync()
     {
-        var quiesce = _exitQuiesce ?? await _device.Gate.QuiesceAsync().ConfigureAwait(false);
+        var quiesce = _exitQuiesce ?? await Host.QuiesceAsync(_device).ConfigureAwait(false);
         _exitQuiesce = null;
         try
         {
@@ -327,7 +324,7 @@ public sealed partial class MirrorJob : Job
             quiesce.Dispose();
         }
         if (_named is not null && _device.FindBitmap(_named.Name) == _named)
-            await BestEffortAsync(() => Layer.SaveBitmapAsync(_device, _named)).ConfigureAwait(false);
+            await BestEffortAsync($"storing bitmap '{_device.Name}/{_named.Name}'", () => Host.CheckpointControlLockedAsync(_device, _named)).ConfigureAwait(false);
         ReleaseWorkingCopy();
     }
 
@@ -361,17 +358,21 @@ public sealed partial class MirrorJob : Job
         }
     }
 
-    private static async Task BestEffortAsync(Func<Task> action)
+    private async Task BestEffortAsync(string what, Func<Task> action)
     {
         try
         {
             await action().ConfigureAwait(false);
         }
-        catch (Exception)
+        catch (Exception e)
         {
             // The in-memory state is already final; a failed write-through is repaired by the next save.
+            LogBestEffortFailed(Host.Logger, e, Id, what);
         }
     }
+
+    [LoggerMessage(1, LogLevel.Warning, "Job '{Job}': {What} failed at its exit; the next save repairs the record")]
+    private static partial void LogBestEffortFailed(ILogger logger, Exception exception, string job, string what);
 
     private static long RoundDown(long value, long granularity) => value / granularity * granularity;
 

@@ -32,10 +32,10 @@ internal sealed class MirrorOp
     public bool Overlaps(long offset, long end) => Offset < end && offset < End;
 
     /// <summary>A task that completes when the op is done; created only when someone waits (op lock held).</summary>
-    public Task WhenDoneLocked() => (_done ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+    public Task WhenDoneOpsLocked() => (_done ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
 
     /// <summary>Takes the waiters' completion (op lock held); the caller completes it outside the lock.</summary>
-    public TaskCompletionSource? TakeWaitersLocked()
+    public TaskCompletionSource? TakeWaitersOpsLocked()
     {
         var done = _done;
         _done = null;

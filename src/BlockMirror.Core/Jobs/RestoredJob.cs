@@ -10,8 +10,8 @@ public sealed class RestoredJob : Job
 {
     private readonly JobRecord _record;
 
-    internal RestoredJob(BlockLayer layer, JobRecord record)
-        : base(layer, record.Id, record.Device, record.Snapshot.AutoFinalize, record.Snapshot.AutoDismiss, record.Snapshot.Speed, record.Uid, record.CreatedAt)
+    internal RestoredJob(IJobHost host, JobRecord record)
+        : base(host, record.Id, record.Device, record.Snapshot.AutoFinalize, record.Snapshot.AutoDismiss, record.Snapshot.Speed, record.Uid, record.CreatedAt)
     {
         _record = record;
         // Restored records are concluded (RecoverJobsAsync concludes the others first).

@@ -10,7 +10,7 @@ namespace BlockMirror.Core.Nodes;
 /// range and read-only checks → the job's filter, if one is inserted (which passes it down) → the
 /// image → every enabled bitmap marks the range, whether the image succeeded or not. A mirror's
 /// own writes to its target take the same path past the target's guard (<see cref="WriteAsOwnerAsync"/>).
-/// Registry changes (bitmaps, filter, pivot) are made by <see cref="BlockLayer"/> under its control
+/// Registry changes (bitmaps, filter, pivot) are made under the block layer's control
 /// lock, with writes quiesced where it matters.
 /// </summary>
 public sealed class BlockNode
@@ -21,6 +21,8 @@ public sealed class BlockNode
     private volatile IWriteFilter? _filter;
     private volatile string? _imageReplaced;
     private readonly HashSet<string> _exports = new(StringComparer.Ordinal);
+    // Guards the writers of the bitmap array (its readers need none) and the export names.
+    private readonly Lock _membersLock = new();
 
     public BlockNode(string name, string driver, IBlockImage image, string? path, string? uri, bool readOnly, DateTime createdAt)
     {
@@ -52,7 +54,7 @@ public sealed class BlockNode
     public long Size => Image.Size;
 
     /// <summary>Writes are quiesced through this gate by transactions and by a mirror's completion.</summary>
-    public QuiesceGate Gate { get; } = new();
+    public QuiesceGate QuiesceGate { get; } = new();
 
     /// <summary>The job using this node as source or target, if any.</summary>
     public string? JobId { get; set; }
@@ -62,7 +64,7 @@ public sealed class BlockNode
     {
         get
         {
-            lock (_exports)
+            lock (_membersLock)
                 return [.. _exports];
         }
     }
@@ -70,10 +72,16 @@ public sealed class BlockNode
     public bool Busy => JobId is not null;
 
     /// <summary>
+    /// A job writes this node as its owner and refuses every other writer (a mirror's target): last
+    /// in the quiesce order, since the job's writes to it come from inside its device's quiesce gate.
+    /// </summary>
+    internal bool WrittenByItsJobOnly => _filter is Jobs.TargetGuardFilter;
+
+    /// <summary>
     /// Why the node's path no longer names the file it has open (renamed over, removed, or a directory
     /// on the path swapped for a symbolic link leading outside the image root), or null while it does.
     /// Writes are refused from then on (<c>image-replaced</c>): they would go to a file nobody can see
-    /// under that path any more. Set by <see cref="BlockLayer"/>, which checks in the background and
+    /// under that path any more. Set by <see cref="ImageReplacementCheck"/>, which checks in the background and
     /// before control operations.
     /// </summary>
     public string? ImageReplacedReason => _imageReplaced;
@@ -97,7 +105,7 @@ public sealed class BlockNode
     /// a write applied but never acknowledged must be dirty after a crash too), and again after a
     /// persistent bitmap gained newly dirty granules (then normally a bit test).
     /// </summary>
-    public Func<BlockNode, DirtyBitmap, long, long, ValueTask>? PersistentBitmapMarked { get; set; }
+    public Func<BlockNode, DirtyBitmap, long, long, ValueTask>? EnsureBitmapRangeDurable { get; set; }
 
     public DirtyBitmap? FindBitmap(string name)
     {
@@ -113,25 +121,25 @@ public sealed class BlockNode
 
     internal void AddBitmap(DirtyBitmap bitmap)
     {
-        lock (_exports)
+        lock (_membersLock)
             Volatile.Write(ref _bitmaps, [.. _bitmaps, bitmap]);
     }
 
     internal void RemoveBitmap(DirtyBitmap bitmap)
     {
-        lock (_exports)
+        lock (_membersLock)
             Volatile.Write(ref _bitmaps, _bitmaps.Where(b => !ReferenceEquals(b, bitmap)).ToArray());
     }
 
     internal void AddExport(string name)
     {
-        lock (_exports)
+        lock (_membersLock)
             _exports.Add(name);
     }
 
     internal void RemoveExport(string name)
     {
-        lock (_exports)
+        lock (_membersLock)
             _exports.Remove(name);
     }
 
@@ -203,7 +211,7 @@ public sealed class BlockNode
         CheckRange(offset, length);
         if (length == 0)
             return;
-        await Gate.EnterAsync().ConfigureAwait(false);
+        await QuiesceGate.EnterAsync().ConfigureAwait(false);
         try
         {
             await JournalAheadAsync(offset, length).ConfigureAwait(false);
@@ -211,7 +219,7 @@ public sealed class BlockNode
         }
         finally
         {
-            Gate.Exit();
+            QuiesceGate.Exit();
         }
     }
 
@@ -227,7 +235,7 @@ public sealed class BlockNode
         if (request.Length == 0)
             return;
 
-        await Gate.EnterAsync(cancellationToken).ConfigureAwait(false);
+        await QuiesceGate.EnterAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             var filter = throughFilter ? _filter : null;
@@ -238,7 +246,7 @@ public sealed class BlockNode
         }
         finally
         {
-            Gate.Exit();
+            QuiesceGate.Exit();
         }
     }
 
@@ -306,7 +314,7 @@ public sealed class BlockNode
     /// </summary>
     private ValueTask JournalAheadAsync(long offset, long length)
     {
-        if (PersistentBitmapMarked is not { } journal)
+        if (EnsureBitmapRangeDurable is not { } journal)
             return ValueTask.CompletedTask;
         ValueTask first = default;
         var waiting = false;
@@ -351,7 +359,7 @@ public sealed class BlockNode
             if (!bitmap.Recording)
                 continue;
             var newly = bitmap.MarkDirty(offset, length);
-            if (newly > 0 && bitmap.Persistent && PersistentBitmapMarked is { } hook)
+            if (newly > 0 && bitmap.Persistent && EnsureBitmapRangeDurable is { } hook)
             {
                 journal = hook;
                 if (journalFor is null)

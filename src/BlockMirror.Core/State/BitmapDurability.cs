@@ -29,7 +29,7 @@ public sealed class BitmapDurability(IBitmapJournal journal)
 
     /// <summary>
     /// Makes [offset, offset+length) of <paramref name="bitmap"/> durable (the node's
-    /// <see cref="BlockNode.PersistentBitmapMarked"/> hook): completes at once when it already is.
+    /// <see cref="BlockNode.EnsureBitmapRangeDurable"/> hook): completes at once when it already is.
     /// </summary>
     public ValueTask EnsureAsync(BlockNode node, DirtyBitmap bitmap, long offset, long length)
     {

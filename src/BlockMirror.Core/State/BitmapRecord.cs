@@ -8,7 +8,7 @@ namespace BlockMirror.Core.State;
 /// at that checkpoint. <see cref="InUse"/> follows QEMU's qcow2 in-use flag: set while a running
 /// service owns the bitmap, cleared at a clean stop (whose checkpoint is then exact, and the image's
 /// mtime must still match it). Found set at start, the stop was not clean: the journal makes the
-/// content exact, unless the image was replaced or modified after the service died (BlockLayer.LoadAsync).
+/// content exact, unless the image was replaced or modified after the service died (BitmapPersistence.Unprovable).
 /// </summary>
 public sealed record BitmapRecord(
     string Node,

@@ -2,6 +2,8 @@ using System.Buffers.Binary;
 using System.Globalization;
 using System.Text;
 using BlockMirror.Core.Images;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Win32.SafeHandles;
 
 namespace BlockMirror.Core.State;
@@ -27,7 +29,7 @@ namespace BlockMirror.Core.State;
 /// (no fsync: a killed process keeps the page cache), the bound used after a crash to tell the
 /// service's own last writes to an image from a later modification by someone else.
 /// </remarks>
-public sealed class FileBitmapJournal : IBitmapJournal
+public sealed partial class FileBitmapJournal : IBitmapJournal
 {
     private const string SegmentExtension = ".seg";
     private const string AliveSuffix = ".alive";
@@ -36,6 +38,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
     private readonly string _prefix;
     private readonly FileBitmapJournalOptions _options;
     private readonly TimeProvider _time;
+    private readonly ILogger _logger;
     private readonly Lock _lock = new();
     private readonly SemaphoreSlim _wake = new(0);
     private readonly List<SegmentFile> _sealed = [];
@@ -64,8 +67,9 @@ public sealed class FileBitmapJournal : IBitmapJournal
     private SafeFileHandle? _alive;
     private long _nextAliveTicks;
 
-    // The .alive file's sequences (written under _aliveLock by the flusher and by a release).
-    private readonly Lock _aliveLock = new();
+    // The .alive file's sequences (written under _aliveFileLock by the flusher and by a release).
+    private readonly Lock _aliveFileLock = new();
+    private volatile bool _aliveFailing;
     private long _aliveDurable;
     private long _aliveFolded;
     private Thread? _thread;
@@ -75,17 +79,15 @@ public sealed class FileBitmapJournal : IBitmapJournal
     private long _bytes;
 
     /// <param name="pathPrefix">Every file of the journal is this path plus a suffix (its folder must be writable).</param>
-    public FileBitmapJournal(string pathPrefix, FileBitmapJournalOptions? options = null, TimeProvider? time = null)
+    public FileBitmapJournal(string pathPrefix, FileBitmapJournalOptions? options = null, TimeProvider? time = null, ILogger<FileBitmapJournal>? logger = null)
     {
+        _logger = logger ?? NullLogger<FileBitmapJournal>.Instance;
         _prefix = Path.GetFullPath(pathPrefix);
         _directory = Path.GetDirectoryName(_prefix) ?? throw new ArgumentException("The journal needs a folder", nameof(pathPrefix));
         _options = options ?? new FileBitmapJournalOptions();
         _time = time ?? TimeProvider.System;
         ArgumentOutOfRangeException.ThrowIfLessThan(_options.SegmentEntries, 1);
     }
-
-    /// <summary>The path every file of the journal starts with.</summary>
-    public string PathPrefix => _prefix;
 
     public long LastSequence => Volatile.Read(ref _lastSequence);
 
@@ -177,12 +179,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
         // Every recovered entry is folded into a checkpoint by now: recorded (durably, before the old
         // segments go) as the folded-through sequence, so a recovery never takes their absence for damage.
         _alive = File.OpenHandle(_prefix + AliveSuffix, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite);
-        lock (_aliveLock)
-        {
-            _aliveDurable = nextSequence - 1;
-            _aliveFolded = nextSequence - 1;
-            WriteAliveUnlocked(_time.GetUtcNow().UtcTicks, sync: true);
-        }
+        RecordCheckpointedThrough(nextSequence - 1);
         // A crash between these deletes and the new segment leaves no entry, and the checkpoints'
         // sequences keep numbering ahead.
         foreach (var path in _recovered.Concat(ListSegments().Select(s => s.Path)).Distinct(StringComparer.Ordinal))
@@ -375,12 +372,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
         // As at a start: the checkpoints cover everything below nextSequence, recorded durably before
         // the segments go, so a recovery never takes their absence for damage (and a disk still full
         // fails the restart here, before anything is deleted).
-        lock (_aliveLock)
-        {
-            _aliveDurable = nextSequence - 1;
-            _aliveFolded = nextSequence - 1;
-            WriteAliveUnlocked(_time.GetUtcNow().UtcTicks, sync: true);
-        }
+        RecordCheckpointedThrough(nextSequence - 1);
         foreach (var path in paths.Concat(ListSegments().Select(s => s.Path)).Distinct(StringComparer.Ordinal))
             File.Delete(path);
         StateNative.FsyncDirectory(_directory);
@@ -466,7 +458,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
                 written += JournalCodec.Encode(entry, _buffer.AsSpan(written));
             RandomAccess.Write(_segment!, _buffer.AsSpan(0, written), _segmentOffset);
             _segmentOffset += written;
-            SyncData(_segment!, _current.Path);
+            LibC.FDataSync(_segment!, _current.Path);
             Interlocked.Increment(ref _flushes);
             Interlocked.Add(ref _bytes, written);
             _lastFlushed = batch[^1].Sequence;
@@ -515,7 +507,7 @@ public sealed class FileBitmapJournal : IBitmapJournal
             // _lastFlushed: what the segments before this one hold, which a recovery checks them against.
             JournalCodec.WriteHeader(header, baseSequence, _lastFlushed);
             RandomAccess.Write(handle, header, 0);
-            SyncData(handle, path);
+            LibC.FDataSync(handle, path);
             // The new file's name must survive a power cut too, or its entries would be unreachable.
             StateNative.FsyncDirectory(_directory);
         }
@@ -542,12 +534,14 @@ public sealed class FileBitmapJournal : IBitmapJournal
         _nextAliveTicks = now + _options.AliveInterval.Ticks;
         try
         {
-            lock (_aliveLock)
-                WriteAliveUnlocked(now, sync: false);
+            lock (_aliveFileLock)
+                WriteAliveFileLocked(now, sync: false);
+            _aliveFailing = false;
         }
-        catch (IOException)
+        catch (IOException e)
         {
             // A missed sign of life only makes a later crash recovery stricter (bitmaps found inconsistent), never wrong.
+            AliveNotWritten(e);
         }
     }
 
@@ -560,36 +554,53 @@ public sealed class FileBitmapJournal : IBitmapJournal
     {
         try
         {
-            lock (_aliveLock)
+            lock (_aliveFileLock)
             {
                 _aliveDurable = sequence;
-                WriteAliveUnlocked(_time.GetUtcNow().UtcTicks, sync: false);
+                WriteAliveFileLocked(_time.GetUtcNow().UtcTicks, sync: false);
             }
+            _aliveFailing = false;
         }
-        catch (IOException)
+        catch (IOException e)
         {
+            // As for a missed sign of life: a lower mark only makes a recovery stricter.
+            AliveNotWritten(e);
+        }
+    }
+
+    /// <summary>
+    /// A start or restart: the checkpoints cover every entry through <paramref name="through"/>, recorded
+    /// durably as both marks of the <c>.alive</c> file before the caller deletes the old segments.
+    /// </summary>
+    private void RecordCheckpointedThrough(long through)
+    {
+        lock (_aliveFileLock)
+        {
+            _aliveDurable = through;
+            _aliveFolded = through;
+            WriteAliveFileLocked(_time.GetUtcNow().UtcTicks, sync: true);
         }
     }
 
     /// <summary>Every entry up to <paramref name="through"/> is in the checkpoints: recorded durably (the caller deletes segments next).</summary>
     private void AdvanceFolded(long through)
     {
-        lock (_aliveLock)
+        lock (_aliveFileLock)
         {
             if (_alive is null || through <= _aliveFolded)
                 return;
             _aliveFolded = through;
-            WriteAliveUnlocked(_time.GetUtcNow().UtcTicks, sync: true);
+            WriteAliveFileLocked(_time.GetUtcNow().UtcTicks, sync: true);
         }
     }
 
-    private void WriteAliveUnlocked(long ticks, bool sync)
+    private void WriteAliveFileLocked(long ticks, bool sync)
     {
         Span<byte> content = stackalloc byte[JournalCodec.AliveLength];
         JournalCodec.WriteAlive(content, ticks, _aliveDurable, _aliveFolded);
         RandomAccess.Write(_alive!, content, 0);
         if (sync)
-            SyncData(_alive!, _prefix + AliveSuffix);
+            LibC.FDataSync(_alive!, _prefix + AliveSuffix);
     }
 
     // ---- reading -----------------------------------------------------------------------------
@@ -696,21 +707,16 @@ public sealed class FileBitmapJournal : IBitmapJournal
         return new DateTime(ticks, DateTimeKind.Utc) + _options.AliveInterval + _options.AliveMargin;
     }
 
-    private static void SyncData(SafeFileHandle handle, string path)
+    /// <summary>Logs the first of a run of failed writes of the sign of life (it is retried every interval).</summary>
+    private void AliveNotWritten(IOException e)
     {
-        var added = false;
-        handle.DangerousAddRef(ref added);
-        try
-        {
-            if (LibC.fdatasync((int)handle.DangerousGetHandle()) != 0)
-                throw LibC.ErrnoException(LibC.LastErrno, path, "fdatasync");
-        }
-        finally
-        {
-            if (added)
-                handle.DangerousRelease();
-        }
+        if (!_aliveFailing)
+            LogAliveNotWritten(_logger, e, _prefix + AliveSuffix);
+        _aliveFailing = true;
     }
+
+    [LoggerMessage(1, LogLevel.Warning, "The bitmap journal's sign of life '{File}' could not be written; a crash recovery will be stricter (bitmaps may be found inconsistent)")]
+    private static partial void LogAliveNotWritten(ILogger logger, Exception exception, string file);
 
     private static BitmapJournalException Failed(Exception cause) =>
         cause as BitmapJournalException ?? new($"The bitmap journal cannot be written: {cause.Message}", cause);

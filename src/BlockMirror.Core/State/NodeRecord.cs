@@ -1,4 +1,11 @@
+using BlockMirror.Core.Nodes;
+
 namespace BlockMirror.Core.State;
 
 /// <summary>The durable record of a node.</summary>
-public sealed record NodeRecord(string Name, string Driver, string? Path, string? Uri, long Size, bool ReadOnly, DateTime CreatedAt);
+public sealed record NodeRecord(string Name, string Driver, string? Path, string? Uri, long Size, bool ReadOnly, DateTime CreatedAt)
+{
+    /// <summary>The record of <paramref name="node"/> as it is now.</summary>
+    public static NodeRecord Of(BlockNode node) =>
+        new(node.Name, node.Driver, node.Path, node.Uri, node.Size, node.ReadOnly, node.CreatedAt);
+}

@@ -12,7 +12,7 @@ public sealed class BitmapAddAction(string node, string name, long? granularity,
     private DirtyBitmap? _added;
     private Nodes.BlockNode? _node;
 
-    public override ValueTask PrepareAsync(TransactionContext context)
+    public override ValueTask PrepareControlLockedAsync(TransactionContext context)
     {
         if (string.IsNullOrEmpty(name))
             Names.Validate("bitmap", name);
@@ -39,7 +39,7 @@ public sealed class BitmapAddAction(string node, string name, long? granularity,
         return ValueTask.CompletedTask;
     }
 
-    public override void Abort(TransactionContext context)
+    public override void AbortControlLocked(TransactionContext context)
     {
         if (_added is not null)
             _node!.RemoveBitmap(_added);

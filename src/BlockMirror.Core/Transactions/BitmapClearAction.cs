@@ -8,7 +8,7 @@ public sealed class BitmapClearAction(string node, string name) : TransactionAct
     private DirtyBitmap? _bitmap;
     private HBitmap? _backup;
 
-    public override ValueTask PrepareAsync(TransactionContext context)
+    public override ValueTask PrepareControlLockedAsync(TransactionContext context)
     {
         var n = context.Layer.GetNode(node);
         _bitmap = n.GetBitmap(name);
@@ -21,7 +21,7 @@ public sealed class BitmapClearAction(string node, string name) : TransactionAct
         return ValueTask.CompletedTask;
     }
 
-    public override void Abort(TransactionContext context)
+    public override void AbortControlLocked(TransactionContext context)
     {
         if (_backup is not null)
             _bitmap!.RestoreBits(_backup);

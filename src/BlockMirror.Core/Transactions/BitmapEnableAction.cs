@@ -8,7 +8,7 @@ public sealed class BitmapEnableAction(string node, string name, bool enable) : 
     private DirtyBitmap? _bitmap;
     private bool _wasDisabled;
 
-    public override ValueTask PrepareAsync(TransactionContext context)
+    public override ValueTask PrepareControlLockedAsync(TransactionContext context)
     {
         var n = context.Layer.GetNode(node);
         _bitmap = n.GetBitmap(name);
@@ -21,7 +21,7 @@ public sealed class BitmapEnableAction(string node, string name, bool enable) : 
         return ValueTask.CompletedTask;
     }
 
-    public override void Abort(TransactionContext context)
+    public override void AbortControlLocked(TransactionContext context)
     {
         if (_bitmap is not null)
             _bitmap.Disabled = _wasDisabled;

@@ -14,7 +14,7 @@ public sealed class BitmapMergeAction(string node, string target, IReadOnlyList<
     private DirtyBitmap? _target;
     private HBitmap? _backup;
 
-    public override ValueTask PrepareAsync(TransactionContext context)
+    public override ValueTask PrepareControlLockedAsync(TransactionContext context)
     {
         var n = context.Layer.GetNode(node);
         var t = n.GetBitmap(target);
@@ -53,7 +53,7 @@ public sealed class BitmapMergeAction(string node, string target, IReadOnlyList<
         return ValueTask.CompletedTask;
     }
 
-    public override void Abort(TransactionContext context)
+    public override void AbortControlLocked(TransactionContext context)
     {
         if (_backup is not null)
             _target!.RestoreBits(_backup);

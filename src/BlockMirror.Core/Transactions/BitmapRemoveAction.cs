@@ -13,7 +13,7 @@ public sealed class BitmapRemoveAction(string node, string name) : TransactionAc
     private BlockNode? _node;
     private DirtyBitmap? _bitmap;
 
-    public override ValueTask PrepareAsync(TransactionContext context)
+    public override ValueTask PrepareControlLockedAsync(TransactionContext context)
     {
         _node = context.Layer.GetNode(node);
         _bitmap = _node.GetBitmap(name);
@@ -23,13 +23,13 @@ public sealed class BitmapRemoveAction(string node, string name) : TransactionAc
         return ValueTask.CompletedTask;
     }
 
-    public override void Commit(TransactionContext context)
+    public override void CommitControlLocked(TransactionContext context)
     {
         _bitmap!.Busy = false;
         _node!.RemoveBitmap(_bitmap);
     }
 
-    public override void Abort(TransactionContext context)
+    public override void AbortControlLocked(TransactionContext context)
     {
         if (_bitmap is not null)
             _bitmap.Busy = false;

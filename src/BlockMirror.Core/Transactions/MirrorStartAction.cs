@@ -30,7 +30,7 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
     /// block_job_create); last what QEMU finds on attaching the target (read-only, another user) and
     /// the size, which QEMU only compares once the job runs.
     /// </summary>
-    public override ValueTask PrepareAsync(TransactionContext context)
+    public override ValueTask PrepareControlLockedAsync(TransactionContext context)
     {
         var layer = context.Layer;
         var o = Options;
@@ -51,19 +51,19 @@ public sealed class MirrorStartAction(MirrorOptions options) : TransactionAction
 
         var mode = named is null ? (BitmapMode?)null : o.BitmapMode ?? BitmapMode.Always;
         ReserveWorkingBitmap(context, device, granularity, named, mode);
-        _job = new MirrorJob(layer, id, o, device, target, granularity, bufSize, named, mode);
-        _job.Attach();
+        _job = new MirrorJob(layer.JobHost, id, o, device, target, granularity, bufSize, named, mode);
+        _job.AttachControlLocked();
         if (named is not null && mode == BitmapMode.Always)
             context.Touch(device, named);
         Result = _job;
         return ValueTask.CompletedTask;
     }
 
-    public override void Commit(TransactionContext context) => _job?.Created();
+    public override void CommitControlLocked(TransactionContext context) => _job?.CreatedControlLocked();
 
-    public override void Abort(TransactionContext context) => _job?.Detach();
+    public override void AbortControlLocked(TransactionContext context) => _job?.DetachControlLocked();
 
-    public override void AfterCommit(TransactionContext context) => _job?.Start();
+    public override void AfterCommitControlLocked(TransactionContext context) => _job?.StartControlLocked();
 
     /// <summary>
     /// The job's private working bitmap (all modes but a caller bitmap in mode always) must exist and

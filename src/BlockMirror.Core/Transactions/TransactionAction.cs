@@ -1,8 +1,8 @@
 namespace BlockMirror.Core.Transactions;
 
 /// <summary>
-/// One action of a transaction (QEMU's TransactionActionDrv): <see cref="PrepareAsync"/> does the
-/// work and may refuse; <see cref="Commit"/> makes it final; <see cref="Abort"/> undoes a prepared
+/// One action of a transaction (QEMU's TransactionActionDrv): <see cref="PrepareControlLockedAsync"/> does the
+/// work and may refuse; <see cref="CommitControlLocked"/> makes it final; <see cref="AbortControlLocked"/> undoes a prepared
 /// action. Actions run in order under the control lock with data writes quiesced; the first
 /// failure aborts every prepared action in reverse order.
 /// </summary>
@@ -11,18 +11,18 @@ public abstract class TransactionAction
     /// <summary>What the action returns to the caller once committed (e.g. the bitmap).</summary>
     public object? Result { get; protected set; }
 
-    public abstract ValueTask PrepareAsync(TransactionContext context);
+    public abstract ValueTask PrepareControlLockedAsync(TransactionContext context);
 
-    public virtual void Commit(TransactionContext context)
+    public virtual void CommitControlLocked(TransactionContext context)
     {
     }
 
-    public virtual void Abort(TransactionContext context)
+    public virtual void AbortControlLocked(TransactionContext context)
     {
     }
 
     /// <summary>Runs after commit, outside the quiesced section (e.g. starting a job's loop).</summary>
-    public virtual void AfterCommit(TransactionContext context)
+    public virtual void AfterCommitControlLocked(TransactionContext context)
     {
     }
 }

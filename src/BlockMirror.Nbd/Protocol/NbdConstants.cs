@@ -7,6 +7,17 @@ namespace BlockMirror.Nbd.Protocol;
 /// </summary>
 internal static class NbdConstants
 {
+    // ---- sizes of our own (not the protocol's) -------------------------------------------------
+
+    /// <summary>The buffer of a connection's reads (28-byte headers come from it; large payloads bypass it), and of the other streaming copies.</summary>
+    public const int StreamBufferBytes = 64 * 1024;
+
+    /// <summary>The largest option data or error chunk read into memory; longer ones are refused (a peer cannot make us allocate more).</summary>
+    public const int MaxMessageBytes = 64 * 1024;
+
+    /// <summary>The longest human-readable text sent in an error reply (option or structured), in characters.</summary>
+    public const int MaxErrorTextChars = 1024;
+
     // ---- handshake ------------------------------------------------------------------------
 
     /// <summary>"NBDMAGIC": first 8 bytes the server sends.</summary>

@@ -24,12 +24,6 @@ internal static class NbdWire
     /// <summary>Header, errno and message length of an ERROR chunk; the message follows.</summary>
     public const int ErrorChunkHeaderSize = NbdConstants.StructuredReplyHeaderSize + 6;
 
-    /// <summary>
-    /// Longest error text we send, in characters (option error replies and error chunks): enough
-    /// for any message of ours, and a bound on what a message built from client input can cost.
-    /// </summary>
-    public const int MaxErrorMessageChars = 1024;
-
     /// <summary>Decodes a request header; the caller checks the magic.</summary>
     public static NbdRequestHeader ReadRequest(ReadOnlySpan<byte> source) => new(
         BinaryPrimitives.ReadUInt32BigEndian(source),
@@ -93,9 +87,9 @@ internal static class NbdWire
     public static void RewriteBlockStatusDescriptorLength(Span<byte> descriptors, int index, uint length) =>
         BinaryPrimitives.WriteUInt32BigEndian(descriptors[(BlockStatusDescriptorSize * index)..], length);
 
-    /// <summary>The error text as sent: UTF-8, cut to <see cref="MaxErrorMessageChars"/>.</summary>
+    /// <summary>The error text as sent: UTF-8, cut to <see cref="NbdConstants.MaxErrorTextChars"/>.</summary>
     public static byte[] ErrorText(string message) =>
-        Encoding.UTF8.GetBytes(message.Length > MaxErrorMessageChars ? message[..MaxErrorMessageChars] : message);
+        Encoding.UTF8.GetBytes(message.Length > NbdConstants.MaxErrorTextChars ? message[..NbdConstants.MaxErrorTextChars] : message);
 
     /// <summary>The size of an ERROR chunk carrying <paramref name="text"/>.</summary>
     public static int ErrorChunkSize(ReadOnlySpan<byte> text) => ErrorChunkHeaderSize + text.Length;

@@ -6,6 +6,7 @@ namespace BlockMirror.Api.Tests.Browser;
 /// (xunit 2 has no dynamic skip; the attribute decides at discovery.)
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+[Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Api.Tests")]
 public sealed class BrowserFactAttribute : FactAttribute
 {
     public BrowserFactAttribute()

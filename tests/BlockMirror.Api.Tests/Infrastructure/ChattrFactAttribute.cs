@@ -8,6 +8,7 @@ namespace BlockMirror.Api.Tests.Infrastructure;
 /// root, no chattr, a temp file system without the attribute). Decided once, by a probe.
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+[Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Api.Tests")]
 public sealed class ChattrFactAttribute : FactAttribute
 {
     private static readonly Lazy<string?> Refusal = new(Probe);

@@ -6,6 +6,7 @@ namespace BlockMirror.Api.Tests.Infrastructure;
 /// unmounting a probe. CI runs as root, so it runs there.
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+[Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Api.Tests")]
 public sealed class TmpfsFactAttribute : FactAttribute
 {
     private static readonly Lazy<string?> Refusal = new(TmpfsMount.Refusal);

@@ -30,7 +30,7 @@ public sealed class ImageExtentsTests : IDisposable
     }
 
     [Fact]
-    public async Task AFreshImage_IsOneZeroExtent()
+    public async Task A_fresh_image_is_one_zero_extent()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 8 * MiB);
 
@@ -38,7 +38,7 @@ public sealed class ImageExtentsTests : IDisposable
     }
 
     [Fact]
-    public async Task PiecesOfTheSameKind_AreMerged()
+    public async Task Pieces_of_the_same_kind_are_merged()
     {
         await using var chunked = new ChunkedStatusImage(await ImageWithDataAsync(), 4 * KiB);
 
@@ -57,7 +57,7 @@ public sealed class ImageExtentsTests : IDisposable
     }
 
     [Fact]
-    public async Task ASubRange_IsCoveredExactly()
+    public async Task A_sub_range_is_covered_exactly()
     {
         await using var chunked = new ChunkedStatusImage(await ImageWithDataAsync(), 3000);
 
@@ -74,7 +74,7 @@ public sealed class ImageExtentsTests : IDisposable
     }
 
     [Fact]
-    public async Task AnEmptyRange_YieldsNothing()
+    public async Task An_empty_range_yields_nothing()
     {
         await using var image = await ImageWithDataAsync();
 

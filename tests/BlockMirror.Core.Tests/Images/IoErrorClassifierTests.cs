@@ -12,7 +12,7 @@ public sealed class IoErrorClassifierTests
     }
 
     [Fact]
-    public async Task ARealEnospc_IsNoSpace()
+    public async Task A_real_ENOSPC_is_no_space()
     {
         var e = await WriteToDevFullAsync();
 
@@ -21,7 +21,7 @@ public sealed class IoErrorClassifierTests
     }
 
     [Fact]
-    public async Task AWrappedEnospc_IsNoSpace()
+    public async Task A_wrapped_ENOSPC_is_no_space()
     {
         var e = await WriteToDevFullAsync();
 
@@ -30,7 +30,7 @@ public sealed class IoErrorClassifierTests
     }
 
     [Fact]
-    public void OtherErrors_AreNot()
+    public void Other_errors_are_not()
     {
         Assert.False(IoErrorClassifier.IsNoSpace(new IOException("Input/output error", 5)));
         Assert.False(IoErrorClassifier.IsNoSpace(new FileNotFoundException()));

@@ -91,7 +91,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task WriteThenRead_RoundTripsAtUnalignedOffsets()
+    public async Task A_write_then_a_read_round_trip_at_unaligned_offsets()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 4 * MiB);
         var first = Pattern(10007, 2);
@@ -119,7 +119,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task WrittenData_IsInTheFileAfterDispose()
+    public async Task Written_data_is_in_the_file_after_dispose()
     {
         var path = _dir.PathOf("a.raw");
         var data = Pattern(5000, 5);
@@ -135,7 +135,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task BlockStatus_FreshImage_IsOneZeroExtent()
+    public async Task Block_status_of_a_fresh_image_is_one_zero_extent()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 8 * MiB);
 
@@ -143,7 +143,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task BlockStatus_AfterAWrite_DataCoversTheWrittenBlockAndTheRestIsZero()
+    public async Task Block_status_after_a_write_is_data_over_the_written_block_and_zero_elsewhere()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 8 * MiB);
 
@@ -160,7 +160,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task BlockStatus_DataRunningToTheEnd()
+    public async Task Block_status_of_data_running_to_the_end()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), MiB);
         await image.WriteAsync(MiB - 4096, Pattern(4096, 7));
@@ -171,7 +171,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task BlockStatus_IsClippedToMaxLengthAndSize()
+    public async Task Block_status_is_clipped_to_the_max_length_and_the_size()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), MiB);
         await image.WriteAsync(0, Pattern(64 * KiB, 8));
@@ -183,7 +183,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task WriteZeroes_MayUnmap_PunchesTheRangeAndItReadsZero()
+    public async Task Write_zeroes_that_may_unmap_punches_the_range_and_it_reads_zero()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 4 * MiB);
         await image.WriteAsync(MiB, Pattern(2 * MiB, 9));
@@ -199,7 +199,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task WriteZeroes_WithoutUnmap_ReadsZeroAndStaysAllocated()
+    public async Task Write_zeroes_without_unmap_reads_zero_and_stays_allocated()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 4 * MiB);
         await image.WriteAsync(MiB, Pattern(2 * MiB, 10));
@@ -212,7 +212,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task WriteZeroes_OnAFreshRangeWithoutUnmap_AllocatesZeroes()
+    public async Task Write_zeroes_on_a_fresh_range_without_unmap_allocates_zeroes()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 4 * MiB);
 
@@ -225,7 +225,7 @@ public sealed class RawFileImageTests : IDisposable
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
-    public async Task WriteZeroes_UnalignedRange_KeepsTheNeighbouringBytes(bool mayUnmap)
+    public async Task Write_zeroes_of_an_unaligned_range_keeps_the_neighbouring_bytes(bool mayUnmap)
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), MiB);
         var data = Pattern(64 * KiB, 11);
@@ -244,7 +244,7 @@ public sealed class RawFileImageTests : IDisposable
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
-    public async Task WriteZeroes_WithoutFallocate_WritesZeroBuffers(bool mayUnmap)
+    public async Task Write_zeroes_without_fallocate_writes_zero_buffers(bool mayUnmap)
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 4 * MiB);
         var data = Pattern(4 * MiB, 18);
@@ -295,7 +295,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task ReadPastATruncatedEnd_ReadsZeroes()
+    public async Task A_read_past_a_truncated_end_reads_zeroes()
     {
         var path = _dir.PathOf("a.raw");
         await using var image = RawFileImage.Create(path, MiB);
@@ -315,7 +315,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task ReadOnlyImage_RefusesWrites()
+    public async Task A_read_only_image_refuses_writes()
     {
         var path = _dir.PathOf("a.raw");
         await RawFileImage.Create(path, MiB).DisposeAsync();
@@ -404,7 +404,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task AllocatedBytes_FollowsWrites()
+    public async Task Allocated_bytes_follow_writes()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 64 * MiB);
         var before = image.AllocatedBytes;
@@ -416,7 +416,7 @@ public sealed class RawFileImageTests : IDisposable
     }
 
     [Fact]
-    public async Task ConcurrentWritesAndReads_DoNotInterfere()
+    public async Task Concurrent_writes_and_reads_do_not_interfere()
     {
         await using var image = RawFileImage.Create(_dir.PathOf("a.raw"), 16 * MiB);
         var chunks = Enumerable.Range(0, 16).Select(i => Pattern(MiB, 100 + i)).ToArray();

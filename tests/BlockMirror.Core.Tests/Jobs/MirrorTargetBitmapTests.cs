@@ -163,7 +163,7 @@ public sealed class MirrorTargetBitmapTests : IAsyncLifetime
         var transaction = _f.Layer.BitmapActionAsync(new BitmapClearAction("dst", "t"));
         // The transaction has reached the device's gate (it waits there for the write): let the write go on.
         var deadline = DateTime.UtcNow + RecordingEventSink.Timeout;
-        while (!src.Gate.IsQuiesced)
+        while (!src.QuiesceGate.IsQuiesced)
         {
             Assert.True(DateTime.UtcNow < deadline, "the transaction never reached the device's gate");
             await Task.Yield();

@@ -114,9 +114,9 @@ public sealed class MirrorUnresponsiveTargetTests : IAsyncLifetime
         await _stalled.Task.WaitAsync(RecordingEventSink.Timeout);
         // A transaction takes the control lock and waits for that write to drain (QEMU's drained section).
         var transaction = _f.Layer.BitmapActionAsync(new BitmapAddAction("dst", "x", 65536, persistent: false, disabled: false));
-        for (var i = 0; i < 1000 && !src.Gate.IsQuiesced; i++)
+        for (var i = 0; i < 1000 && !src.QuiesceGate.IsQuiesced; i++)
             await Task.Delay(10);
-        Assert.True(src.Gate.IsQuiesced);
+        Assert.True(src.QuiesceGate.IsQuiesced);
         Assert.False(transaction.IsCompleted);
 
         var clock = Stopwatch.StartNew();

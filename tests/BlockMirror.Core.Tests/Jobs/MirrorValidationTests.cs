@@ -66,7 +66,7 @@ public sealed class MirrorValidationTests : IAsyncLifetime
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public async Task Refusal(string because, MirrorOptions options, string code)
+    public async Task Is_refused_with_the_code_QEMU_gives(string because, MirrorOptions options, string code)
     {
         var e = await Assert.ThrowsAsync<BlockException>(() => _f.StartAsync(options));
         Assert.True(code == e.Code, $"{because}: expected {code}, got {e.Code} ({e.Message})");

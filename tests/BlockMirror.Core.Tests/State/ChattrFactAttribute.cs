@@ -8,6 +8,7 @@ namespace BlockMirror.Core.Tests.State;
 /// root, no chattr, a temp file system without the attribute). Decided once, by a probe.
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+[Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Core.Tests")]
 public sealed class ChattrFactAttribute : FactAttribute
 {
     private static readonly Lazy<string?> Refusal = new(Probe);

@@ -6,6 +6,7 @@ namespace BlockMirror.Interop.Tests.Nbd;
 /// (xunit 2 has no dynamic skip; the attribute decides at discovery.)
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+[Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Interop.Tests")]
 public sealed class NbdInteropFactAttribute : FactAttribute
 {
     public NbdInteropFactAttribute(params string[] tools)

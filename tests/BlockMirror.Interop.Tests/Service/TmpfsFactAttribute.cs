@@ -8,6 +8,7 @@ namespace BlockMirror.Interop.Tests.Service;
 /// at discovery, by mounting and unmounting a probe.
 /// </summary>
 [AttributeUsage(AttributeTargets.Method, AllowMultiple = false)]
+[Xunit.Sdk.XunitTestCaseDiscoverer("BlockMirror.Tests.Shared.ExplainedSkipFactDiscoverer", "BlockMirror.Interop.Tests")]
 public sealed class TmpfsFactAttribute : FactAttribute
 {
     private static readonly Lazy<string?> Refusal = new(ProbeMount);

@@ -1,4 +1,4 @@
-// The REST contract (API.md) over fetch. Every non-2xx answer becomes an ApiError carrying the
+// The REST contract (docs/api.md) over fetch. Every non-2xx answer becomes an ApiError carrying the
 // RFC 9457 problem document, so the page can show its title, detail and code.
 
 const BASE = '/api/v1';

@@ -1,31 +1,63 @@
-// Dirty bitmaps per node: badges, counts, the dirty map strip and the bitmap commands.
+// A node's dirty bitmaps: badges, counts, the dirty map strip and the bitmap commands, plus the
+// form that adds one. Rendered on the node's page.
 import { api, seg } from './api.js';
 import { h, reconcile, setOptions, setText } from './dom.js';
 import { drawDirtyMap } from './dirtymap.js';
 import { formatBytes, parseSize } from './format.js';
 
-/** nodes: Node[]; bitmaps: Map(nodeName → Bitmap[]). */
-export function renderBitmaps(ctx, nodes, bitmaps) {
-  const groups = document.getElementById('bitmap-groups');
-  document.getElementById('bitmaps-empty').hidden = nodes.length > 0;
-  const all = nodes.flatMap((n) => (bitmaps.get(n.name) ?? []).map((b) => ({ ...b, size: n.size })));
-  reconcile(groups, nodes, (n) => n.name, (n) => createGroup(ctx, n), (el, n) => {
-    setText(el.querySelector('[data-role="size"]'), formatBytes(n.size));
-    const list = el.querySelector('.bitmap-list');
-    const items = bitmaps.get(n.name) ?? [];
-    el.querySelector('[data-role="empty"]').hidden = items.length > 0;
-    reconcile(list, items, (b) => b.name, (b) => createBitmap(ctx, b), (row, b) => updateBitmap(row, b, n, all));
+export function createBitmapsCard(ctx, node) {
+  const name = h('input', { 'data-testid': 'bitmap-name', placeholder: 'b0', size: 10, required: true });
+  const granularity = h('input', { 'data-testid': 'bitmap-granularity', placeholder: '64K', size: 6 });
+  const persistent = h('input', { type: 'checkbox', 'data-testid': 'bitmap-persistent' });
+  const disabled = h('input', { type: 'checkbox', 'data-testid': 'bitmap-disabled' });
+  const form = h('form', { class: 'inline-form', 'data-testid': 'bitmap-form', 'data-action-scope': true, autocomplete: 'off' },
+    h('strong', {}, 'New bitmap'),
+    h('label', {}, 'Name ', name),
+    h('label', {}, 'Granularity ', granularity),
+    h('label', { title: 'Survives restarts and crashes (journaled)' }, persistent, ' persistent'),
+    h('label', { title: 'Created not recording' }, disabled, ' disabled'),
+    h('button', { type: 'submit', 'data-testid': 'bitmap-add' }, 'Add bitmap'),
+    h('div', { class: 'action-error', 'data-testid': 'action-error', hidden: true }));
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    ctx.act(async () => {
+      await api('POST', `/nodes/${seg(node)}/bitmaps`, {
+        name: name.value.trim(),
+        granularity: parseSize(granularity.value, 'Granularity'),
+        persistent: persistent.checked,
+        disabled: disabled.checked,
+      });
+      form.reset();
+    }, form);
   });
+  return h('section', { class: 'card', 'data-testid': 'node-bitmaps', 'data-node': node },
+    h('header', {}, h('h3', {}, 'Dirty bitmaps')),
+    h('p', { class: 'muted hint' }, 'Each strip spans the whole node; red marks dirty granules. Counts and maps refresh every second.'),
+    h('div', { class: 'bitmap-list' }),
+    h('p', { class: 'muted empty', 'data-role': 'empty' }, 'No bitmaps on this node.'),
+    form);
+}
+
+/**
+ * card: from createBitmapsCard; node: the Node; bitmaps: its Bitmap list; nodes: every Node (merge
+ * sources may be bitmaps of other nodes of the same size).
+ */
+export function renderBitmaps(ctx, card, node, bitmaps, nodes) {
+  card.querySelector('[data-role="empty"]').hidden = bitmaps.length > 0;
+  const sources = [
+    ...bitmaps.map((b) => ({ node: node.name, name: b.name })),
+    ...nodes.filter((n) => n.name !== node.name && n.size === node.size)
+      .flatMap((n) => n.bitmaps.map((b) => ({ node: n.name, name: b }))),
+  ];
+  reconcile(card.querySelector('.bitmap-list'), bitmaps, (b) => b.name, (b) => createBitmap(ctx, b),
+    (row, b) => updateBitmap(row, b, sources));
 }
 
 /** Redraws every map whose bitmap content changed since it was last drawn (its SHA-256 differs). */
-export async function refreshMaps(nodes) {
-  const sizes = new Map(nodes.map((n) => [n.name, n.size]));
-  const canvases = [...document.querySelectorAll('#bitmap-groups canvas.dirty-map')];
+export async function refreshMaps(card, size) {
+  const canvases = [...card.querySelectorAll('canvas.dirty-map')];
   await Promise.all(canvases.map(async (canvas) => {
     const { node, bitmap } = canvas.dataset;
-    const size = sizes.get(node);
-    if (size == null) return;
     const base = `/nodes/${seg(node)}/bitmaps/${seg(bitmap)}`;
     try {
       const { sha256 } = await api('GET', `${base}/sha256`);
@@ -41,49 +73,19 @@ export async function refreshMaps(nodes) {
   }));
 }
 
-function createGroup(ctx, node) {
-  const name = h('input', { 'data-testid': 'bitmap-name', placeholder: 'b0', size: 10, required: true });
-  const granularity = h('input', { 'data-testid': 'bitmap-granularity', placeholder: '64K', size: 6 });
-  const persistent = h('input', { type: 'checkbox', 'data-testid': 'bitmap-persistent' });
-  const disabled = h('input', { type: 'checkbox', 'data-testid': 'bitmap-disabled' });
-  const form = h('form', { class: 'inline-form', 'data-testid': 'bitmap-form', autocomplete: 'off' },
-    h('strong', {}, 'New bitmap'),
-    h('label', {}, 'Name ', name),
-    h('label', {}, 'Granularity ', granularity),
-    h('label', {}, persistent, ' persistent'),
-    h('label', {}, disabled, ' disabled'),
-    h('button', { type: 'submit', 'data-testid': 'bitmap-add' }, 'Add bitmap'));
-  form.addEventListener('submit', (e) => {
-    e.preventDefault();
-    ctx.act(async () => {
-      await api('POST', `/nodes/${seg(node.name)}/bitmaps`, {
-        name: name.value.trim(),
-        granularity: parseSize(granularity.value, 'Granularity'),
-        persistent: persistent.checked,
-        disabled: disabled.checked,
-      });
-      form.reset();
-    });
-  });
-  return h('article', { class: 'card', 'data-testid': 'node-bitmaps', 'data-node': node.name },
-    h('header', {}, h('h3', {}, node.name), h('span', { class: 'muted', 'data-role': 'size' })),
-    h('div', { class: 'bitmap-list' }),
-    h('p', { class: 'muted empty', 'data-role': 'empty' }, 'No bitmaps on this node.'),
-    form);
-}
-
 function createBitmap(ctx, b) {
   const base = `/nodes/${seg(b.node)}/bitmaps/${seg(b.name)}`;
   const button = (verb, label, run, cls) => h('button', {
-    type: 'button', 'data-testid': `bitmap-${verb}`, 'data-verb': verb, class: cls, onclick: () => ctx.act(run),
+    type: 'button', 'data-testid': `bitmap-${verb}`, 'data-verb': verb, class: cls, onclick: (e) => ctx.act(run, e.currentTarget),
   }, label);
   const source = h('select', { 'data-testid': 'bitmap-merge-source', title: 'Bitmap to OR into this one' });
-  return h('div', { class: 'bitmap', 'data-testid': 'bitmap', 'data-node': b.node, 'data-bitmap': b.name },
+  return h('div', { class: 'bitmap', 'data-testid': 'bitmap', 'data-node': b.node, 'data-bitmap': b.name, 'data-action-scope': true },
     h('div', { class: 'bitmap-head' },
       h('strong', { class: 'mono' }, b.name),
       h('span', { class: 'muted', 'data-role': 'granularity' }),
       h('span', { 'data-testid': 'bitmap-count' }),
       h('span', { class: 'badges', 'data-role': 'badges' })),
+    h('p', { class: 'reason', 'data-testid': 'bitmap-inconsistent-reason', hidden: true }),
     h('canvas', { class: 'dirty-map', 'data-testid': 'dirty-map', 'data-node': b.node, 'data-bitmap': b.name, height: 18 }),
     h('div', { class: 'actions' },
       button('clear', 'Clear', () => api('POST', `${base}/clear`)),
@@ -92,14 +94,15 @@ function createBitmap(ctx, b) {
       h('span', { class: 'sep' }),
       h('label', {}, 'merge from ', source),
       button('merge', 'Merge', () => {
-        const [node, name] = source.value.split('/');
-        return api('POST', `${base}/merge`, { sources: [{ node, name }] });
+        const [node, ...rest] = source.value.split('/');
+        return api('POST', `${base}/merge`, { sources: [{ node, name: rest.join('/') }] });
       }),
       h('span', { class: 'sep' }),
-      button('remove', 'Remove', () => api('DELETE', base), 'danger')));
+      button('remove', 'Remove', () => api('DELETE', base), 'danger')),
+    h('div', { class: 'action-error', 'data-testid': 'action-error', hidden: true }));
 }
 
-function updateBitmap(row, b, node, all) {
+function updateBitmap(row, b, sources) {
   setText(row.querySelector('[data-role="granularity"]'), `granularity ${formatBytes(b.granularity)}`);
   const count = row.querySelector('[data-testid="bitmap-count"]');
   setText(count, `${formatBytes(b.count)} dirty`);
@@ -118,24 +121,33 @@ function updateBitmap(row, b, node, all) {
     holder.replaceChildren(...badges.map(([t, cls]) => h('span', { class: `badge ${cls}`, 'data-testid': `badge-${t}` }, t), ' '));
     holder.dataset.badges = badgeKey;
   }
-  // Why it cannot be trusted (a damaged journal, a replaced image, ...): the badge's tooltip.
+  // Why it cannot be trusted (a damaged journal, a replaced image, ...), in words on the page: such
+  // a bitmap can only be removed, and the operator must know what happened before doing so.
+  const reason = row.querySelector('[data-testid="bitmap-inconsistent-reason"]');
+  reason.hidden = !b.inconsistent;
+  setText(reason, b.inconsistent ? `Inconsistent: ${b.inconsistentReason ?? 'no reason recorded'}. It can only be removed.` : '');
   const inconsistentBadge = holder.querySelector('[data-testid="badge-inconsistent"]');
   if (inconsistentBadge) inconsistentBadge.title = b.inconsistentReason ?? '';
   Object.assign(row.dataset, {
     recording: String(b.recording), busy: String(b.busy), persistent: String(b.persistent), inconsistent: String(b.inconsistent),
   });
 
-  // Guards as the service checks them (API.md): the buttons only offer what would be accepted.
+  // Guards as the service checks them (docs/concepts.md): the buttons only offer what would be accepted.
   const blocked = b.busy || b.inconsistent;
-  const sources = all.filter((s) => s.size === node.size && !(s.node === b.node && s.name === b.name))
+  const options = sources.filter((s) => !(s.node === b.node && s.name === b.name))
     .map((s) => ({ value: `${s.node}/${s.name}`, label: s.node === b.node ? s.name : `${s.node}/${s.name}` }));
   const select = row.querySelector('[data-testid="bitmap-merge-source"]');
-  setOptions(select, sources);
-  const set = (verb, disabled) => { row.querySelector(`[data-verb="${verb}"]`).disabled = disabled; };
-  set('clear', blocked);
-  set('enable', blocked || b.recording);
-  set('disable', blocked || !b.recording);
-  set('merge', blocked || sources.length === 0);
-  select.disabled = sources.length === 0;
-  set('remove', b.busy);
+  setOptions(select, options);
+  const set = (verb, disabled, why) => {
+    const button = row.querySelector(`[data-verb="${verb}"]`);
+    button.disabled = disabled;
+    button.title = disabled ? why : '';
+  };
+  const whyBlocked = b.busy ? 'Busy: a job or an export uses it' : 'Inconsistent: it can only be removed';
+  set('clear', blocked, whyBlocked);
+  set('enable', blocked || b.recording, blocked ? whyBlocked : 'Already recording');
+  set('disable', blocked || !b.recording, blocked ? whyBlocked : 'Already disabled');
+  set('merge', blocked || options.length === 0, blocked ? whyBlocked : 'No other bitmap of a node of this size');
+  select.disabled = options.length === 0;
+  set('remove', b.busy, 'Busy: a job or an export uses it');
 }

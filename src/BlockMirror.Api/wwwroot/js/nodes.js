@@ -1,57 +1,123 @@
-// Nodes: the table and the create form.
+// Nodes: the overview table, the node list in the sidebar, and the add-node form (a new raw image,
+// an existing raw image, or a remote NBD export).
 import { api, seg } from './api.js';
 import { h, reconcile, setText } from './dom.js';
 import { formatBytes, parseSize } from './format.js';
 
+export const nodeHref = (name) => `#/nodes/${seg(name)}`;
+
 export function initNodes(ctx) {
   const form = document.getElementById('node-form');
+  const kind = () => form.querySelector('input[name="kind"]:checked').value;
+  const showKind = () => {
+    for (const el of form.querySelectorAll('[data-kinds]')) el.hidden = !el.dataset.kinds.split(' ').includes(kind());
+    form.dataset.kind = kind();
+  };
+  for (const radio of form.querySelectorAll('input[name="kind"]')) radio.addEventListener('change', showKind);
+  showKind();
+  const name = form.querySelector('#node-name');
+  const path = form.querySelector('#node-path');
+  name.addEventListener('input', () => { path.placeholder = `${name.value.trim() || 'disk0'}.img`; });
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     ctx.act(async () => {
-      const name = form.querySelector('#node-name').value.trim();
-      const path = form.querySelector('#node-path').value.trim() || `${name}.img`;
-      const size = parseSize(form.querySelector('#node-size').value, 'Size');
-      await api('POST', '/nodes', { name, driver: 'raw', path, create: { size } });
+      const value = (id) => form.querySelector(`#${id}`).value.trim();
+      const readOnly = form.querySelector('#node-read-only').checked;
+      const n = value('node-name');
+      let body;
+      switch (kind()) {
+        case 'create':
+          body = { name: n, driver: 'raw', path: value('node-path') || `${n}.img`, create: { size: parseSize(value('node-size'), 'Size') } };
+          break;
+        case 'open':
+          body = { name: n, driver: 'raw', path: value('node-path') || `${n}.img`, readOnly };
+          break;
+        default:
+          body = { name: n, driver: 'nbd', uri: value('node-uri'), readOnly };
+      }
+      const node = await api('POST', '/nodes', body);
       form.reset();
-    });
+      showKind();
+      ctx.navigate(nodeHref(node.name));
+    }, form);
   });
+
+  const filter = document.getElementById('node-filter');
+  filter.addEventListener('input', () => ctx.rerender());
 }
 
-export function renderNodes(ctx, nodes) {
-  const body = document.getElementById('nodes-body');
+/** The overview table (#/nodes) and the sidebar list. */
+export function renderNodes(ctx, nodes, current) {
   document.getElementById('nodes-empty').hidden = nodes.length > 0;
-  reconcile(body, nodes, (n) => n.name, (n) => createRow(ctx, n), updateRow);
+  reconcile(document.getElementById('nodes-body'), nodes, (n) => n.name, createRow, updateRow);
+
+  const text = document.getElementById('node-filter').value.trim().toLowerCase();
+  const shown = text ? nodes.filter((n) => n.name.toLowerCase().includes(text) || (n.path ?? n.uri ?? '').toLowerCase().includes(text)) : nodes;
+  document.getElementById('node-nav-empty').hidden = shown.length > 0;
+  document.getElementById('node-nav-empty').textContent = nodes.length ? 'No node matches.' : 'No nodes yet.';
+  reconcile(document.getElementById('node-nav'), shown, (n) => n.name,
+    (n) => h('li', { 'data-testid': 'node-nav-item', 'data-node': n.name },
+      h('a', { href: nodeHref(n.name) }, h('span', { class: 'name' }, n.name), h('span', { class: 'muted size' }), h('span', { class: 'dot' }))),
+    (li, n) => {
+      setText(li.querySelector('.size'), formatBytes(n.size));
+      li.classList.toggle('current', n.name === current);
+      li.dataset.state = stateOf(n);
+      li.querySelector('.dot').title = stateText(n);
+    });
 }
 
-function createRow(ctx, node) {
+/** The one word the sidebar's dot shows: what an operator must notice first. */
+function stateOf(n) {
+  if (n.imageReplaced) return 'replaced';
+  if (n.busy) return 'busy';
+  return n.exports.length ? 'exported' : 'idle';
+}
+
+function stateText(n) {
+  if (n.imageReplaced) return `image replaced: ${n.imageReplacedReason ?? ''}`;
+  if (n.busy) return `busy: job ${n.jobId ?? ''}`;
+  return n.exports.length ? `exported as ${n.exports.join(', ')}` : 'idle';
+}
+
+/** The badges of a node's state: used in the table and on the node's page. */
+export function nodeBadges(n) {
+  return [
+    n.busy ? [n.jobId ? `busy · ${n.jobId}` : 'busy', 'warn', 'busy'] : ['idle', '', 'idle'],
+    n.readOnly && ['read-only', 'info', 'read-only'],
+    n.imageReplaced && ['image replaced', 'bad', 'replaced'],
+  ].filter(Boolean);
+}
+
+export function badgeElements(badges) {
+  return badges.map(([t, cls, id]) => h('span', { class: `badge ${cls}`, 'data-testid': `node-badge-${id}` }, t));
+}
+
+function createRow(node) {
   const cell = (col, cls) => h('td', { 'data-col': col, class: cls });
-  const remove = h('button', {
-    type: 'button', class: 'danger', 'data-testid': 'node-delete', title: 'Remove the node (the image file is kept)',
-    onclick: () => ctx.act(() => api('DELETE', `/nodes/${seg(node.name)}`)),
-  }, 'Delete');
   return h('tr', { 'data-testid': 'node-row', 'data-node': node.name },
-    cell('name'), cell('driver'), cell('location', 'mono'), cell('size', 'num'), cell('allocated', 'num'),
-    cell('busy'), cell('exports'), cell('bitmaps'), h('td', {}, remove));
+    h('td', { 'data-col': 'name' }, h('a', { href: nodeHref(node.name), 'data-testid': 'node-link' }, node.name)),
+    cell('driver'), cell('location', 'mono'), cell('size', 'num'), cell('allocated', 'num'),
+    cell('busy'), cell('exports'), cell('bitmaps'));
 }
 
 function updateRow(tr, node) {
   const col = (c) => tr.querySelector(`[data-col="${c}"]`);
-  setText(col('name'), node.name);
-  setText(col('driver'), node.driver + (node.readOnly ? ' (read-only)' : ''));
-  // A file replaced under the open node: writes are refused until it is removed and added again.
-  setText(col('location'), (node.path ?? node.uri ?? '') + (node.imageReplaced ? ' (replaced)' : ''));
-  col('location').title = node.imageReplacedReason ?? '';
+  setText(col('driver'), node.driver);
+  setText(col('location'), node.path ?? node.uri ?? '');
   setText(col('size'), formatBytes(node.size));
   col('size').title = `${node.size} bytes`;
-  setText(col('allocated'), formatBytes(node.allocatedBytes));
+  setText(col('allocated'), node.driver === 'nbd' ? '—' : formatBytes(node.allocatedBytes));
   col('allocated').title = `${node.allocatedBytes} bytes`;
+  const badges = nodeBadges(node);
+  const key = badges.map(([t]) => t).join(',');
   const busy = col('busy');
-  const busyText = node.busy ? `busy${node.jobId ? ` · ${node.jobId}` : ''}` : 'idle';
-  if (busy.textContent !== busyText) {
-    busy.replaceChildren(h('span', { class: `badge ${node.busy ? 'warn' : ''}` }, busyText));
+  if (busy.dataset.key !== key) {
+    busy.replaceChildren(...badgeElements(badges).flatMap((b) => [b, ' ']));
+    busy.dataset.key = key;
   }
+  // A file replaced under the open node: writes are refused until it is removed and added again.
+  busy.title = node.imageReplaced ? node.imageReplacedReason ?? '' : '';
   setText(col('exports'), node.exports.length ? node.exports.join(', ') : '—');
   setText(col('bitmaps'), node.bitmaps.length ? node.bitmaps.join(', ') : '—');
   tr.dataset.busy = String(node.busy);
-  tr.querySelector('[data-testid="node-delete"]').disabled = node.busy;
 }

@@ -1,20 +1,17 @@
-using BlockMirror.Core.Bitmaps;
 using BlockMirror.Core.Jobs;
+using BlockMirror.Core.Nodes;
 
-namespace BlockMirror.Core;
+namespace BlockMirror.Core.Bitmaps;
 
 /// <summary>
-/// The block layer's limits: a budget for the memory of bitmaps, the largest bitmap that can exist
-/// (and be stored), and the number of actions a transaction may hold. Refusals come before anything
-/// is allocated or changed, with a stable code, so a request the limits refuse changes nothing.
+/// The limits on bitmaps: a budget for their memory, and the largest bitmap that can exist (and be
+/// stored). Refusals come before anything is allocated or changed, with a stable code, so a request
+/// the limits refuse changes nothing.
 /// </summary>
-public sealed partial class BlockLayer
+public sealed class BitmapLimits(NodeRegistry nodes, Func<IEnumerable<Job>> jobs, Func<bool> keepsShadows)
 {
-    /// <summary>Default of <see cref="BitmapMemoryBudget"/>: 1 GiB (a 1 TiB node at 512-byte granularity has 256 MiB bitmaps).</summary>
-    public const long DefaultBitmapMemoryBudget = 1L << 30;
-
-    /// <summary>Default of <see cref="MaxTransactionActions"/>.</summary>
-    public const int DefaultMaxTransactionActions = 100;
+    /// <summary>Default of <see cref="MemoryBudget"/>: 1 GiB (a 1 TiB node at 512-byte granularity has 256 MiB bitmaps).</summary>
+    public const long DefaultMemoryBudget = 1L << 30;
 
     /// <summary>
     /// Default of <see cref="MaxPersistentBitmapBytes"/>: SQLite's largest blob (SQLITE_MAX_LENGTH,
@@ -22,52 +19,49 @@ public sealed partial class BlockLayer
     /// </summary>
     public const long DefaultMaxPersistentBitmapBytes = 1_000_000_000;
 
+    /// <summary>The largest granularity the hint of <see cref="CheckSize"/> proposes (2 GiB).</summary>
+    private const long LargestHintedGranularity = 1L << 31;
+
     /// <summary>
-    /// Bytes all bitmaps may take together (<see cref="BitmapMemoryInUse"/>): every node's bitmaps, the
-    /// durability shadow of each persistent one, mirror jobs' private working bitmaps, and while a
+    /// Bytes all bitmaps may take together (<see cref="MemoryInUse"/>): every node's bitmaps, the
+    /// durability shadow of each persistent one, jobs' private working bitmaps, and while a
     /// transaction runs, its backups and the checkpoint contents it stores. A request that would go
     /// beyond is refused with <c>bitmap-memory-exceeded</c>. Bitmaps restored at start are never refused.
     /// </summary>
-    public long BitmapMemoryBudget { get; init; } = DefaultBitmapMemoryBudget;
-
-    /// <summary>Actions one transaction may hold; more are refused with <c>too-many-actions</c>.</summary>
-    public int MaxTransactionActions { get; init; } = DefaultMaxTransactionActions;
+    public long MemoryBudget { get; set; } = DefaultMemoryBudget;
 
     /// <summary>The largest serialized content of a persistent bitmap the store can hold (larger: <c>bitmap-too-large</c>).</summary>
-    public long MaxPersistentBitmapBytes { get; init; } = DefaultMaxPersistentBitmapBytes;
+    public long MaxPersistentBitmapBytes { get; set; } = DefaultMaxPersistentBitmapBytes;
 
-    /// <summary>Bytes the bitmaps take now (see <see cref="BitmapMemoryBudget"/>; a transaction's transient copies excluded).</summary>
-    public long BitmapMemoryInUse
+    /// <summary>Bytes the bitmaps take now (see <see cref="MemoryBudget"/>; a transaction's transient copies excluded).</summary>
+    public long MemoryInUse
     {
         get
         {
             var total = 0L;
-            foreach (var node in Nodes)
+            foreach (var node in nodes.Nodes)
             {
                 foreach (var bitmap in node.Bitmaps)
                     total += LastingBytes(bitmap.MemoryBytes, bitmap.Persistent);
             }
-            foreach (var job in Jobs)
-            {
-                if (job is MirrorJob mirror)
-                    total += mirror.WorkingCopyBytes;
-            }
+            foreach (var job in jobs())
+                total += job.PrivateBitmapBytes;
             return total;
         }
     }
 
     /// <summary>What a node bitmap of <paramref name="memoryBytes"/> takes for good: with the journal, a persistent one has a shadow of the same size (BitmapDurability).</summary>
-    internal long LastingBytes(long memoryBytes, bool persistent) =>
-        persistent && _durability is not null ? 2 * memoryBytes : memoryBytes;
+    public long LastingBytes(long memoryBytes, bool persistent) =>
+        persistent && keepsShadows() ? 2 * memoryBytes : memoryBytes;
 
     /// <summary>Refuses (<c>bitmap-memory-exceeded</c>) unless <paramref name="bytes"/> more fit the budget beside what is in use.</summary>
-    internal void EnsureBitmapMemory(long bytes)
+    public void EnsureMemory(long bytes)
     {
         if (bytes <= 0)
             return;
-        var inUse = BitmapMemoryInUse;
-        if (bytes > BitmapMemoryBudget - inUse)
-            throw BlockErrors.BitmapMemoryExceeded(bytes, inUse, BitmapMemoryBudget);
+        var inUse = MemoryInUse;
+        if (bytes > MemoryBudget - inUse)
+            throw BlockErrors.BitmapMemoryExceeded(bytes, inUse, MemoryBudget);
     }
 
     /// <summary>
@@ -76,7 +70,7 @@ public sealed partial class BlockLayer
     /// or, <paramref name="persistent"/>, whose checkpoint the store cannot hold; the message names the
     /// smallest granularity that would do.
     /// </summary>
-    public void CheckBitmapSize(long size, long granularity, bool persistent)
+    public void CheckSize(long size, long granularity, bool persistent)
     {
         if (Fits(size, granularity, persistent))
             return;
@@ -85,7 +79,7 @@ public sealed partial class BlockLayer
             ? $"at most {HBitmap.MaxLength} bits and {MaxPersistentBitmapBytes} bytes of stored content"
             : $"at most {HBitmap.MaxLength} bits";
         var larger = granularity;
-        while (larger < 1L << 31 && !Fits(size, larger, persistent))
+        while (larger < LargestHintedGranularity && !Fits(size, larger, persistent))
             larger <<= 1;
         var hint = Fits(size, larger, persistent) ? $"; use a granularity of at least {larger}" : "";
         throw BlockErrors.BitmapTooLarge(

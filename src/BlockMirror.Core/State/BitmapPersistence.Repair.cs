@@ -1,8 +1,7 @@
-using BlockMirror.Core.Bitmaps;
 using BlockMirror.Core.Jobs;
-using BlockMirror.Core.Nodes;
+using Microsoft.Extensions.Logging;
 
-namespace BlockMirror.Core;
+namespace BlockMirror.Core.State;
 
 /// <summary>
 /// Repair of a failed bitmap journal (a full or failing disk under the database). While it cannot be
@@ -11,7 +10,7 @@ namespace BlockMirror.Core;
 /// again, a repair checkpoints every persistent bitmap and restarts the journal on a fresh segment,
 /// as a start does: the writes go on without a restart of the service.
 /// </summary>
-public sealed partial class BlockLayer
+public sealed partial class BitmapPersistence
 {
     /// <summary>The first retry after a failure; each failed retry doubles the wait up to <see cref="MaxRepairDelay"/>.</summary>
     private static readonly TimeSpan MinRepairDelay = TimeSpan.FromMilliseconds(250);
@@ -40,45 +39,34 @@ public sealed partial class BlockLayer
         AsyncSignal wake;
         lock (_repairLock)
         {
-            if (Time.GetUtcNow().UtcTicks - _lastRepairTicks < OnDemandRepairGap.Ticks)
+            if (time.GetUtcNow().UtcTicks - _lastRepairTicks < OnDemandRepairGap.Ticks)
                 return;
-            wake = _repairWake ??= new AsyncSignal(Time);
+            wake = _repairWake ??= new AsyncSignal(time);
         }
         QueueJournalRepair();
         wake.Set();
     }
 
     /// <summary>
-    /// Repairs a failed journal now (nothing when it works): with every node's writes quiesced and the
-    /// control lock held, as at load, every persistent bitmap is checkpointed through the journal's last
-    /// sequence, then the journal drops its segments (the checkpoints cover them) and starts a fresh one
-    /// after that sequence, so a recovery never meets a gap. Throws (and the journal stays failed) while
-    /// the database or the journal's folder cannot be written.
+    /// Repairs a failed journal now (nothing when it works): with every node's writes quiesced, as at
+    /// load, every persistent bitmap is checkpointed through the journal's last sequence, then the
+    /// journal drops its segments (the checkpoints cover them) and starts a fresh one after that
+    /// sequence, so a recovery never meets a gap. Throws (and the journal stays failed) while the
+    /// database or the journal's folder cannot be written.
     /// </summary>
-    public Task RepairJournalAsync(CancellationToken cancellationToken = default) => ControlAsync(async () =>
+    public async Task RepairJournalControlLockedAsync(CancellationToken cancellationToken)
     {
         if (_journal is not { Failure: not null } journal)
             return;
         lock (_repairLock)
-            _lastRepairTicks = Time.GetUtcNow().UtcTicks;
-        var quiesced = new List<IDisposable>();
-        try
+            _lastRepairTicks = time.GetUtcNow().UtcTicks;
+        using (await nodes.QuiesceAllAsync(cancellationToken).ConfigureAwait(false))
         {
-            foreach (var node in Nodes)
-                quiesced.Add(await node.Gate.QuiesceAsync(cancellationToken).ConfigureAwait(false));
             var through = journal.LastSequence;
-            var bitmaps = new List<(BlockNode, DirtyBitmap)>();
-            foreach (var node in Nodes)
-                bitmaps.AddRange(node.Bitmaps.Where(b => b.Persistent).Select(b => (node, b)));
-            await CheckpointUnlockedAsync(bitmaps, cleanStop: false, through, cancellationToken).ConfigureAwait(false);
+            await CheckpointControlLockedAsync(PersistentBitmapsOf(nodes.Nodes), cleanStop: false, through, cancellationToken).ConfigureAwait(false);
             await journal.RestartAsync(through + 1, cancellationToken).ConfigureAwait(false);
         }
-        finally
-        {
-            foreach (var q in quiesced)
-                q.Dispose();
-        }
-    }, cancellationToken);
+    }
 
     /// <summary>The journal failed (its event, on a thread-pool thread): retry the repair with a growing wait until it works.</summary>
     private void QueueJournalRepair()
@@ -88,8 +76,9 @@ public sealed partial class BlockLayer
             if (_repairRunning)
                 return;
             _repairRunning = true;
-            _repairWake ??= new AsyncSignal(Time);
+            _repairWake ??= new AsyncSignal(time);
         }
+        LogJournalFailed(logger, _journal?.Failure);
         _ = Task.Run(RepairLoopAsync);
     }
 
@@ -98,20 +87,22 @@ public sealed partial class BlockLayer
         var delay = MinRepairDelay;
         try
         {
-            while (!_stopped && _journal?.Failure is not null)
+            while (!control.Stopped && _journal?.Failure is not null)
             {
                 await _repairWake!.WaitAsync(delay).ConfigureAwait(false);
-                if (_stopped || _journal?.Failure is null)
+                if (control.Stopped || _journal?.Failure is null)
                     break;
                 try
                 {
-                    await RepairJournalAsync().ConfigureAwait(false);
+                    await control.RunAsync(() => RepairJournalControlLockedAsync(CancellationToken.None)).ConfigureAwait(false);
                     LastJournalRepairError = null;
+                    LogJournalRepaired(logger);
                 }
                 catch (Exception e)
                 {
                     // Still full or failing; the writes that need the journal stay refused meanwhile.
                     LastJournalRepairError = e.Message;
+                    LogRepairFailed(logger, e, delay.TotalSeconds);
                 }
                 delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, MaxRepairDelay.Ticks));
             }
@@ -121,8 +112,17 @@ public sealed partial class BlockLayer
             lock (_repairLock)
                 _repairRunning = false;
             // A failure announced while this loop was leaving found it still running: start again.
-            if (!_stopped && _journal?.Failure is not null)
+            if (!control.Stopped && _journal?.Failure is not null)
                 QueueJournalRepair();
         }
     }
+
+    [LoggerMessage(20, LogLevel.Error, "The bitmap journal cannot be written; writes that need a new durable granule are refused until it is repaired")]
+    private static partial void LogJournalFailed(ILogger logger, Exception? exception);
+
+    [LoggerMessage(21, LogLevel.Warning, "Repairing the bitmap journal failed; retrying after {DelaySeconds} s")]
+    private static partial void LogRepairFailed(ILogger logger, Exception exception, double delaySeconds);
+
+    [LoggerMessage(22, LogLevel.Information, "The bitmap journal was repaired: every persistent bitmap checkpointed, a fresh segment started")]
+    private static partial void LogJournalRepaired(ILogger logger);
 }
