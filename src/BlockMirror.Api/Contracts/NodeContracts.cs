@@ -8,16 +8,21 @@ namespace BlockMirror.Api.Contracts;
 /// <param name="Name">Node name, unique in the service: 1–128 characters of [A-Za-z0-9._:-], starting with a letter, digit or '_'.</param>
 /// <param name="Driver">How the image is reached: <c>raw</c> (a file under the image root, needs <c>path</c>) or <c>nbd</c> (a remote NBD export, needs <c>uri</c>).</param>
 /// <param name="Path">raw: the image file, relative to the image root (Storage:Root); no absolute paths, no '..'.</param>
-/// <param name="Uri">nbd: nbd://host:port/export or nbd+unix:///export?socket=/path.sock.</param>
+/// <param name="Uri">nbd: nbd://host:port/export or nbd+unix:///export?socket=/path.sock; nbds:// and nbds+unix:// require TLS.</param>
 /// <param name="Create">raw: create the file (sparse) with this size instead of opening an existing one; the file must not exist.</param>
 /// <param name="ReadOnly">Open without write access: writes, mirrors into it and writable exports are refused. Default false.</param>
+/// <param name="Tls">
+/// nbd: connect with TLS (NBD_OPT_STARTTLS), with this host's identity from <c>Nbd:Client:Tls</c>;
+/// the node's <c>uri</c> then shows the TLS scheme (<c>nbds://</c>), which says the same. Default: what the URI's scheme says.
+/// </param>
 public sealed record CreateNodeRequest(
     [property: Required] string? Name,
     [property: Required] string? Driver,
     string? Path,
     string? Uri,
     CreateImageSpec? Create,
-    bool? ReadOnly);
+    bool? ReadOnly,
+    bool? Tls);
 
 /// <summary>Image creation parameters.</summary>
 /// <param name="Size">Virtual size in bytes, a multiple of 512 (an integer, or a size such as 64M, 1G).</param>
@@ -27,7 +32,7 @@ public sealed record CreateImageSpec([property: Required, JsonConverter(typeof(B
 /// <param name="Name">The node's name.</param>
 /// <param name="Driver"><c>raw</c> or <c>nbd</c>.</param>
 /// <param name="Path">raw: the image file relative to the image root; null for nbd.</param>
-/// <param name="Uri">nbd: the export's URI; null for raw.</param>
+/// <param name="Uri">nbd: the export's URI (nbds:// or nbds+unix:// when TLS is used); null for raw.</param>
 /// <param name="Size">Virtual size in bytes.</param>
 /// <param name="AllocatedBytes">Bytes the image occupies on disk (0 where unknown, e.g. nbd).</param>
 /// <param name="ReadOnly">Opened without write access.</param>
@@ -42,6 +47,8 @@ public sealed record CreateImageSpec([property: Required, JsonConverter(typeof(B
 /// with <c>image-replaced</c> and its persistent bitmaps are inconsistent. Remove the node and add it again.
 /// </param>
 /// <param name="ImageReplacedReason">What was found; null while <c>imageReplaced</c> is false.</param>
+/// <param name="Tls">nbd: the connection is TLS (the URI's scheme is nbds); false otherwise.</param>
+/// <param name="PeerSubject">nbd over TLS: the subject of the server's certificate (e.g. <c>CN=host-b, O=Example</c>), as checked against the CA; null otherwise.</param>
 public sealed record NodeDto(
     string Name,
     string Driver,
@@ -56,7 +63,9 @@ public sealed record NodeDto(
     IReadOnlyList<string> Exports,
     DateTime CreatedAt,
     bool ImageReplaced,
-    string? ImageReplacedReason);
+    string? ImageReplacedReason,
+    bool Tls,
+    string? PeerSubject);
 
 /// <summary>Body of POST /api/v1/nodes/{node}/zero: a write of zeroes (it marks bitmaps).</summary>
 /// <param name="Offset">First byte (an integer, or a size such as 1M).</param>

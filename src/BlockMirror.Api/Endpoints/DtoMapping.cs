@@ -19,8 +19,11 @@ public static class DtoMapping
         {
             allocated = 0;
         }
+        // The connection in use now: a reconnect redoes TLS, and the peer's certificate may have been renewed meanwhile.
+        var remote = node.Image as BlockMirror.Nbd.NbdImage;
         return new NodeDto(node.Name, node.Driver, node.Path, node.Uri, node.Size, allocated, node.ReadOnly, node.Busy, node.JobId,
-            [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason);
+            [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason,
+            remote?.Tls ?? false, remote?.Client.PeerSubject);
     }
 
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>

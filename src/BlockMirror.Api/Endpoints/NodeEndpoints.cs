@@ -5,6 +5,7 @@ using BlockMirror.Api.Options;
 using BlockMirror.Core;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
+using BlockMirror.Nbd;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Options;
 
@@ -51,10 +52,17 @@ public static class NodeEndpoints
         long? size = null;
         if (request.Create is { } create)
             size = RequestValidationException.Require(create.Size, "create.size");
-        var spec = new NodeSpec(name, driver, request.Path, request.Uri, size, request.ReadOnly ?? false);
+        var spec = new NodeSpec(name, driver, request.Path, TlsUri(request), size, request.ReadOnly ?? false);
         var node = await layer.CreateNodeAsync(spec, cancellationToken);
         return TypedResults.Created($"/api/v1/nodes/{Uri.EscapeDataString(node.Name)}", node.ToDto());
     }
+
+    /// <summary>
+    /// The URI the node connects to: with <c>tls: true</c> its TLS form (<c>nbds://</c>), so the URI
+    /// alone says how to reach the export, is stored as it is, and a restart or a pivot carries TLS along.
+    /// </summary>
+    private static string? TlsUri(CreateNodeRequest request) =>
+        request.Tls == true && request.Uri is { } uri ? NbdUri.WithTls(uri) : request.Uri;
 
     /// <summary>
     /// The members each driver takes, checked before any state: a raw node needs a path, an nbd
@@ -72,6 +80,8 @@ public static class NodeEndpoints
                     errors["path"] = ["required with driver raw"];
                 if (request.Uri is not null)
                     errors["uri"] = ["only with driver nbd"];
+                if (request.Tls is not null)
+                    errors["tls"] = ["only with driver nbd"];
                 break;
             case "nbd":
                 if (request.Uri is null)
@@ -80,6 +90,8 @@ public static class NodeEndpoints
                     errors["path"] = ["only with driver raw (an nbd node takes a uri)"];
                 if (request.Create is not null)
                     errors["create"] = ["only with driver raw (an nbd node cannot create its image)"];
+                if (request.Tls == false && request.Uri is { } uri && uri.StartsWith("nbds", StringComparison.OrdinalIgnoreCase))
+                    errors["tls"] = ["false contradicts the URI: an nbds URI requires TLS (use nbd:// for a plain connection)"];
                 break;
             default:
                 errors["driver"] = [$"expected one of: raw, nbd; got {System.Text.Json.JsonSerializer.Serialize(request.Driver)}"];

@@ -10,7 +10,19 @@ namespace BlockMirror.Interop.Tests.Service;
 /// <summary>The real service in-process (REST over TestServer, NBD on a real loopback port), in a temp folder.</summary>
 public sealed class ServiceFactory : WebApplicationFactory<Program>
 {
-    public string DataDir { get; } = Directory.CreateTempSubdirectory("blockmirror-interop-").FullName;
+    private readonly bool _ownsDataDir;
+
+    /// <summary>A service in a new temp folder, or (a restart) in <paramref name="dataDir"/>, which it then leaves in place.</summary>
+    public ServiceFactory(string? dataDir = null)
+    {
+        _ownsDataDir = dataDir is null;
+        DataDir = dataDir ?? Directory.CreateTempSubdirectory("blockmirror-interop-").FullName;
+    }
+
+    public string DataDir { get; }
+
+    /// <summary>More settings (configuration keys such as <c>Nbd:Tls:CertificatePath</c>), applied at start.</summary>
+    public Dictionary<string, string> Settings { get; } = [];
 
     public string ImageRoot => Path.Combine(DataDir, "images");
 
@@ -20,12 +32,16 @@ public sealed class ServiceFactory : WebApplicationFactory<Program>
         builder.UseSetting("ConnectionStrings:BlockMirror", $"Data Source={Path.Combine(DataDir, "blockmirror.db")}");
         builder.UseSetting("Storage:Root", ImageRoot);
         builder.UseSetting("Nbd:Listen", "127.0.0.1:0");
+        foreach (var (key, value) in Settings)
+            builder.UseSetting(key, value);
     }
 
     public override async ValueTask DisposeAsync()
     {
         await base.DisposeAsync();
         SqliteConnection.ClearAllPools();
+        if (!_ownsDataDir)
+            return;
         try
         {
             Directory.Delete(DataDir, recursive: true);
