@@ -27,7 +27,8 @@ export function createNodePage(ctx, container, name) {
     h('p', { class: 'reason', 'data-testid': 'node-replaced', hidden: true }),
     h('dl', { class: 'stats' },
       info('driver', 'driver'), info('path / URI', 'location'), info('size', 'size'),
-      info('allocated', 'allocated'), info('added', 'created')),
+      info('allocated', 'allocated'), info('added', 'created'),
+      info('transport', 'tls'), info('server identity', 'peer')),
     h('div', { class: 'actions' },
       h('label', { 'data-role': 'delete-image-label', title: 'Also delete the raw image file (refused when the path no longer names the node\'s file)' },
         deleteImage, ' also delete the image file'),
@@ -75,6 +76,13 @@ export function updateNodePage(ctx, page, data) {
   set('size', formatBytes(node.size), `${node.size} bytes`);
   set('allocated', node.driver === 'nbd' ? '—' : formatBytes(node.allocatedBytes), `${node.allocatedBytes} bytes`);
   set('created', formatTime(node.createdAt));
+  // A remote node: whether its connection is encrypted, and whose certificate the server showed.
+  const remote = node.driver === 'nbd';
+  s.querySelector('[data-role="tls"]').parentElement.hidden = !remote;
+  s.querySelector('[data-role="peer"]').parentElement.hidden = !remote || !node.tls;
+  set('tls', node.tls ? 'TLS (encrypted, server verified)' : 'plain TCP (not encrypted)',
+    node.tls ? 'NBD over TLS 1.3, checked against Nbd:Client:Tls:CaPath' : 'Use an nbds:// URI or "tls": true to encrypt');
+  set('peer', node.peerSubject ?? '');
   s.querySelector('[data-role="delete-image-label"]').hidden = node.driver !== 'raw';
   const blocked = node.busy ? `In use by job ${node.jobId ?? ''} (node-busy)` : (node.exports.length ? 'Exported: remove its exports first (node-busy)' : '');
   page.remove.disabled = !!blocked;
