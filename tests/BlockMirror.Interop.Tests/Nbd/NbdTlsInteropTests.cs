@@ -174,6 +174,30 @@ public sealed class NbdTlsInteropTests : IDisposable
         Assert.Contains("requires TLS", plain.Message, StringComparison.Ordinal);
     }
 
+    [NbdInteropFact("nbdkit")]
+    public async Task Our_client_refuses_nbdkit_serving_an_expired_certificate()
+    {
+        // nbdkit (unlike QEMU and our server) serves a certificate whatever its dates.
+        var dir = _certs.QemuDirectory("server", _certs.Issue("/O=BlockMirror/CN=old-server", expired: true));
+        var socket = Path.Combine(_certs.Directory, "k.sock");
+        await using var nbdkit = await BackgroundTool.StartAsync("nbdkit", socket, "-f", "-U", socket, "--tls=require", $"--tls-certificates={dir}", "memory", "1M");
+        var e = await Assert.ThrowsAsync<BlockException>(() => NbdImage.OpenAsync($"nbds+unix:///?socket={socket}", false,
+            new NbdClientOptions { Tls = NbdClientTls.Load(_certs.Ca.CertificatePath, null, null) }));
+        Assert.Equal("nbd-connect-failed", e.Code);
+        Assert.Contains("expired", e.Message, StringComparison.Ordinal);
+        Assert.Contains("old-server", e.Message, StringComparison.Ordinal);
+    }
+
+    [NbdInteropFact("nbdinfo")]
+    public async Task Nbdinfo_presenting_an_expired_client_certificate_is_refused_saying_so()
+    {
+        await using var server = await StartServerAsync(requireClient: true);
+        var dir = _certs.QemuDirectory("client", _certs.Issue("/O=BlockMirror/CN=old-client", expired: true));
+        var info = await InteropTools.RunAsync("nbdinfo", [Nbds(server, dir)]);
+        Assert.NotEqual(0, info.ExitCode);
+        Assert.Contains(_refused, l => l.Contains("127.0.0.1:", StringComparison.Ordinal) && l.Contains("old-client", StringComparison.Ordinal) && l.Contains("expired", StringComparison.Ordinal));
+    }
+
     private static async Task WaitForAsync(Func<bool> condition)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
