@@ -80,8 +80,15 @@ def netns_down():
     subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
 
 
+def cpu_seconds(service):
+    """The service process's user+system CPU so far (the copy's cost, less sensitive to a busy machine than the wall time)."""
+    with open("/proc/%d/stat" % service.proc.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def mirror_once(a, b, mode, size, n):
-    """Seconds from the POST to BLOCK_JOB_READY of a full mirror of A's src into a new export of B."""
+    """(seconds from the POST to BLOCK_JOB_READY, CPU seconds of A, of B) of a full mirror of A's src into a new export of B."""
     auth = {"Authorization": "Bearer " + KEY}
     dst, job = "dst%d" % n, "m%d" % n
     b.request("POST", "/api/v1/nodes", {"name": dst, "driver": "raw", "path": dst + ".img", "create": {"size": size}}, headers=auth)
@@ -90,17 +97,19 @@ def mirror_once(a, b, mode, size, n):
     assert uri.startswith("nbds://" if mode == "tls" else "nbd://"), uri
     a.post("/api/v1/nodes", {"name": "t%d" % n, "driver": "nbd", "uri": uri})
     try:
+        ca, cb = cpu_seconds(a), cpu_seconds(b)
         t0 = time.monotonic()
         a.post("/api/v1/jobs/mirror", {"id": job, "sync": "full", "device": "src", "target": "t%d" % n})
         ready = a.sse.wait("BLOCK_JOB_READY", job, after=t0)
         seconds = ready["recv_monotonic"] - t0
+        ca, cb = cpu_seconds(a) - ca, cpu_seconds(b) - cb
         # Cancel at READY: the target stays a finished copy, the source stays the device.
         a.post("/api/v1/jobs/%s/cancel" % job)
         ended = a.sse.wait(("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"), job, after=t0)
         if ended["data"].get("error"):
             raise RuntimeError("mirror %s ended with %s" % (job, ended["data"]))
         a.request("POST", "/api/v1/jobs/%s/dismiss" % job, {}, check=False)
-        return seconds
+        return seconds, ca, cb
     finally:
         a.remove_node("t%d" % n)
         b.request("DELETE", "/api/v1/exports/" + dst, check=False, headers=auth)
@@ -157,9 +166,9 @@ def main():
             rng.shuffle(order)
             for mode in order:
                 n += 1
-                s = mirror_once(a, b_tls if mode == "tls" else b_plain, mode, size, n)
+                s, ca, cb = mirror_once(a, b_tls if mode == "tls" else b_plain, mode, size, n)
                 results[mode].append(s)
-                print("rep %d %-5s %.2f s  %.0f MiB/s" % (rep, mode, s, size / s / 2**20), flush=True)
+                print("rep %d %-5s %.2f s  %.0f MiB/s  cpu A %.2f s  B %.2f s" % (rep, mode, s, size / s / 2**20, ca, cb), flush=True)
         med = {m: statistics.median(v) for m, v in results.items()}
         print("median: plain %.2f s (%.0f MiB/s), tls %.2f s (%.0f MiB/s); tls/plain throughput %.2f" % (
             med["plain"], size / med["plain"] / 2**20, med["tls"], size / med["tls"] / 2**20, med["plain"] / med["tls"]))
