@@ -14,13 +14,22 @@ namespace BlockMirror.Nbd;
 /// One send at a time; replies are never split, so chunks of different requests never interleave
 /// inside a message. A failed send calls <c>onFailure</c> once and everything queued later is
 /// dropped: the stream is no longer framed.
+/// Replies not yet sent are bounded: past <see cref="DefaultBacklogLimit"/> bytes the reader takes no
+/// new request (<see cref="WaitForRoom"/>) until the client has read enough of them, as QEMU's
+/// request coroutine and nbdkit's worker thread wait in their send; without it, a client that sends
+/// reads and never reads the replies makes the server hold every reply in memory.
 /// </summary>
 internal sealed class NbdReplyWriter : IDisposable
 {
+    /// <summary>Unsent reply bytes past which the reader stops taking requests: many 1 MiB replies in flight, not a client's whole backlog.</summary>
+    public const long DefaultBacklogLimit = 16L * 1024 * 1024;
+
     private readonly NbdChannel _channel;
     private readonly Action<Exception> _onFailure;
     private readonly Lock _lock = new();
     private readonly SemaphoreSlim _wakeSender = new(0);
+    private readonly ManualResetEventSlim _room = new(initialState: true);
+    private readonly long _backlogLimit;
     private NbdReplyBatch _filling = new();
     private NbdReplyBatch _sending = new();
     private Thread? _sender;
@@ -29,11 +38,15 @@ internal sealed class NbdReplyWriter : IDisposable
     private bool _flushing;
     private bool _failed;
     private bool _disposed;
+    private long _backlog;
+    private volatile bool _readerSends;
+    private volatile bool _readerWaitsForRoom;
 
-    public NbdReplyWriter(NbdChannel channel, Action<Exception> onFailure)
+    public NbdReplyWriter(NbdChannel channel, Action<Exception> onFailure, long backlogLimit = DefaultBacklogLimit)
     {
         _channel = channel;
         _onFailure = onFailure;
+        _backlogLimit = backlogLimit;
     }
 
     /// <summary>Sends made (each with one or more replies); for tests of the coalescing.</summary>
@@ -41,6 +54,21 @@ internal sealed class NbdReplyWriter : IDisposable
 
     /// <summary>Replies queued; with <see cref="Sends"/>, how many shared a send.</summary>
     public long Replies { get; private set; }
+
+    /// <summary>Bytes of replies queued and not sent yet.</summary>
+    public long Backlog => Volatile.Read(ref _backlog);
+
+    /// <summary>The most <see cref="Backlog"/> ever was; for tests of the bound.</summary>
+    public long PeakBacklog { get; private set; }
+
+    /// <summary>True while the reader sends its batch itself (in <see cref="EndBatch"/>); for tests.</summary>
+    public bool ReaderSends => _readerSends;
+
+    /// <summary>True while the reader waits in <see cref="WaitForRoom"/>; for tests.</summary>
+    public bool ReaderWaitsForRoom => _readerWaitsForRoom;
+
+    /// <summary>True when the replies not sent yet exceed the limit: the reader must wait before taking another request.</summary>
+    public bool IsBackedUp => !_room.IsSet;
 
     /// <summary>Queues a copy of a small reply.</summary>
     public void Enqueue(ReadOnlySpan<byte> reply)
@@ -50,7 +78,7 @@ internal sealed class NbdReplyWriter : IDisposable
             if (_failed || _disposed)
                 return;
             _filling.AddCopy(reply);
-            if (!WakeSenderLocked())
+            if (!WakeSenderLocked(reply.Length))
                 return;
         }
         _wakeSender.Release();
@@ -67,7 +95,7 @@ internal sealed class NbdReplyWriter : IDisposable
                 return;
             }
             _filling.AddPooled(buffer, length);
-            if (!WakeSenderLocked())
+            if (!WakeSenderLocked(length))
                 return;
         }
         _wakeSender.Release();
@@ -90,7 +118,35 @@ internal sealed class NbdReplyWriter : IDisposable
                 return;
             _flushing = true;
         }
-        SendQueued();
+        _readerSends = true;
+        try
+        {
+            SendQueued();
+        }
+        finally
+        {
+            _readerSends = false;
+        }
+    }
+
+    /// <summary>
+    /// Blocks while the replies not sent yet exceed the limit (the client does not read them fast
+    /// enough); the caller has sent its own batch first (<see cref="EndBatch"/>). Returns at once when
+    /// sending failed or the writer is disposed; throws when <paramref name="cancellationToken"/> fires.
+    /// </summary>
+    public void WaitForRoom(CancellationToken cancellationToken)
+    {
+        if (_room.IsSet)
+            return;
+        _readerWaitsForRoom = true;
+        try
+        {
+            _room.Wait(cancellationToken);
+        }
+        finally
+        {
+            _readerWaitsForRoom = false;
+        }
     }
 
     /// <summary>
@@ -124,15 +180,21 @@ internal sealed class NbdReplyWriter : IDisposable
                 return;
             _disposed = true;
             _filling.Clear();
+            _backlog = 0;
         }
+        _room.Set();
         _wakeSender.Release();
         ReleaseIdleWaiters();
     }
 
     /// <summary>Counts a queued reply; true when the sender thread must be woken to send it.</summary>
-    private bool WakeSenderLocked()
+    private bool WakeSenderLocked(int length)
     {
         Replies++;
+        _backlog += length;
+        PeakBacklog = Math.Max(PeakBacklog, _backlog);
+        if (_backlog > _backlogLimit)
+            _room.Reset();
         if (_readerHolds || _flushing)
             return false;
         _flushing = true;
@@ -191,14 +253,28 @@ internal sealed class NbdReplyWriter : IDisposable
                     _failed = true;
                     _flushing = false;
                     _filling.Clear();
+                    _backlog = 0;
                 }
+                _room.Set();
                 batch.Clear();
                 _onFailure(e);
                 break;
             }
+            CountSent(batch.Length);
             batch.Clear();
         }
         ReleaseIdleWaiters();
+    }
+
+    /// <summary>A batch has left: its bytes no longer count against the limit.</summary>
+    private void CountSent(int length)
+    {
+        lock (_lock)
+        {
+            _backlog -= length;
+            if (_backlog <= _backlogLimit)
+                _room.Set();
+        }
     }
 
     /// <summary>Completes <see cref="WhenAllSentAsync"/> unless a send started again meanwhile (it will then).</summary>

@@ -56,14 +56,20 @@ internal sealed partial class NbdServerConnection
         }
     }
 
-    /// <summary>A request slot; when all are taken, the replies queued so far go out before the reader waits for one.</summary>
+    /// <summary>
+    /// A request slot, and room for its reply: when all slots are taken, or the client has not read
+    /// enough of its replies (<see cref="NbdReplyWriter.IsBackedUp"/>), the replies queued so far go
+    /// out before the reader waits. A client's unread replies so cost the server a bounded amount of
+    /// memory, whatever it keeps sending.
+    /// </summary>
     private void TakeSlot()
     {
-        if (_slots.Wait(0))
+        if (!_replies.IsBackedUp && _slots.Wait(0))
             return;
         _replies.EndBatch();
         try
         {
+            _replies.WaitForRoom(_stopReading.Token);
             _slots.Wait(_stopReading.Token);
         }
         finally

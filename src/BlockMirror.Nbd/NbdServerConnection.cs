@@ -105,6 +105,9 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     /// <summary>The replies' sender, whose counts show how many replies shared a send.</summary>
     internal NbdReplyWriter Replies => _replies;
 
+    /// <summary>Requests accepted and not answered yet (their reply not queued); for tests.</summary>
+    internal int RequestsInFlight => _options.MaxInFlightPerConnection - _slots.CurrentCount;
+
     private NbdConnectionState State => (NbdConnectionState)Volatile.Read(ref _state);
 
     /// <summary>

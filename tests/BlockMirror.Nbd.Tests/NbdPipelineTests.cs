@@ -4,7 +4,8 @@ namespace BlockMirror.Nbd.Tests;
 
 /// <summary>
 /// The transmission path under pipelining, byte by byte: requests sent back to back in one write,
-/// replies that come in any order and share sends, requests whose bytes arrive in pieces.
+/// replies that come in any order and share sends, requests whose bytes arrive in pieces, more
+/// requests than the connection takes at once, a client gone mid-burst, a client that stops reading.
 /// </summary>
 public sealed class NbdPipelineTests
 {
@@ -20,6 +21,17 @@ public sealed class NbdPipelineTests
         var data = new byte[length];
         new Random(seed).NextBytes(data);
         return data;
+    }
+
+    /// <summary>A bounded poll of a state the server reaches on its own threads.</summary>
+    private static async Task WaitUntilAsync(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"timed out waiting until {what}");
+            await Task.Delay(5);
+        }
     }
 
     private static async Task<byte[]> ReadDiskAsync(NbdTestServer env, long offset, int length)
@@ -217,5 +229,210 @@ public sealed class NbdPipelineTests
         var part = await raw.ReadChunkAsync();
         Assert.Equal((ReplyDone, ChunkData, 4ul), (part.Flags, part.Type, part.Cookie));
         Assert.Equal(data.AsSpan(100, 1000).ToArray(), part.Payload.AsSpan(8).ToArray());
+    }
+
+    [Fact]
+    public async Task Requests_beyond_the_in_flight_limit_wait_for_a_slot_and_are_all_answered()
+    {
+        const int slots = 4;
+        const ulong readCookie = 99;
+        var received = 0;
+        await using var env = await NbdTestServer.StartAsync(configure: o =>
+        {
+            o.MaxInFlightPerConnection = slots;
+            o.RequestReceived = (_, _) => Interlocked.Increment(ref received);
+        });
+        await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+        await raw.StartAsync();
+        await raw.GoAsync("disk0", structured: false);
+
+        // Writes held at the quiesced node take every slot; the read behind them, which a free slot
+        // would answer at once (reads do not pass the quiesce gate), has to wait for one, and so do
+        // the writes behind it.
+        var quiesced = await env.Disk.QuiesceGate.QuiesceAsync();
+        var burst = new List<byte>();
+        for (var i = 0; i < slots; i++)
+            burst.AddRange(NbdRawConnection.Request(0, CmdWrite, cookie: (ulong)i, offset: (ulong)(i * NbdTestServer.Granularity), length: 4096, Pattern(4096, i)));
+        burst.AddRange(NbdRawConnection.Request(0, CmdRead, cookie: readCookie, offset: 1 << 20, length: 512));
+        for (var i = slots; i < 2 * slots; i++)
+            burst.AddRange(NbdRawConnection.Request(0, CmdWrite, cookie: (ulong)i, offset: (ulong)(i * NbdTestServer.Granularity), length: 4096, Pattern(4096, i)));
+        try
+        {
+            await raw.WriteAsync([.. burst]);
+            await WaitUntilAsync(() => Volatile.Read(ref received) > slots, "the read behind the held writes was received");
+            Assert.Equal(slots, Assert.Single(env.Server.OpenConnections).RequestsInFlight);
+        }
+        finally
+        {
+            quiesced.Dispose();
+        }
+
+        var answered = new List<ulong>();
+        for (var n = 0; n < (2 * slots) + 1; n++)
+        {
+            var (error, cookie) = await raw.ReadSimpleReplyAsync();
+            Assert.Equal(0u, error);
+            answered.Add(cookie);
+            if (cookie == readCookie)
+                Assert.Equal(new byte[512], await raw.ReadAsync(512));
+        }
+        Assert.NotEqual(readCookie, answered[0]); // a slot freed by a write, not the read, came first
+        Assert.Equal(Enumerable.Range(0, 2 * slots).Select(i => (ulong)i).Append(readCookie).Order(), answered.Order());
+        for (var i = 0; i < 2 * slots; i++)
+            Assert.Equal(Pattern(4096, i), await ReadDiskAsync(env, i * NbdTestServer.Granularity, 4096));
+    }
+
+    [Fact]
+    public async Task Replies_finished_on_the_pool_overtake_held_writes_and_never_interleave()
+    {
+        const int count = 8;
+        const int readSize = 256 * 1024; // beyond the inline limit: read on the thread pool, replied from the sender thread
+        await using var env = await NbdTestServer.StartAsync(unix: true);
+        var content = Pattern(count * readSize, 21);
+        await env.Disk.WriteAsync(0, content);
+        await using var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+        await raw.StartAsync();
+        await raw.GoAsync("disk0", structured: true);
+
+        var quiesced = await env.Disk.QuiesceGate.QuiesceAsync();
+        var burst = new List<byte>();
+        for (var i = 0; i < count; i++)
+        {
+            var writeAt = (ulong)(((2 * count) + i) * NbdTestServer.Granularity);
+            burst.AddRange(NbdRawConnection.Request(0, CmdWrite, cookie: (ulong)(100 + i), offset: writeAt, length: 4096, Pattern(4096, 200 + i)));
+            burst.AddRange(NbdRawConnection.Request(0, CmdRead, cookie: (ulong)i, offset: (ulong)(i * readSize), length: readSize));
+        }
+        await raw.WriteAsync([.. burst]);
+
+        // Every read is answered while the writes sent before each of them are held: one whole
+        // data chunk each (a torn or interleaved reply would break the framing ReadChunkAsync checks).
+        try
+        {
+            var reads = new HashSet<ulong>();
+            for (var n = 0; n < count; n++)
+            {
+                var chunk = await raw.ReadChunkAsync(); // a server answering in order would never send it
+                Assert.Equal((ReplyDone, ChunkData), (chunk.Flags, chunk.Type));
+                Assert.True(chunk.Cookie < count && reads.Add(chunk.Cookie), $"unexpected or repeated reply {chunk.Cookie}");
+                var offset = (int)BinaryPrimitives.ReadUInt64BigEndian(chunk.Payload);
+                Assert.Equal((int)chunk.Cookie * readSize, offset);
+                Assert.True(content.AsSpan(offset, readSize).SequenceEqual(chunk.Payload.AsSpan(8)), $"read {chunk.Cookie} returned other data");
+            }
+        }
+        finally
+        {
+            quiesced.Dispose();
+        }
+        var writes = new List<ulong>();
+        for (var n = 0; n < count; n++)
+        {
+            var (error, cookie) = await raw.ReadSimpleReplyAsync();
+            Assert.Equal(0u, error);
+            writes.Add(cookie);
+        }
+        Assert.Equal(Enumerable.Range(100, count).Select(i => (ulong)i), writes.Order());
+    }
+
+    [Fact]
+    public async Task A_client_gone_mid_burst_leaves_its_accepted_writes_applied_and_marked_and_nothing_of_the_cut_one()
+    {
+        const int writes = 4;
+        var granule = NbdTestServer.Granularity;
+        await using var env = await NbdTestServer.StartAsync(unix: true);
+        await using (var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint))
+        {
+            await raw.StartAsync();
+            await raw.GoAsync("disk0", structured: false);
+
+            // Writes to every other granule, held at the quiesced node, then a write cut off in its
+            // payload; the client is gone before any of them can reply.
+            var quiesced = await env.Disk.QuiesceGate.QuiesceAsync();
+            var burst = new List<byte>();
+            for (var i = 0; i < writes; i++)
+                burst.AddRange(NbdRawConnection.Request(0, CmdWrite, cookie: (ulong)i, offset: (ulong)(2 * i * granule), length: 4096, Pattern(4096, 30 + i)));
+            burst.AddRange(NbdRawConnection.Request(0, CmdWrite, cookie: 9, offset: (ulong)(2 * writes * granule), length: 65536, Pattern(65536, 39))[..(28 + 1000)]);
+            await raw.WriteAsync([.. burst]);
+            await raw.WaitUntilServerReadAllAsync();
+            raw.Abort();
+            quiesced.Dispose();
+        }
+
+        // The connection ends only after the writes it accepted have finished.
+        await WaitUntilAsync(() => env.Server.ConnectionCount == 0, "the connection of the vanished client ended");
+        for (var i = 0; i < writes; i++)
+            Assert.Equal(Pattern(4096, 30 + i), await ReadDiskAsync(env, 2 * i * granule, 4096));
+        Assert.Equal(new byte[65536], await ReadDiskAsync(env, 2 * writes * granule, 65536));
+        Assert.Equal(
+            Enumerable.Range(0, writes).Select(i => ((long)(2 * i * granule), (long)granule)),
+            env.Disk.FindBitmap("b0")!.GetExtents(0, NbdTestServer.DiskSize));
+
+        await using var client = await env.ConnectAsync();
+        var back = new byte[4096];
+        await client.ReadAsync(0, back);
+        Assert.Equal(Pattern(4096, 30), back);
+    }
+
+    [Fact]
+    public async Task Clients_that_stop_reading_their_replies_are_no_longer_read_and_cost_a_bounded_backlog()
+    {
+        const int size = 1 << 20;
+        const int requests = 128; // 128 MiB of replies per client, far beyond the bound
+        const int clients = 3; // each connection races its own way to the bound; every one must stop
+        const int slots = 8;
+        await using var env = await NbdTestServer.StartAsync(unix: true, configure: o =>
+        {
+            o.MaxInFlightPerConnection = slots;
+            o.StopGracePeriod = TimeSpan.FromMilliseconds(200);
+        });
+        await env.Disk.WriteAsync(0, Pattern((int)NbdTestServer.DiskSize, 5));
+
+        var stuck = new List<NbdRawConnection>();
+        for (var c = 0; c < clients; c++)
+        {
+            var raw = await NbdRawConnection.OpenAsync(env.Server.LocalEndPoint);
+            await raw.StartAsync();
+            await raw.GoAsync("disk0", structured: false);
+            stuck.Add(raw);
+        }
+        var connections = env.Server.OpenConnections;
+        Assert.Equal(clients, connections.Count);
+
+        // 3.5 KiB of requests per client, all in the server's socket buffer at once; no client reads.
+        var burst = new List<byte>();
+        for (var i = 0; i < requests; i++)
+            burst.AddRange(NbdRawConnection.Request(0, CmdRead, cookie: (ulong)i, offset: (ulong)(i % (NbdTestServer.DiskSize / size) * size), length: size));
+        foreach (var raw in stuck)
+            await raw.WriteAsync([.. burst]);
+
+        // Each reader stops taking requests once its unsent replies pass the bound (or sooner, when it
+        // waits in a send of its own), and what it took finishes; it does not go on taking every
+        // request its client sent and hold all their replies. Once a send waits for a client that
+        // reads nothing, none completes, so either state lasts.
+        var bound = NbdReplyWriter.DefaultBacklogLimit + ((slots + 1) * (size + 16L));
+        foreach (var connection in connections)
+        {
+            var replies = connection.Replies;
+            await WaitUntilAsync(
+                () => (connection.RequestsInFlight == 0 && (replies.ReaderWaitsForRoom || replies.ReaderSends)) || replies.Replies == requests,
+                "the server stopped taking requests or took them all");
+            Assert.True(replies.Replies < requests, $"the server took all {replies.Replies} requests of a client that reads no reply");
+            Assert.True(replies.PeakBacklog <= bound, $"{replies.PeakBacklog} bytes of replies held for a client that reads none (bound {bound})");
+        }
+
+        // Meanwhile another client is served.
+        await using (var other = await env.ConnectAsync())
+        {
+            await other.WriteAsync(0, Pattern(4096, 6));
+            var back = new byte[4096];
+            await other.ReadAsync(0, back);
+            Assert.Equal(Pattern(4096, 6), back);
+        }
+
+        // Closing the export's connections cuts the stuck ones after the grace, their blocked sends included.
+        await WaitUntilAsync(() => env.Server.ConnectionCount == clients, "the other client's connection ended");
+        Assert.Equal(clients, env.Server.DisconnectExport("disk0"));
+        await WaitUntilAsync(() => env.Server.ConnectionCount == 0, "the stuck connections were cut");
+        foreach (var raw in stuck)
+            raw.Abort();
     }
 }

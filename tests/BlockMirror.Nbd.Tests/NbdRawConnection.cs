@@ -191,10 +191,11 @@ internal sealed class NbdRawConnection : IAsyncDisposable
             BinaryPrimitives.ReadUInt64BigEndian(h.AsSpan(8)), await ReadAsync((int)length));
     }
 
+    /// <summary>Reads exactly <paramref name="count"/> bytes; a reply that never comes fails the test instead of hanging it.</summary>
     public async Task<byte[]> ReadAsync(int count)
     {
         var b = new byte[count];
-        await _stream.ReadExactlyAsync(b);
+        await _stream.ReadExactlyAsync(b).AsTask().WaitAsync(TimeSpan.FromSeconds(60));
         return b;
     }
 

@@ -126,4 +126,48 @@ public sealed class NbdReplyWriterTests : IDisposable
         Assert.Equal((1L, 1L), (writer.Sends, writer.Replies)); // the later replies were neither queued nor sent
         writer.Dispose();
     }
+
+    [Fact]
+    public async Task Past_the_backlog_limit_the_writer_is_backed_up_until_the_client_reads()
+    {
+        const int size = 1 << 20;
+        const int count = 3;
+        var writer = new NbdReplyWriter(new NbdChannel(_server), e => Assert.Fail($"send failed: {e}"), backlogLimit: 2L * size);
+        for (var i = 0; i < count; i++)
+        {
+            var buffer = ArrayPool<byte>.Shared.Rent(size);
+            buffer.AsSpan(0, size).Fill((byte)(i + 1));
+            Assert.False(writer.IsBackedUp, $"backed up at {writer.Backlog} bytes, within the limit");
+            await Task.Run(() => writer.EnqueuePooled(buffer, size)); // as a request finished on the pool
+        }
+
+        // 3 MiB queued, and the first 1 MiB send cannot finish before the client reads: over the limit.
+        Assert.True(writer.IsBackedUp, $"not backed up at {writer.Backlog} bytes");
+        var room = Task.Factory.StartNew(() => writer.WaitForRoom(CancellationToken.None), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        var sent = Receive(count * size);
+        await room.WaitAsync(TimeSpan.FromSeconds(30));
+        await writer.WhenAllSentAsync().WaitAsync(TimeSpan.FromSeconds(30));
+        Assert.Equal((0L, false), (writer.Backlog, writer.IsBackedUp));
+        Assert.Equal(count * (long)size, writer.PeakBacklog);
+        for (var i = 0; i < count; i++)
+            Assert.True(sent.AsSpan(i * size, size).IndexOfAnyExcept((byte)(i + 1)) < 0, $"reply {i} out of order or torn");
+        writer.Dispose();
+    }
+
+    [Fact]
+    public void A_failed_send_frees_a_reader_waiting_for_room()
+    {
+        var failures = new List<Exception>();
+        var writer = new NbdReplyWriter(new NbdChannel(_server), failures.Add, backlogLimit: 10);
+        writer.BeginBatch();
+        writer.Enqueue(new byte[100]);
+        Assert.True(writer.IsBackedUp);
+        _server.Shutdown(SocketShutdown.Send);
+        writer.EndBatch(); // fails; the stream is dead, so nothing is owed to the client any more
+
+        Assert.Single(failures);
+        Assert.False(writer.IsBackedUp);
+        writer.WaitForRoom(new CancellationToken(canceled: false)); // returns at once
+        writer.Dispose();
+    }
 }
