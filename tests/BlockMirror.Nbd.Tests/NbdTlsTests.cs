@@ -42,7 +42,7 @@ public sealed class NbdTlsTests : IDisposable
         await using var server = await StartServerAsync();
         await using var client = await ConnectTlsAsync(server, ClientOptions());
         Assert.True(client.Tls);
-        Assert.Equal("O=BlockMirror, CN=host-a", client.PeerSubject?.Replace("CN=host-a, O=BlockMirror", "O=BlockMirror, CN=host-a", StringComparison.Ordinal));
+        Assert.Equal("CN=host-a, O=BlockMirror", client.PeerSubject);
         Assert.True(client.StructuredReplies);
 
         // Larger than the server's receive buffer and the TLS gather buffer, so the payload and
