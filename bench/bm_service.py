@@ -163,7 +163,9 @@ class Service:
     """One BlockMirror service process (started by PID, stopped by PID)."""
 
     def __init__(self, root, state_dir, dll=DEFAULT_DLL, nbd_listen="", port=None, log_path=None,
-                 dotnet="dotnet", extra_args=(), env=None, pin=()):
+                 dotnet="dotnet", extra_args=(), env=None, pin=(), host="127.0.0.1"):
+        # host: the REST address (another network namespace's, with pin=("ip", "netns", "exec", NAME)).
+        self.host = host
         self.root = os.path.abspath(root)
         self.state_dir = os.path.abspath(state_dir)
         self.dll = dll
@@ -172,7 +174,7 @@ class Service:
         self.log_path = log_path or os.path.join(self.state_dir, "service.log")
         os.makedirs(self.state_dir, exist_ok=True)
         self.argv = list(pin) + [dotnet, dll,
-                     "--Urls", "http://127.0.0.1:%d" % self.port,
+                     "--Urls", "http://%s:%d" % (host, self.port),
                      "--Storage:Root", self.root,
                      "--ConnectionStrings:BlockMirror", "Data Source=%s" % os.path.join(self.state_dir, "bm.db"),
                      "--Nbd:Listen", nbd_listen,
@@ -210,7 +212,7 @@ class Service:
         return self
 
     def start_sse(self):
-        self.sse = SseReader("127.0.0.1", self.port)
+        self.sse = SseReader(self.host, self.port)
         self.sse.start()
         if not self.sse.connected.wait(15) or self.sse.error:
             raise RuntimeError("SSE stream did not open: %s" % self.sse.error)
@@ -246,7 +248,7 @@ class Service:
             h.update(headers)
         for attempt in (0, 1):
             if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             try:
                 self.conn.timeout = timeout
                 if self.conn.sock is not None:

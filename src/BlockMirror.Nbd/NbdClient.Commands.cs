@@ -129,9 +129,9 @@ public sealed partial class NbdClient
             {
                 // Cancellable even half-sent (a server that stops reading fills the socket): the
                 // stream is then out of step, so the connection goes.
-                await _network.WriteAsync(message.AsMemory(0, NbdConstants.RequestHeaderSize + inline), ct).ConfigureAwait(false);
+                await _output.WriteAsync(message.AsMemory(0, NbdConstants.RequestHeaderSize + inline), ct).ConfigureAwait(false);
                 if (inline == 0 && payload.Length > 0)
-                    await _network.WriteAsync(payload, ct).ConfigureAwait(false);
+                    await _output.WriteAsync(payload, ct).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested)
             {

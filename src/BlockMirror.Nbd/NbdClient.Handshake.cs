@@ -21,12 +21,17 @@ public sealed partial class NbdClient
         var noZeroes = (serverFlags & NbdConstants.FlagNoZeroes) != 0;
         var clientFlags = new byte[4];
         BinaryPrimitives.WriteUInt32BigEndian(clientFlags, NbdConstants.ClientFlagFixedNewstyle | (noZeroes ? NbdConstants.ClientFlagNoZeroes : 0));
-        await _network.WriteAsync(clientFlags, ct).ConfigureAwait(false);
+        await _output.WriteAsync(clientFlags, ct).ConfigureAwait(false);
+
+        if (_uri.Tls)
+            await StartTlsAsync(options.Tls ?? NbdClientTls.Default, ct).ConfigureAwait(false);
 
         if (options.StructuredReplies)
         {
             await SendOptionAsync(NbdConstants.OptStructuredReply, [], ct).ConfigureAwait(false);
             var (type, _) = await ReadOptionReplyAsync(NbdConstants.OptStructuredReply, ct).ConfigureAwait(false);
+            if (type == NbdConstants.RepErrTlsReqd)
+                throw ConnectFailed(_uri, "the server requires TLS (use an nbds:// URI, or \"tls\": true on the node)");
             StructuredReplies = type == NbdConstants.RepAck;
         }
 
@@ -133,7 +138,7 @@ public sealed partial class NbdClient
     }
 
     private ValueTask SendOptionAsync(uint option, ReadOnlySpan<byte> data, CancellationToken ct) =>
-        _network.WriteAsync(NbdWire.OptionRequest(option, data), ct);
+        _output.WriteAsync(NbdWire.OptionRequest(option, data), ct);
 
     private async Task<(uint Type, byte[] Data)> ReadOptionReplyAsync(uint option, CancellationToken ct)
     {

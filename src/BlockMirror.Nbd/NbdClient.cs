@@ -1,3 +1,4 @@
+using System.Net.Security;
 using System.Net.Sockets;
 using BlockMirror.Core;
 using BlockMirror.Nbd.Protocol;
@@ -23,7 +24,12 @@ public sealed partial class NbdClient : IAsyncDisposable
     private readonly NbdUri _uri;
     private readonly Socket _socket;
     private readonly NetworkStream _network;
-    private readonly BufferedStream _input;
+
+    // The byte streams: the socket's, or the TLS session's once NBD_OPT_STARTTLS succeeded. Set
+    // by the negotiation, before the reader and any request exist.
+    private Stream _input;
+    private Stream _output;
+    private SslStream? _tls;
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly SemaphoreSlim _inFlight;
     private readonly Dictionary<ulong, NbdPendingRequest> _pending = [];
@@ -42,7 +48,10 @@ public sealed partial class NbdClient : IAsyncDisposable
         Options = options;
         _socket = socket;
         _network = new NetworkStream(socket, ownsSocket: false);
-        _input = new BufferedStream(_network, NbdConstants.StreamBufferBytes);
+        // Until TLS starts nothing is read ahead: what a server sends behind its STARTTLS reply was
+        // not protected, and must not be taken for part of the session (see StartTlsAsync).
+        _input = uri.Tls ? _network : new BufferedStream(_network, NbdConstants.StreamBufferBytes);
+        _output = _network;
         _inFlight = new SemaphoreSlim(options.MaxInFlight, options.MaxInFlight);
         ExportName = uri.ExportName;
     }
@@ -67,6 +76,12 @@ public sealed partial class NbdClient : IAsyncDisposable
     /// owner may open a new one; this one fails every request.
     /// </summary>
     public bool Abandoned => Volatile.Read(ref _breakReason) is NbdRequestAbandonedException;
+
+    /// <summary>The connection is TLS (an <c>nbds</c> URI).</summary>
+    public bool Tls => _tls is not null;
+
+    /// <summary>The subject of the server's TLS certificate; null without TLS.</summary>
+    public string? PeerSubject { get; private set; }
 
     /// <summary>The export's size in bytes.</summary>
     public long Size { get; private set; }
@@ -136,14 +151,17 @@ public sealed partial class NbdClient : IAsyncDisposable
             Interlocked.CompareExchange(ref client._state, (int)NbdClientState.Ready, (int)NbdClientState.Negotiating);
             return client;
         }
-        catch (Exception e) when (e is not BlockException && (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException))
+        catch (Exception e) when (e is not BlockException && (e is IOException or SocketException or OperationCanceledException or ObjectDisposedException or System.Security.Authentication.AuthenticationException))
         {
+            var inTls = client?.Tls == true;
             await DisposeFailedAsync(client, socket).ConfigureAwait(false);
             if (e is OperationCanceledException && cancellationToken.IsCancellationRequested)
                 throw;
             var reason = e switch
             {
                 OperationCanceledException => $"no answer within {options.ConnectTimeout.TotalSeconds:0.#} s",
+                // TLS 1.3 servers judge the client's certificate after the client finished its handshake: a refusal arrives as the end of the session.
+                _ when inTls => $"the server ended the TLS session during the handshake; it may not accept this host's certificate ({(options.Tls?.Certificate is { } own ? own.TargetCertificate.Subject : "none was presented")}): {NbdTlsFiles.Explain(e)}",
                 EndOfStreamException => "the server closed the connection during the handshake (unknown export?)",
                 _ => e.Message,
             };
@@ -235,7 +253,7 @@ public sealed partial class NbdClient : IAsyncDisposable
                 await _sendLock.WaitAsync().ConfigureAwait(false);
                 try
                 {
-                    await _network.WriteAsync(disc).ConfigureAwait(false);
+                    await _output.WriteAsync(disc).ConfigureAwait(false);
                 }
                 finally
                 {
@@ -250,6 +268,8 @@ public sealed partial class NbdClient : IAsyncDisposable
         if (_reader is not null)
             await _reader.ConfigureAwait(false);
         await _input.DisposeAsync().ConfigureAwait(false);
+        if (_tls is not null)
+            await _tls.DisposeAsync().ConfigureAwait(false);
         await _network.DisposeAsync().ConfigureAwait(false);
         _socket.Dispose();
         Volatile.Write(ref _state, (int)NbdClientState.Closed);

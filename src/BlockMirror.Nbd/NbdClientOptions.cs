@@ -12,6 +12,9 @@ public sealed class NbdClientOptions
     /// <summary>Time allowed for connecting and negotiating.</summary>
     public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(15);
 
+    /// <summary>TLS credentials for <c>nbds</c> URIs (null = the system's trusted roots, no client certificate).</summary>
+    public NbdClientTls? Tls { get; set; }
+
     /// <summary>Requests in flight on the connection at once; further callers wait.</summary>
     public int MaxInFlight { get; set; } = 64;
 }

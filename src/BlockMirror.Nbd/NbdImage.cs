@@ -40,6 +40,9 @@ public sealed class NbdImage : IBlockImage
         return new NbdImage(client, parsed, readOnly);
     }
 
+    /// <summary>Connections are TLS (the URI is nbds): every reconnect does TLS again.</summary>
+    public bool Tls => _uri.Tls;
+
     /// <summary>The current connection, for diagnostics, tests and the NBD server's loopback check.</summary>
     public NbdClient Client => Volatile.Read(ref _client);
 

@@ -24,7 +24,7 @@ internal sealed class NbdReplyWriter : IDisposable
     /// <summary>Unsent reply bytes past which the reader stops taking requests: many 1 MiB replies in flight, not a client's whole backlog.</summary>
     public const long DefaultBacklogLimit = 16L * 1024 * 1024;
 
-    private readonly Socket _socket;
+    private readonly NbdChannel _channel;
     private readonly Action<Exception> _onFailure;
     private readonly Lock _lock = new();
     private readonly SemaphoreSlim _wakeSender = new(0);
@@ -42,9 +42,9 @@ internal sealed class NbdReplyWriter : IDisposable
     private volatile bool _readerSends;
     private volatile bool _readerWaitsForRoom;
 
-    public NbdReplyWriter(Socket socket, Action<Exception> onFailure, long backlogLimit = DefaultBacklogLimit)
+    public NbdReplyWriter(NbdChannel channel, Action<Exception> onFailure, long backlogLimit = DefaultBacklogLimit)
     {
-        _socket = socket;
+        _channel = channel;
         _onFailure = onFailure;
         _backlogLimit = backlogLimit;
     }
@@ -291,12 +291,5 @@ internal sealed class NbdReplyWriter : IDisposable
         idle?.TrySetResult();
     }
 
-    private void Send(NbdReplyBatch batch)
-    {
-        var segments = batch.Segments;
-        // A blocking socket sends everything or fails; a short count would leave the stream unframed.
-        var sent = segments.Count == 1 ? _socket.Send(segments[0].AsSpan(), SocketFlags.None) : _socket.Send(segments, SocketFlags.None);
-        if (sent != batch.Length)
-            throw new IOException($"sent {sent} of {batch.Length} bytes of replies");
-    }
+    private void Send(NbdReplyBatch batch) => _channel.Send(batch.Segments, batch.Length);
 }

@@ -190,6 +190,8 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
 
     internal void Log(string message) => Options.Log?.Invoke(message);
 
+    internal void LogRefused(string message) => (Options.Refused ?? Options.Log)?.Invoke(message);
+
     private async Task AcceptLoopAsync()
     {
         var listener = _listener!;

@@ -38,6 +38,25 @@ internal sealed partial class NbdServerConnection
                 throw new NbdProtocolException($"bad option magic 0x{magic:x}");
             if (length > NbdConstants.MaxPayload)
                 throw new NbdProtocolException($"option {option} claims {length} bytes of data");
+            if (_options.Tls is { } tls && _channel.Tls is null)
+            {
+                switch (TlsFirst(tls, option, length))
+                {
+                    case TlsGate.Next:
+                        continue;
+                    case TlsGate.Disconnect:
+                        return false;
+                }
+            }
+            else if (_tlsRefusal is { } refusal && option != NbdConstants.OptAbort)
+            {
+                // TLS is up but the client's certificate is not accepted: every option is refused with why.
+                if (option == NbdConstants.OptExportName)
+                    return false;
+                _input.Discard(length);
+                ReplyOption(option, NbdConstants.RepErrPolicy, refusal);
+                continue;
+            }
             if (option == NbdConstants.OptExportName)
                 return HandleExportName((int)length);
             if (!_fixedNewstyle)
@@ -67,7 +86,12 @@ internal sealed partial class NbdServerConnection
                     HandleList(data);
                     break;
                 case NbdConstants.OptStartTls:
-                    ReplyOption(option, NbdConstants.RepErrPolicy, "TLS is not supported by this server");
+                    if (data.Length != 0)
+                        ReplyOption(option, NbdConstants.RepErrInvalid, "NBD_OPT_STARTTLS takes no data");
+                    else if (_channel.Tls is not null)
+                        ReplyOption(option, NbdConstants.RepErrInvalid, "TLS is already in use");
+                    else
+                        ReplyOption(option, NbdConstants.RepErrPolicy, "TLS is not configured on this server");
                     break;
                 case NbdConstants.OptStructuredReply:
                     if (data.Length != 0)

@@ -31,6 +31,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     private readonly NbdServer _server;
     private readonly NbdServerOptions _options;
     private readonly Socket _socket;
+    private readonly NbdChannel _channel;
     private readonly NbdSocketReader _input;
     private readonly NbdReplyWriter _replies;
     private readonly SemaphoreSlim _slots;
@@ -52,6 +53,9 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
     private BlockNode? _node;
     private bool _exportReadOnly;
 
+    // Why a client that completed TLS may not use the server (its certificate); null = it may.
+    private string? _tlsRefusal;
+
     // The connection's state (NbdConnectionState, as an int for Interlocked) and, once Broken, why.
     private int _state = (int)NbdConnectionState.Handshake;
     private Exception? _breakReason;
@@ -71,8 +75,9 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         Peer = RemoteEndPoint?.ToString() is { Length: > 0 } remote ? remote : "unix-client";
         // The socket is only ever used synchronously: one asynchronous operation would switch .NET to
         // emulating blocking calls on top of epoll, the very hop the connection's thread avoids.
-        _replies = new NbdReplyWriter(socket, e => Break(e));
-        _input = new NbdSocketReader(socket, _replies);
+        _channel = new NbdChannel(socket);
+        _replies = new NbdReplyWriter(_channel, e => Break(e));
+        _input = new NbdSocketReader(_channel, _replies);
         _slots = new SemaphoreSlim(_options.MaxInFlightPerConnection, _options.MaxInFlightPerConnection);
     }
 
@@ -84,6 +89,9 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
 
     /// <summary>The server's end of the connection.</summary>
     public System.Net.EndPoint? LocalEndPoint { get; }
+
+    /// <summary>The subject of the client's TLS certificate; null without TLS or without one.</summary>
+    public string? PeerSubject { get; private set; }
 
     /// <summary>The export this connection transmits on; null during the handshake.</summary>
     public string? ExportName => _export?.Name;
@@ -229,6 +237,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         if ((NbdConnectionState)Interlocked.Exchange(ref _state, (int)NbdConnectionState.Closed) == NbdConnectionState.Closed)
             return ValueTask.CompletedTask;
         _replies.Dispose();
+        _channel.Dispose();
         _socket.Dispose();
         _broken.Dispose();
         _stopReading.Dispose();
@@ -278,11 +287,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         e is IOException or SocketException or ObjectDisposedException or OperationCanceledException;
 
     /// <summary>Sends one handshake message; the handshake is a strict dialogue, nothing to coalesce.</summary>
-    private void SendAll(ReadOnlySpan<byte> message)
-    {
-        if (_socket.Send(message, SocketFlags.None) != message.Length)
-            throw new IOException("short send during the handshake");
-    }
+    private void SendAll(ReadOnlySpan<byte> message) => _channel.Send(message);
 
     private static string Decode(ReadOnlySpan<byte> bytes) => StrictUtf8.GetString(bytes);
 }

@@ -1,11 +1,10 @@
-using System.Net.Sockets;
 using BlockMirror.Nbd.Protocol;
 
 namespace BlockMirror.Nbd;
 
 /// <summary>
 /// A server connection's input: blocking receives on the connection's own thread, through one
-/// buffer. Requests of a burst arrive in one recv and are taken from the buffer; a large payload
+/// buffer, from its <see cref="NbdChannel"/> (the socket, or the TLS session after STARTTLS). Requests of a burst arrive in one recv and are taken from the buffer; a large payload
 /// is received straight into the caller's buffer (the one the image write uses). A blocking recv
 /// is woken by the kernel itself, where an asynchronous one costs the epoll thread and a
 /// thread-pool hop per wait. Before every wait the replies the batch produced are sent
@@ -19,18 +18,24 @@ internal sealed class NbdSocketReader
     /// <summary>What is still missing of a payload from this size on is received straight into it.</summary>
     private const int DirectReceiveFrom = BufferSize / 2;
 
-    private readonly Socket _socket;
+    private readonly NbdChannel _channel;
     private readonly NbdReplyWriter _replies;
     private readonly byte[] _buffer = GC.AllocateUninitializedArray<byte>(BufferSize);
     private byte[]? _scratch;
     private int _start;
     private int _end;
 
-    public NbdSocketReader(Socket socket, NbdReplyWriter replies)
+    public NbdSocketReader(NbdChannel channel, NbdReplyWriter replies)
     {
-        _socket = socket;
+        _channel = channel;
         _replies = replies;
     }
+
+    /// <summary>
+    /// Bytes received but not yet taken. Must be none when TLS starts: what the client sent before
+    /// the server's reply to NBD_OPT_STARTTLS was not protected, and must not be read as if it were.
+    /// </summary>
+    public bool HasBuffered => _end > _start;
 
     /// <summary>Reads exactly <paramref name="destination"/>; false on a clean end of stream before its first byte.</summary>
     public bool TryReadExact(Span<byte> destination)
@@ -91,7 +96,7 @@ internal sealed class NbdSocketReader
         _replies.EndBatch();
         try
         {
-            return _socket.Receive(destination, SocketFlags.None);
+            return _channel.Receive(destination);
         }
         finally
         {

@@ -8,14 +8,17 @@ namespace BlockMirror.Nbd;
 /// <summary>
 /// A parsed NBD URI (the subset of the NBD URI spec QEMU and libnbd share that we support):
 /// <c>nbd://host[:port]/export</c> over TCP (port 10809 by default) and
-/// <c>nbd+unix:///export?socket=/path.sock</c> over a Unix socket. The export name is the
-/// percent-decoded path without its leading '/'; TLS schemes (<c>nbds</c>) are refused.
+/// <c>nbd+unix:///export?socket=/path.sock</c> over a Unix socket, and their TLS forms
+/// <c>nbds://</c> and <c>nbds+unix://</c>, where TLS is required (libnbd's meaning: the connection
+/// fails if the server does not offer it). The export name is the percent-decoded path without its
+/// leading '/'.
 /// </summary>
 public sealed class NbdUri
 {
-    private NbdUri(string text, string? host, int port, string? socketPath, string exportName)
+    private NbdUri(string text, string? host, int port, string? socketPath, string exportName, bool tls)
     {
         Text = text;
+        Tls = tls;
         Host = host;
         Port = port;
         SocketPath = socketPath;
@@ -33,6 +36,9 @@ public sealed class NbdUri
 
     /// <summary>The Unix socket path; null for TCP.</summary>
     public string? SocketPath { get; }
+
+    /// <summary>TLS is required (an <c>nbds</c> scheme).</summary>
+    public bool Tls { get; }
 
     /// <summary>The export name (may be empty: the server's default export).</summary>
     public string ExportName { get; }
@@ -67,18 +73,22 @@ public sealed class NbdUri
         if (exportName.Length > 4096 || exportName.Contains('\0', StringComparison.Ordinal))
             throw Invalid(uri, "the export name is too long or contains NUL");
         var parameters = ParseQuery(uri, query);
+        var tls = scheme.StartsWith("nbds", StringComparison.Ordinal);
 
         switch (scheme)
         {
             case "nbd":
             case "nbd+tcp":
+            case "nbds":
+            case "nbds+tcp":
                 {
                     if (parameters.Count > 0)
                         throw Invalid(uri, $"unknown parameter '{parameters.Keys.First()}'");
                     var (host, port) = ParseAuthority(uri, authority);
-                    return new NbdUri(uri, host, port, null, exportName);
+                    return new NbdUri(uri, host, port, null, exportName, tls);
                 }
             case "nbd+unix":
+            case "nbds+unix":
                 {
                     if (authority.Length > 0)
                         throw Invalid(uri, "nbd+unix URIs take no host (write nbd+unix:///export?socket=/path)");
@@ -89,14 +99,10 @@ public sealed class NbdUri
                     // sockaddr_un.sun_path holds 108 bytes with the terminating NUL; a longer path cannot be connected to.
                     if (System.Text.Encoding.UTF8.GetByteCount(socket) > MaxSocketPathBytes || socket.Contains('\0', StringComparison.Ordinal))
                         throw Invalid(uri, $"the socket path is longer than {MaxSocketPathBytes} bytes or contains NUL");
-                    return new NbdUri(uri, null, 0, socket, exportName);
+                    return new NbdUri(uri, null, 0, socket, exportName, tls);
                 }
-            case "nbds":
-            case "nbds+unix":
-            case "nbds+tcp":
-                throw Invalid(uri, "TLS (nbds) is not supported");
             default:
-                throw Invalid(uri, $"unknown scheme '{scheme}' (expected nbd or nbd+unix)");
+                throw Invalid(uri, $"unknown scheme '{scheme}' (expected nbd, nbds, nbd+unix or nbds+unix)");
         }
     }
 
@@ -106,6 +112,19 @@ public sealed class NbdUri
 
     /// <inheritdoc />
     public override string ToString() => Text;
+
+    /// <summary>
+    /// <paramref name="uri"/> with TLS required: its scheme's <c>nbd</c> becomes <c>nbds</c>
+    /// (<c>nbd://h/e</c> → <c>nbds://h/e</c>, <c>nbd+unix://…</c> → <c>nbds+unix://…</c>); a TLS URI is
+    /// returned as it is. Throws <c>invalid-uri</c> as <see cref="Parse"/>.
+    /// </summary>
+    public static string WithTls(string uri)
+    {
+        if (Parse(uri).Tls)
+            return uri;
+        var schemeEnd = uri.IndexOf("://", StringComparison.Ordinal);
+        return "nbds" + uri[3..schemeEnd].ToLowerInvariant() + uri[schemeEnd..];
+    }
 
     private static (string Host, int Port) ParseAuthority(string uri, string authority)
     {

@@ -60,14 +60,17 @@ internal sealed class NbdRawConnection : IAsyncDisposable
         return WriteAsync(b);
     }
 
-    public Task SendOptionAsync(uint option, byte[] data, ulong magic = OptMagic)
+    public Task SendOptionAsync(uint option, byte[] data, ulong magic = OptMagic) => WriteAsync(OptionBytes(option, data, magic));
+
+    /// <summary>An option request as it goes on the wire.</summary>
+    public static byte[] OptionBytes(uint option, byte[] data, ulong magic = OptMagic)
     {
         var b = new byte[16 + data.Length];
         BinaryPrimitives.WriteUInt64BigEndian(b, magic);
         BinaryPrimitives.WriteUInt32BigEndian(b.AsSpan(8), option);
         BinaryPrimitives.WriteUInt32BigEndian(b.AsSpan(12), (uint)data.Length);
         data.CopyTo(b, 16);
-        return WriteAsync(b);
+        return b;
     }
 
     public async Task<(uint Type, byte[] Data)> ReadOptionReplyAsync(uint expectedOption)

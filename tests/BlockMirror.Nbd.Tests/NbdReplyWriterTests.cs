@@ -43,7 +43,7 @@ public sealed class NbdReplyWriterTests : IDisposable
     [Fact]
     public void Replies_queued_while_the_reader_holds_its_batch_go_out_in_one_send_in_order()
     {
-        var writer = new NbdReplyWriter(_server, e => Assert.Fail($"send failed: {e}"));
+        var writer = new NbdReplyWriter(new NbdChannel(_server), e => Assert.Fail($"send failed: {e}"));
         var pooled = ArrayPool<byte>.Shared.Rent(5000);
         pooled.AsSpan(0, 5000).Fill(0x44);
 
@@ -72,7 +72,7 @@ public sealed class NbdReplyWriterTests : IDisposable
     {
         const int size = 1 << 20;
         const int count = 4; // far more than the socket buffers hold
-        var writer = new NbdReplyWriter(_server, e => Assert.Fail($"send failed: {e}"));
+        var writer = new NbdReplyWriter(new NbdChannel(_server), e => Assert.Fail($"send failed: {e}"));
         for (var i = 0; i < count; i++)
         {
             var buffer = ArrayPool<byte>.Shared.Rent(size);
@@ -91,7 +91,7 @@ public sealed class NbdReplyWriterTests : IDisposable
     public async Task All_sent_completes_only_when_the_last_queued_reply_has_left()
     {
         const int size = 4 << 20; // more than the socket buffers hold: it cannot leave before the client reads
-        var writer = new NbdReplyWriter(_server, e => Assert.Fail($"send failed: {e}"));
+        var writer = new NbdReplyWriter(new NbdChannel(_server), e => Assert.Fail($"send failed: {e}"));
         Assert.True(writer.WhenAllSentAsync().IsCompletedSuccessfully); // nothing queued
 
         var buffer = ArrayPool<byte>.Shared.Rent(size);
@@ -110,7 +110,7 @@ public sealed class NbdReplyWriterTests : IDisposable
     public void A_failed_send_is_reported_once_and_later_replies_are_dropped()
     {
         var failures = new List<Exception>();
-        var writer = new NbdReplyWriter(_server, failures.Add);
+        var writer = new NbdReplyWriter(new NbdChannel(_server), failures.Add);
         _server.Shutdown(SocketShutdown.Send);
 
         writer.BeginBatch();
@@ -132,7 +132,7 @@ public sealed class NbdReplyWriterTests : IDisposable
     {
         const int size = 1 << 20;
         const int count = 3;
-        var writer = new NbdReplyWriter(_server, e => Assert.Fail($"send failed: {e}"), backlogLimit: 2L * size);
+        var writer = new NbdReplyWriter(new NbdChannel(_server), e => Assert.Fail($"send failed: {e}"), backlogLimit: 2L * size);
         for (var i = 0; i < count; i++)
         {
             var buffer = ArrayPool<byte>.Shared.Rent(size);
@@ -158,7 +158,7 @@ public sealed class NbdReplyWriterTests : IDisposable
     public void A_failed_send_frees_a_reader_waiting_for_room()
     {
         var failures = new List<Exception>();
-        var writer = new NbdReplyWriter(_server, failures.Add, backlogLimit: 10);
+        var writer = new NbdReplyWriter(new NbdChannel(_server), failures.Add, backlogLimit: 10);
         writer.BeginBatch();
         writer.Enqueue(new byte[100]);
         Assert.True(writer.IsBackedUp);

@@ -14,6 +14,6 @@ public sealed record CreateExportRequest([property: Required] string? Name, [pro
 /// <param name="Node">The node served.</param>
 /// <param name="Writable">Writes are accepted.</param>
 /// <param name="Bitmaps">Bitmaps exposed as qemu:dirty-bitmap:&lt;name&gt; contexts.</param>
-/// <param name="Uri">The URI a client connects to (nbd://host:port/name or nbd+unix:///name?socket=path); null while the NBD server is off.</param>
+/// <param name="Uri">The URI a client connects to (nbd://host:port/name or nbd+unix:///name?socket=path; nbds:// and nbds+unix:// when the server requires TLS); null while the NBD server is off.</param>
 /// <param name="CreatedAt">When the export was added (UTC).</param>
 public sealed record ExportDto(string Name, string Node, bool Writable, IReadOnlyList<string> Bitmaps, string? Uri, DateTime CreatedAt);

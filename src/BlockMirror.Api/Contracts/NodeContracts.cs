@@ -8,16 +8,21 @@ namespace BlockMirror.Api.Contracts;
 /// <param name="Name">Node name, unique in the service: 1–128 characters of [A-Za-z0-9._:-], starting with a letter, digit or '_'.</param>
 /// <param name="Driver">How the image is reached: <c>raw</c> (a file under the image root, or a host block device, needs <c>path</c>), <c>qcow2</c> (a qcow2 image file under the image root, needs <c>path</c>) or <c>nbd</c> (a remote NBD export, needs <c>uri</c>).</param>
 /// <param name="Path">raw, qcow2: the image file, relative to the image root (Storage:Root), no '..'; raw: or a host block device by absolute path (/dev/...), only where Storage:Devices allows it (device-not-allowed otherwise).</param>
-/// <param name="Uri">nbd: nbd://host:port/export or nbd+unix:///export?socket=/path.sock.</param>
+/// <param name="Uri">nbd: nbd://host:port/export or nbd+unix:///export?socket=/path.sock; nbds:// and nbds+unix:// require TLS.</param>
 /// <param name="Create">raw, qcow2: create the image with this size instead of opening an existing one (raw: a sparse file; qcow2: as <c>qemu-img create -f qcow2</c>); the file must not exist. Never for a device (device-not-creatable).</param>
 /// <param name="ReadOnly">Open without write access: writes, mirrors into it and writable exports are refused. Default false.</param>
+/// <param name="Tls">
+/// nbd: connect with TLS (NBD_OPT_STARTTLS), with this host's identity from <c>Nbd:Client:Tls</c>;
+/// the node's <c>uri</c> then shows the TLS scheme (<c>nbds://</c>), which says the same. Default: what the URI's scheme says.
+/// </param>
 public sealed record CreateNodeRequest(
     [property: Required] string? Name,
     [property: Required] string? Driver,
     string? Path,
     string? Uri,
     CreateImageSpec? Create,
-    bool? ReadOnly);
+    bool? ReadOnly,
+    bool? Tls);
 
 /// <summary>Image creation parameters.</summary>
 /// <param name="Size">Virtual size in bytes, a multiple of 512 (an integer, or a size such as 64M, 1G).</param>
@@ -41,7 +46,7 @@ public sealed record BackingImageDto(string Path, string Format);
 /// <param name="Format">The image format: <c>raw</c> (also a block device), <c>qcow2</c>, or <c>nbd</c> for a remote export.</param>
 /// <param name="Backing">The backing chain (qcow2), nearest first: what unallocated ranges read through to. Empty without one.</param>
 /// <param name="Path">raw, qcow2: the image file relative to the image root, or a block device's absolute path as given; null for nbd.</param>
-/// <param name="Uri">nbd: the export's URI; null for raw.</param>
+/// <param name="Uri">nbd: the export's URI (nbds:// or nbds+unix:// when TLS is used); null for raw and qcow2.</param>
 /// <param name="Size">Virtual size in bytes.</param>
 /// <param name="AllocatedBytes">Bytes the image occupies on disk (0 where unknown, e.g. nbd; the whole size for a block device).</param>
 /// <param name="ReadOnly">Opened without write access.</param>
@@ -60,6 +65,8 @@ public sealed record BackingImageDto(string Path, string Format);
 /// The image is a host block device (driver raw, <c>path</c> absolute): its size is the device's,
 /// every byte of it is data (allocation, block status), and <c>deleteImage</c> is refused.
 /// </param>
+/// <param name="Tls">nbd: the connection is TLS (the URI's scheme is nbds); false otherwise.</param>
+/// <param name="PeerSubject">nbd over TLS: the subject of the server's certificate (e.g. <c>CN=host-b, O=Example</c>), as checked against the CA; null otherwise.</param>
 public sealed record NodeDto(
     string Name,
     string Driver,
@@ -77,7 +84,9 @@ public sealed record NodeDto(
     DateTime CreatedAt,
     bool ImageReplaced,
     string? ImageReplacedReason,
-    bool Device);
+    bool Device,
+    bool Tls,
+    string? PeerSubject);
 
 /// <summary>Body of POST /api/v1/nodes/{node}/zero: a write of zeroes (it marks bitmaps).</summary>
 /// <param name="Offset">First byte (an integer, or a size such as 1M).</param>

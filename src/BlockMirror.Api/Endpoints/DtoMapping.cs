@@ -23,9 +23,11 @@ public static class DtoMapping
         var image = node.Image;
         var format = image is ILayeredImage layered ? layered.Format : node.Driver;
         var backing = BackingLayer.ChainOf(image, root).Select(b => new BackingImageDto(b.Path, b.Format)).ToList();
+        // The connection in use now: a reconnect redoes TLS, and the peer's certificate may have been renewed meanwhile.
+        var remote = image as BlockMirror.Nbd.NbdImage;
         return new NodeDto(node.Name, node.Driver, format, backing, node.Path, node.Uri, node.Size, allocated, node.ReadOnly, node.Busy, node.JobId,
             [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason,
-            image is HostDeviceImage);
+            image is HostDeviceImage, remote?.Tls ?? false, remote?.Client.PeerSubject);
     }
 
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>

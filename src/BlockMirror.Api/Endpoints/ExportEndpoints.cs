@@ -50,11 +50,15 @@ public static class ExportEndpoints
 
     private static ExportDto ToDto(BlockExport e, NbdHost nbd) => new(e.Name, e.Node, e.Writable, e.Bitmaps, UriOf(e.Name, nbd), e.CreatedAt);
 
-    /// <summary>The URI a client uses (nbd://host:port/name or nbd+unix:///name?socket=path).</summary>
-    private static string? UriOf(string name, NbdHost nbd) => nbd.LocalEndPoint switch
+    /// <summary>The URI a client uses (nbd://host:port/name or nbd+unix:///name?socket=path; nbds when the server requires TLS).</summary>
+    private static string? UriOf(string name, NbdHost nbd)
     {
-        IPEndPoint ip => $"nbd://{(ip.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ip.Address}]" : ip.Address.ToString())}:{ip.Port}/{Uri.EscapeDataString(name)}",
-        UnixDomainSocketEndPoint unix => $"nbd+unix:///{Uri.EscapeDataString(name)}?socket={unix}",
-        _ => null,
-    };
+        var scheme = nbd.Server?.Options.Tls is null ? "nbd" : "nbds";
+        return nbd.LocalEndPoint switch
+        {
+            IPEndPoint ip => $"{scheme}://{(ip.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{ip.Address}]" : ip.Address.ToString())}:{ip.Port}/{Uri.EscapeDataString(name)}",
+            UnixDomainSocketEndPoint unix => $"{scheme}+unix:///{Uri.EscapeDataString(name)}?socket={unix}",
+            _ => null,
+        };
+    }
 }

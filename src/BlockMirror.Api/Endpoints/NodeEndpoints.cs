@@ -5,6 +5,7 @@ using BlockMirror.Api.Options;
 using BlockMirror.Core;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
+using BlockMirror.Nbd;
 using Microsoft.AspNetCore.Http.HttpResults;
 using Microsoft.Extensions.Options;
 
@@ -55,10 +56,17 @@ public static class NodeEndpoints
             size = RequestValidationException.Require(create.Size, "create.size");
             options = new ImageCreateOptions(ClusterSizeOf(create), create.Backing, create.BackingFormat);
         }
-        var spec = new NodeSpec(name, driver, request.Path, request.Uri, size, request.ReadOnly ?? false, options);
+        var spec = new NodeSpec(name, driver, request.Path, TlsUri(request), size, request.ReadOnly ?? false, options);
         var node = await layer.CreateNodeAsync(spec, cancellationToken);
         return TypedResults.Created($"/api/v1/nodes/{Uri.EscapeDataString(node.Name)}", node.ToDto(layer.Root));
     }
+
+    /// <summary>
+    /// The URI the node connects to: with <c>tls: true</c> its TLS form (<c>nbds://</c>), so the URI
+    /// alone says how to reach the export, is stored as it is, and a restart or a pivot carries TLS along.
+    /// </summary>
+    private static string? TlsUri(CreateNodeRequest request) =>
+        request.Tls == true && request.Uri is { } uri ? NbdUri.WithTls(uri) : request.Uri;
 
     /// <summary>
     /// The members each driver takes, checked before any state: a raw node needs a path, an nbd
@@ -76,6 +84,8 @@ public static class NodeEndpoints
                     errors["path"] = ["required with driver raw"];
                 if (request.Uri is not null)
                     errors["uri"] = ["only with driver nbd"];
+                if (request.Tls is not null)
+                    errors["tls"] = ["only with driver nbd"];
                 CheckQcow2CreateMembers(request.Create, errors);
                 break;
             case "qcow2":
@@ -83,6 +93,8 @@ public static class NodeEndpoints
                     errors["path"] = ["required with driver qcow2"];
                 if (request.Uri is not null)
                     errors["uri"] = ["only with driver nbd"];
+                if (request.Tls is not null)
+                    errors["tls"] = ["only with driver nbd"];
                 if (request.Create is { BackingFormat: { } format } && format is not ("raw" or "qcow2"))
                     errors["create.backingFormat"] = [$"expected one of: raw, qcow2; got {System.Text.Json.JsonSerializer.Serialize(format)}"];
                 if (request.Create is { BackingFormat: not null, Backing: null })
@@ -97,6 +109,8 @@ public static class NodeEndpoints
                     errors["path"] = ["only with driver raw or qcow2 (an nbd node takes a uri)"];
                 if (request.Create is not null)
                     errors["create"] = ["only with driver raw or qcow2 (an nbd node cannot create its image)"];
+                if (request.Tls == false && request.Uri is { } uri && uri.StartsWith("nbds", StringComparison.OrdinalIgnoreCase))
+                    errors["tls"] = ["false contradicts the URI: an nbds URI requires TLS (use nbd:// for a plain connection)"];
                 break;
             default:
                 errors["driver"] = [$"expected one of: raw, qcow2, nbd; got {System.Text.Json.JsonSerializer.Serialize(request.Driver)}"];

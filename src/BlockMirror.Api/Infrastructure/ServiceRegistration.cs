@@ -81,7 +81,10 @@ public static class ServiceRegistration
         services.AddSingleton<EventHub>();
         services.AddSingleton<IJobStore, EfJobStore>();
         services.AddSingleton<JobHistory>();
-        services.AddSingleton<IRemoteImageOpener>(_ => new BlockMirror.Nbd.NbdRemoteImageOpener());
+        // Loaded (and checked) by StartupChecks before anything starts; nbds:// nodes connect with its client side.
+        services.AddSingleton(sp => NbdTlsCredentials.Load(sp.GetRequiredService<IOptions<NbdOptions>>().Value, builder.Environment.ContentRootPath));
+        services.AddSingleton<IRemoteImageOpener>(sp => new BlockMirror.Nbd.NbdRemoteImageOpener(
+            new BlockMirror.Nbd.NbdClientOptions { Tls = sp.GetRequiredService<NbdTlsCredentials>().Client }));
         services.AddSingleton<NbdHost>();
         services.AddSingleton<IStartupParticipant>(sp => sp.GetRequiredService<NbdHost>());
         services.AddSingleton<Endpoints.ITransactionActionFactory, Endpoints.MirrorActionFactory>();

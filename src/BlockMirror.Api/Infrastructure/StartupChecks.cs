@@ -16,6 +16,7 @@ public static partial class StartupChecks
     public static void Run(IServiceProvider services)
     {
         var (limits, nbd) = ValidateOptions(services);
+        LoadTlsCredentials(services);
         var dataLock = services.GetRequiredService<DataDirectoryLock>();
         dataLock.Acquire();
         var connectionString = ServiceRegistration.ResolveConnectionString(
@@ -66,6 +67,19 @@ public static partial class StartupChecks
         catch (InvalidOperationException e) when (e is not StartupRefusedException)
         {
             // The configuration binder: "Failed to convert configuration value at 'Nbd:MaxConnections' to type 'System.Int32'."
+            throw new StartupRefusedException(ExitCodes.Configuration, "invalid configuration: " + e.Message, e);
+        }
+    }
+
+    /// <summary>The NBD TLS files are read now: a missing or unreadable file, a key that is not the certificate's, an expired certificate refuse the start.</summary>
+    private static void LoadTlsCredentials(IServiceProvider services)
+    {
+        try
+        {
+            _ = services.GetRequiredService<NbdTlsCredentials>();
+        }
+        catch (NbdTlsConfigurationException e)
+        {
             throw new StartupRefusedException(ExitCodes.Configuration, "invalid configuration: " + e.Message, e);
         }
     }

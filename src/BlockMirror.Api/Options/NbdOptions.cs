@@ -13,4 +13,10 @@ public sealed class NbdOptions
 
     /// <summary>Time a client has to finish the handshake (option haggling); a silent client is dropped after it.</summary>
     public TimeSpan HandshakeTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>TLS of the NBD server (<c>Nbd:Tls</c>); off while no certificate is set.</summary>
+    public NbdTlsOptions Tls { get; set; } = new();
+
+    /// <summary>How this host connects to other NBD servers (<c>Nbd:Client</c>, for <c>driver: nbd</c> nodes).</summary>
+    public NbdClientSection Client { get; set; } = new();
 }

@@ -95,6 +95,9 @@ public sealed class DashboardNodeTests(ChromiumFixture chromium) : DashboardTest
         await Expect(Dashboard.NodeSummary.GetByTestId("node-badge-read-only")).ToBeVisibleAsync();
         // No image file to delete for an nbd node.
         await Expect(Dashboard.NodeSummary.GetByTestId("node-delete-image")).ToBeHiddenAsync();
+        // A plain connection says it is not encrypted, and has no server identity to show.
+        await Expect(Dashboard.NodeSummary.GetByTestId("node-tls")).ToHaveTextAsync("plain TCP (not encrypted)");
+        await Expect(Dashboard.NodeSummary.GetByTestId("node-peer")).ToBeHiddenAsync();
         Assert.Equal(data, await Http.ReadAsync("remote", 2 * MiB, MiB));
 
         await Dashboard.NodeSummary.GetByTestId("node-delete").ClickAsync();

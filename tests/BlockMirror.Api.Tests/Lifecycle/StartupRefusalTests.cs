@@ -56,6 +56,30 @@ public sealed class StartupRefusalTests : IDisposable
         Assert.False(File.Exists(Path.Combine(_dir, "blockmirror.db")), "refused before the database was created");
     }
 
+    [BlockMirror.Tests.Shared.OpensslFact]
+    public async Task Nbd_tls_credentials_that_cannot_work_are_refused_with_one_line_naming_the_setting()
+    {
+        using var certs = new BlockMirror.Tests.Shared.TestCertificates();
+        var a = certs.Issue("/CN=host-a");
+        var b = certs.Issue("/CN=host-b");
+        var missing = Path.Combine(certs.Directory, "missing.pem");
+        (string[] Arguments, string Expected)[] cases =
+        [
+            (["--Nbd:Tls:CertificatePath", missing, "--Nbd:Tls:KeyPath", a.KeyPath], "Nbd:Tls:CertificatePath"),
+            (["--Nbd:Tls:CertificatePath", a.CertificatePath, "--Nbd:Tls:KeyPath", b.KeyPath], "is not the private key of the certificate"),
+            (["--Nbd:Tls:CertificatePath", a.CertificatePath], "needs Nbd:Tls:KeyPath"),
+            (["--Nbd:Tls:CertificatePath", a.CertificatePath, "--Nbd:Tls:KeyPath", a.KeyPath, "--Nbd:Tls:RequireClientCertificate", "true"], "needs Nbd:Tls:ClientCaPath"),
+            (["--Nbd:Client:Tls:CertificatePath", b.CertificatePath, "--Nbd:Client:Tls:KeyPath", a.KeyPath], "Nbd:Client:Tls:KeyPath"),
+            (["--Nbd:Client:Tls:CaPath", missing], "Nbd:Client:Tls:CaPath"),
+        ];
+        foreach (var (arguments, expected) in cases)
+        {
+            var exit = await ChildService.RunToExitAsync(_dir, arguments);
+            AssertOneLine(exit, ExitCodes.Configuration, expected);
+            Assert.False(File.Exists(Path.Combine(_dir, "blockmirror.db")), "refused before the database was created");
+        }
+    }
+
     [Fact]
     public async Task A_rest_address_in_use_is_refused_and_the_other_server_keeps_it()
     {

@@ -27,7 +27,8 @@ export function createNodePage(ctx, container, name) {
     h('p', { class: 'reason', 'data-testid': 'node-replaced', hidden: true }),
     h('dl', { class: 'stats' },
       info('driver', 'driver'), info('format', 'format'), info('path / URI', 'location'), info('backing chain', 'backing'), info('size', 'size'),
-      info('allocated', 'allocated'), info('added', 'created')),
+      info('allocated', 'allocated'), info('added', 'created'),
+      info('transport', 'tls'), info('server identity', 'peer')),
     h('div', { class: 'actions' },
       h('label', { 'data-role': 'delete-image-label', title: 'Also delete the image file (never its backing chain; refused when the path no longer names the node\'s file)' },
         deleteImage, ' also delete the image file'),
@@ -81,6 +82,13 @@ export function updateNodePage(ctx, page, data) {
   // A device is all data: its whole size is the image's, whatever was written.
   set('allocated', node.driver === 'nbd' ? '—' : node.device ? 'whole device' : formatBytes(node.allocatedBytes), `${node.allocatedBytes} bytes`);
   set('created', formatTime(node.createdAt));
+  // A remote node: whether its connection is encrypted, and whose certificate the server showed.
+  const remote = node.driver === 'nbd';
+  s.querySelector('[data-role="tls"]').parentElement.hidden = !remote;
+  s.querySelector('[data-role="peer"]').parentElement.hidden = !remote || !node.tls;
+  set('tls', node.tls ? 'TLS (encrypted, server verified)' : 'plain TCP (not encrypted)',
+    node.tls ? 'NBD over TLS 1.3, checked against Nbd:Client:Tls:CaPath' : 'Use an nbds:// URI or "tls": true to encrypt');
+  set('peer', node.peerSubject ?? '');
   // Devices are never deleted (device-not-deletable): no box to tick.
   s.querySelector('[data-role="delete-image-label"]').hidden = node.driver === 'nbd' || node.device;
   const blocked = node.busy ? `In use by job ${node.jobId ?? ''} (node-busy)` : (node.exports.length ? 'Exported: remove its exports first (node-busy)' : '');
