@@ -4,6 +4,8 @@ using BlockMirror.Core;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Nodes;
 using BlockMirror.Core.State;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace BlockMirror.Nbd;
 
@@ -26,7 +28,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
     private int _state; // 0 new, 1 started, 2 stopped
 
     /// <summary>Creates a server over <paramref name="layer"/>'s export registry; nothing listens until <see cref="StartAsync"/>.</summary>
-    public NbdServer(BlockLayer layer, NbdServerOptions options)
+    public NbdServer(BlockLayer layer, NbdServerOptions options, ILogger<NbdServer>? logger = null)
     {
         ArgumentNullException.ThrowIfNull(layer);
         ArgumentNullException.ThrowIfNull(options);
@@ -35,6 +37,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxBlockStatusExtents, 1);
         Layer = layer;
         Options = options;
+        Logger = logger ?? NullLogger<NbdServer>.Instance;
     }
 
     /// <summary>The block layer whose exports are served.</summary>
@@ -42,6 +45,9 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
 
     /// <summary>The settings the server was created with.</summary>
     public NbdServerOptions Options { get; }
+
+    /// <summary>Where the server and its connections say what went wrong (the host's logging).</summary>
+    internal ILogger Logger { get; }
 
     /// <summary>The address actually bound (the real port when 0 was asked for).</summary>
     public EndPoint LocalEndPoint => _localEndPoint ?? throw new InvalidOperationException("The NBD server is not started");
@@ -103,7 +109,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         }
         _listener = listener;
         _localEndPoint = listener.LocalEndPoint;
-        Log($"NBD server listening on {Describe(_localEndPoint)}");
+        Logger.Listening(Describe(_localEndPoint));
         _acceptLoop = Task.Run(AcceptLoopAsync, CancellationToken.None);
         Layer.AttachExportServer(this);
     }
@@ -161,7 +167,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         await CloseAllAsync(open).ConfigureAwait(false);
         if (_unixPath is { } path)
             TryDelete(path);
-        Log("NBD server stopped");
+        Logger.Stopped();
     }
 
     /// <summary>
@@ -188,10 +194,6 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         _stopping.Dispose();
     }
 
-    internal void Log(string message) => Options.Log?.Invoke(message);
-
-    internal void LogRefused(string message) => (Options.Refused ?? Options.Log)?.Invoke(message);
-
     private async Task AcceptLoopAsync()
     {
         var listener = _listener!;
@@ -215,7 +217,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
             catch (SocketException e)
             {
                 // Transient (ECONNABORTED, EMFILE): keep serving the others.
-                Log($"NBD accept failed: {e.Message}");
+                Logger.AcceptFailed(e.Message);
                 if (e.SocketErrorCode is SocketError.TooManyOpenSockets)
                     await Task.Delay(50, CancellationToken.None).ConfigureAwait(false);
                 continue;
@@ -254,7 +256,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         catch (Exception e)
         {
             // RunAsync handles its own failures; this is the last line that keeps the server alive.
-            Log($"NBD connection {connection.Peer} failed unexpectedly: {e}");
+            Logger.ConnectionFailedUnexpectedly(e, connection.Peer);
         }
         finally
         {
@@ -314,7 +316,7 @@ public sealed class NbdServer : IExportServer, IAsyncDisposable
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             // A socket file left behind is removed by the next start (RemoveStaleSocket).
-            Log($"NBD socket '{path}' could not be removed: {e.Message}");
+            Logger.SocketNotRemoved(path, e.Message);
         }
     }
 

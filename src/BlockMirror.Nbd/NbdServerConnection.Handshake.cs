@@ -179,7 +179,7 @@ internal sealed partial class NbdServerConnection
         }
         if (FindExport(name) is not var (export, node))
         {
-            _server.Log($"NBD client {Peer}: NBD_OPT_EXPORT_NAME of unknown export '{name}'");
+            _server.Logger.UnknownExport(Peer, name);
             return false;
         }
         var reply = new byte[_noZeroes ? 10 : 134];

@@ -63,7 +63,7 @@ internal sealed partial class NbdServerConnection
         if (_plainRefusalLogged)
             return;
         _plainRefusalLogged = true;
-        _server.LogRefused($"NBD client {Peer} refused: TLS is required and {what}");
+        _server.Logger.ClientRefused(Peer, "TLS is required and " + what);
     }
 
     /// <summary>
@@ -88,7 +88,7 @@ internal sealed partial class NbdServerConnection
         {
             session.Dispose();
             if (State < NbdConnectionState.Broken)
-                _server.LogRefused($"NBD client {Peer} refused: TLS handshake failed: {NbdTlsFiles.Explain(e)}");
+                _server.Logger.ClientRefused(Peer, "TLS handshake failed: " + NbdTlsFiles.Explain(e));
             return false;
         }
         _channel.StartTls(session);
@@ -96,9 +96,9 @@ internal sealed partial class NbdServerConnection
         PeerSubject = certificate?.Subject;
         _tlsRefusal = tls.Authorize(certificate);
         if (_tlsRefusal is { } refusal)
-            _server.LogRefused($"NBD client {Peer} refused: {refusal}");
+            _server.Logger.ClientRefused(Peer, refusal);
         else
-            _server.Log($"NBD client {Peer}: TLS {session.SslProtocol} session, client certificate {PeerSubject ?? "none"}");
+            _server.Logger.TlsSession(Peer, session.SslProtocol.ToString(), PeerSubject ?? "none");
         return true;
     }
 }

@@ -230,7 +230,7 @@ internal sealed partial class NbdServerConnection
         }
         catch (Exception e)
         {
-            _server.Log($"NBD client {Peer}: request {request.Type} failed unexpectedly: {e}");
+            _server.Logger.RequestFailedUnexpectedly(e, Peer, NbdConstants.CommandName(request.Type));
             Break(e);
         }
         finally
@@ -589,7 +589,7 @@ internal sealed partial class NbdServerConnection
     {
         var errno = NbdErrors.ToErrno(failure);
         if (errno == NbdConstants.EIO)
-            _server.Log($"NBD client {Peer}: command {request.Type} at {request.Offset} failed: {failure.Message}");
+            _server.Logger.CommandFailed(Peer, NbdConstants.CommandName(request.Type), request.Offset, failure.Message);
         ReplyError(request.Cookie, errno, failure.Message);
     }
 

@@ -151,7 +151,7 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         }
         catch (NbdProtocolException e)
         {
-            _server.Log($"NBD client {Peer}: {e.Message}; disconnecting");
+            _server.Logger.ProtocolViolation(Peer, e.Message);
             Break(e);
         }
         catch (Exception e) when (IsConnectionFailure(e))
@@ -191,12 +191,12 @@ internal sealed partial class NbdServerConnection : IAsyncDisposable
         {
             var transmit = Handshake();
             if (!transmit && TimedOut())
-                _server.Log($"NBD client {Peer}: handshake timed out");
+                _server.Logger.HandshakeTimedOut(Peer);
             return transmit;
         }
         catch (Exception e) when (IsConnectionFailure(e) && TimedOut())
         {
-            _server.Log($"NBD client {Peer}: handshake timed out");
+            _server.Logger.HandshakeTimedOut(Peer);
             return false;
         }
 

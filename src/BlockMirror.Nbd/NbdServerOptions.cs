@@ -36,14 +36,4 @@ public sealed class NbdServerOptions
     /// TLS (NBD_OPT_STARTTLS) before anything else: other options get NBD_REP_ERR_TLS_REQD.
     /// </summary>
     public NbdServerTls? Tls { get; set; }
-
-    /// <summary>
-    /// Called with one line (peer address and reason) when a client is refused for TLS: a plain
-    /// client of a TLS server, a failed TLS handshake, a certificate that is not trusted or not
-    /// authorized. Null = through <see cref="Log"/>.
-    /// </summary>
-    public Action<string>? Refused { get; set; }
-
-    /// <summary>Diagnostics sink (connection errors, protocol violations); null = silent.</summary>
-    public Action<string>? Log { get; set; }
 }

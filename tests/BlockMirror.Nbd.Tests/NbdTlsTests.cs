@@ -83,8 +83,7 @@ public sealed class NbdTlsTests : IDisposable
         await using var server = await NbdTestServer.StartAsync(configure: o =>
         {
             o.Tls = NbdServerTls.Load(_server.CertificatePath, _server.KeyPath, null, false, null);
-            o.Refused = l => { lock (refused) refused.Add(l); };
-        });
+        }, refused: l => { lock (refused) refused.Add(l); });
         var e = await Assert.ThrowsAsync<BlockException>(() => server.ConnectAsync());
         Assert.Equal("nbd-connect-failed", e.Code);
         Assert.Contains("requires TLS", e.Message, StringComparison.Ordinal);
@@ -174,8 +173,7 @@ public sealed class NbdTlsTests : IDisposable
         await using var server = await NbdTestServer.StartAsync(configure: o =>
         {
             o.Tls = NbdServerTls.Load(_server.CertificatePath, _server.KeyPath, _certs.Ca.CertificatePath, true, null);
-            o.Refused = l => { lock (refused) refused.Add(l); };
-        });
+        }, refused: l => { lock (refused) refused.Add(l); });
         var e = await Assert.ThrowsAsync<BlockException>(() => ConnectTlsAsync(server, ClientOptions()));
         Assert.Contains("a client certificate is required", e.Message, StringComparison.Ordinal);
         lock (refused)
@@ -214,8 +212,7 @@ public sealed class NbdTlsTests : IDisposable
         await using var server = await NbdTestServer.StartAsync(configure: o =>
         {
             o.Tls = NbdServerTls.Load(_server.CertificatePath, _server.KeyPath, _certs.Ca.CertificatePath, false, ["CN=host-b,O=BlockMirror"]);
-            o.Refused = l => { lock (refused) refused.Add(l); };
-        });
+        }, refused: l => { lock (refused) refused.Add(l); });
         var other = _certs.Issue("/O=BlockMirror/CN=host-c");
         var e = await Assert.ThrowsAsync<BlockException>(() => ConnectTlsAsync(server, ClientOptions(other)));
         Assert.Contains("client identity", e.Message, StringComparison.Ordinal);

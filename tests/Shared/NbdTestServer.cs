@@ -38,7 +38,8 @@ internal sealed class NbdTestServer : IAsyncDisposable
 
     public string ImagePath => Path.Combine(Directory, "images", "disk0.img");
 
-    public static async Task<NbdTestServer> StartAsync(bool unix = false, Action<NbdServerOptions>? configure = null, long diskSize = DiskSize)
+    /// <param name="refused">Called with each line the server logs about a client it refused for TLS.</param>
+    public static async Task<NbdTestServer> StartAsync(bool unix = false, Action<NbdServerOptions>? configure = null, long diskSize = DiskSize, Action<string>? refused = null)
     {
         var directory = Path.Combine(Path.GetTempPath(), "bm-nbd-" + Guid.NewGuid().ToString("N")[..12]);
         System.IO.Directory.CreateDirectory(directory);
@@ -52,10 +53,15 @@ internal sealed class NbdTestServer : IAsyncDisposable
         var options = new NbdServerOptions
         {
             Listen = unix ? NbdListenAddress.Unix(Path.Combine(directory, "nbd.sock")) : NbdListenAddress.Tcp("127.0.0.1", 0),
-            Log = log.Enqueue,
         };
         configure?.Invoke(options);
-        var server = new NbdServer(layer, options);
+        var logger = new CapturingLogger<NbdServer>((id, line) =>
+        {
+            log.Enqueue(line);
+            if (id.Id == 3) // NbdServerLog.RefusedEventId
+                refused?.Invoke(line);
+        });
+        var server = new NbdServer(layer, options, logger);
         await server.StartAsync();
         return new NbdTestServer(directory, layer, server, log);
     }

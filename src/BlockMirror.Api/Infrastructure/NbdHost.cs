@@ -11,7 +11,7 @@ namespace BlockMirror.Api.Infrastructure;
 /// Runs the NBD server beside the REST API (Nbd:Listen; empty = off). Started after the block
 /// layer is loaded, stopped before it stops, so no export outlives its node.
 /// </summary>
-public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> options, NbdTlsCredentials tls, ConnectionBudget budget, BlockMirrorMetrics metrics, ILogger<NbdHost> logger) : IStartupParticipant
+public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> options, NbdTlsCredentials tls, ConnectionBudget budget, BlockMirrorMetrics metrics, ILogger<NbdHost> logger, ILogger<NbdServer> serverLogger) : IStartupParticipant
 {
     private NbdServer? _server;
 
@@ -33,12 +33,10 @@ public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> optio
             Listen = address,
             MaxConnections = budget.NbdConnections,
             HandshakeTimeout = options.Value.HandshakeTimeout,
-            Log = m => LogNbd(logger, m),
             Tls = tls.Server,
-            Refused = m => LogRefused(logger, m),
             RequestReceived = (export, command) => metrics.NbdRequests.Add(1,
                 new KeyValuePair<string, object?>("export", export), new KeyValuePair<string, object?>("command", command)),
-        });
+        }, serverLogger);
         try
         {
             await server.StartAsync(cancellationToken);
@@ -65,10 +63,4 @@ public sealed partial class NbdHost(BlockLayer layer, IOptions<NbdOptions> optio
 
     [LoggerMessage(1, LogLevel.Information, "NBD server listening on {EndPoint} ({Tls})")]
     private static partial void LogListening(ILogger logger, string endPoint, string tls);
-
-    [LoggerMessage(3, LogLevel.Warning, "NBD: {Message}")]
-    private static partial void LogRefused(ILogger logger, string message);
-
-    [LoggerMessage(2, LogLevel.Debug, "NBD: {Message}")]
-    private static partial void LogNbd(ILogger logger, string message);
 }

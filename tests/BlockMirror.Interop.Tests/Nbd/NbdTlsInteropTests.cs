@@ -31,8 +31,7 @@ public sealed class NbdTlsInteropTests : IDisposable
         {
             o.Tls = NbdServerTls.Load(_server.CertificatePath, _server.KeyPath,
                 requireClient || allowed.Length > 0 ? _certs.Ca.CertificatePath : null, requireClient, allowed);
-            o.Refused = _refused.Enqueue;
-        });
+        }, refused: _refused.Enqueue);
 
     private static int PortOf(NbdTestServer server) => ((System.Net.IPEndPoint)server.Server.LocalEndPoint).Port;
 
