@@ -24,8 +24,7 @@ public sealed class HostDeviceImage : IBlockImage
     private readonly SafeFileHandle _handle;
     private readonly Action _fdatasync;
     private readonly long _logicalBlock;
-    private int _disposed;
-    private StatBuffer? _closedStat;
+    private readonly ClosingStat _closing;
 
     // Set once the device said a way of zeroing or discarding is not supported, so we stop asking.
     private volatile bool _noPunchHole;
@@ -35,6 +34,7 @@ public sealed class HostDeviceImage : IBlockImage
     private HostDeviceImage(SafeFileHandle handle, string location, long size, long logicalBlock, bool readOnly)
     {
         _handle = handle;
+        _closing = new ClosingStat(handle);
         Location = location;
         Size = size;
         _logicalBlock = logicalBlock;
@@ -223,12 +223,7 @@ public sealed class HostDeviceImage : IBlockImage
     /// <inheritdoc />
     public ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0)
-        {
-            // A clean stop checkpoints after closing: the stamp must still describe this device node.
-            _closedStat = FStat();
-            _handle.Dispose(); // closing drops the exclusive claim and the OFD locks
-        }
+        _closing.Close(); // closing drops the exclusive claim and the OFD locks
         return ValueTask.CompletedTask;
     }
 
@@ -236,25 +231,7 @@ public sealed class HostDeviceImage : IBlockImage
     /// fstat of the open device node, or (once disposed) as it was when it was closed; null when that
     /// failed. A write through the node updates the node's mtime, so checkpoint stamps work as for files.
     /// </summary>
-    internal StatBuffer? TryStat()
-    {
-        if (Volatile.Read(ref _disposed) != 0)
-            return _closedStat;
-        return FStat() ?? (Volatile.Read(ref _disposed) != 0 ? _closedStat : null);
-    }
-
-    private StatBuffer? FStat()
-    {
-        try
-        {
-            using var lease = new FileDescriptorLease(_handle);
-            return LibC.fstat(lease.Fd, out var st) == 0 ? st : null;
-        }
-        catch (ObjectDisposedException)
-        {
-            return null;
-        }
-    }
+    internal StatBuffer? TryStat() => _closing.TryStat();
 
     /// <summary>The whole logical blocks inside [offset, offset + length): start rounded up, end down.</summary>
     private (long Start, long End) AlignedInside(long offset, long length)

@@ -27,8 +27,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     private readonly BlockStatusCache _dataRegion = new();
     private readonly Lock _seekHoleLock = new();
     private readonly Action _fdatasync;
-    private int _disposed;
-    private StatBuffer? _closedStat;
+    private readonly ClosingStat _closing;
 
     // Set once the filesystem said a fallocate mode is unsupported, so we stop asking on every request.
     private volatile bool _noPunchHole;
@@ -41,6 +40,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     private RawFileImage(SafeFileHandle handle, string path, long size, bool readOnly)
     {
         _handle = handle;
+        _closing = new ClosingStat(handle);
         Location = path;
         Size = size;
         ReadOnly = readOnly;
@@ -409,12 +409,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// <inheritdoc />
     public ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0)
-        {
-            // A clean stop checkpoints after closing: the stamp must still describe this file.
-            _closedStat = FStat();
-            _handle.Dispose(); // closing the open file description releases its OFD locks
-        }
+        _closing.Close(); // closing the open file description releases its OFD locks
         return ValueTask.CompletedTask;
     }
 
@@ -422,25 +417,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// fstat of the open file, or (once disposed) as it was when it was closed; null when that
     /// failed. The open descriptor, not the path: a file renamed over the path is another file.
     /// </summary>
-    internal StatBuffer? TryStat()
-    {
-        if (Volatile.Read(ref _disposed) != 0)
-            return _closedStat;
-        return FStat() ?? (Volatile.Read(ref _disposed) != 0 ? _closedStat : null);
-    }
-
-    private StatBuffer? FStat()
-    {
-        try
-        {
-            using var lease = new FileDescriptorLease(_handle);
-            return LibC.fstat(lease.Fd, out var st) == 0 ? st : null;
-        }
-        catch (ObjectDisposedException)
-        {
-            return null;
-        }
-    }
+    internal StatBuffer? TryStat() => _closing.TryStat();
 
     private ImageExtent BlockStatus(long offset, long maxLength)
     {
