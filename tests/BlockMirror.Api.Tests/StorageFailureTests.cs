@@ -9,6 +9,9 @@ namespace BlockMirror.Api.Tests;
 /// problem document, 503 <c>storage-unavailable</c> for the database, and leave no trace, in memory,
 /// on disk or after a restart; <c>/healthz</c> is 503 meanwhile.
 /// </summary>
+// In the metrics collection (run alone, after the parallel tests): one test reads the bitmap memory
+// gauge, and every live host in the process publishes into the same series (see MetricsTests).
+[Collection(MetricsTests.CollectionName)]
 public sealed class StorageFailureTests : IDisposable
 {
     private const long G = 65536;
