@@ -83,7 +83,7 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
                     foreach (var write in acked.Of(bitmap))
                     {
                         checks++;
-                        if (!Covered(dirty, write.Offset, write.Length))
+                        if (!DirtyExtents.Covered(dirty, write.Offset, write.Length))
                         {
                             lost++;
                             output.WriteLine($"life {life}: {bitmap} lost the acknowledged write {write.Offset}+{write.Length}");
@@ -378,22 +378,5 @@ public sealed class CrashHarnessTests(ITestOutputHelper output) : IDisposable
     {
         var data = await http.ReadAsync(node, 0, Size);
         return Convert.ToHexString(SHA256.HashData(data));
-    }
-
-    /// <summary>Whether every byte of [offset, offset+length) lies in a dirty extent (coalesced, in order).</summary>
-    private static bool Covered(List<(long Offset, long Length)> dirty, long offset, long length)
-    {
-        var end = offset + length;
-        foreach (var (o, l) in dirty)
-        {
-            if (o + l <= offset)
-                continue;
-            if (o > offset)
-                return false;
-            offset = o + l;
-            if (offset >= end)
-                return true;
-        }
-        return false;
     }
 }

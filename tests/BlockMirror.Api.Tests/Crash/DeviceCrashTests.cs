@@ -50,7 +50,7 @@ public sealed class DeviceCrashTests(ITestOutputHelper output) : IDisposable
                 foreach (var write in acked.Of("pd"))
                 {
                     checks++;
-                    Assert.True(Covered(dirty, write.Offset, write.Length), $"life {life}: pd lost the acknowledged write {write.Offset}+{write.Length}");
+                    Assert.True(DirtyExtents.Covered(dirty, write.Offset, write.Length), $"life {life}: pd lost the acknowledged write {write.Offset}+{write.Length}");
                 }
                 if (life == Kills)
                     break;
@@ -75,22 +75,5 @@ public sealed class DeviceCrashTests(ITestOutputHelper output) : IDisposable
         var summary = $"device crash harness (seed {seed}): {Kills} kills during writes to a loop-device node, {checks} write×bitmap checks after restarts, none lost";
         output.WriteLine(summary);
         Console.WriteLine(summary);
-    }
-
-    /// <summary>Whether every byte of [offset, offset+length) lies in a dirty extent (coalesced, in order).</summary>
-    private static bool Covered(List<(long Offset, long Length)> dirty, long offset, long length)
-    {
-        var end = offset + length;
-        foreach (var (o, l) in dirty)
-        {
-            if (o + l <= offset)
-                continue;
-            if (o > offset)
-                return false;
-            offset = o + l;
-            if (offset >= end)
-                return true;
-        }
-        return false;
     }
 }

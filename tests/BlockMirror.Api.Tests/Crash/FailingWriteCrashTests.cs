@@ -62,7 +62,7 @@ public sealed class FailingWriteCrashTests(ITestOutputHelper output) : IDisposab
                     {
                         checks++;
                         failed += w.Failed ? 1 : 0;
-                        Assert.True(Covered(dirty, w.Offset, w.Length),
+                        Assert.True(DirtyExtents.Covered(dirty, w.Offset, w.Length),
                             $"life {life}: {bitmap} lost the {(w.Failed ? "failed" : "acknowledged")} write {w.Offset}+{w.Length}");
                     }
                 }
@@ -122,22 +122,5 @@ public sealed class FailingWriteCrashTests(ITestOutputHelper output) : IDisposab
         var summary = $"failing-write crash harness (seed {seed}): {Lives} kills during ENOSPC writes, {checks} write×bitmap checks after restarts ({failed} of failed writes), none lost";
         output.WriteLine(summary);
         Console.WriteLine(summary);
-    }
-
-    /// <summary>Whether every byte of [offset, offset+length) lies in a dirty extent (coalesced, in order).</summary>
-    private static bool Covered(List<(long Offset, long Length)> dirty, long offset, long length)
-    {
-        var end = offset + length;
-        foreach (var (o, l) in dirty)
-        {
-            if (o + l <= offset)
-                continue;
-            if (o > offset)
-                return false;
-            offset = o + l;
-            if (offset >= end)
-                return true;
-        }
-        return false;
     }
 }

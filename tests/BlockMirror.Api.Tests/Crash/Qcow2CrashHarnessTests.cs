@@ -77,7 +77,7 @@ public sealed class Qcow2CrashHarnessTests(ITestOutputHelper output) : IDisposab
                 Assert.False((bool)bitmap["inconsistent"]!, $"life {life}: p1 inconsistent: {(string?)bitmap["inconsistentReason"]}");
                 var dirty = ApiClient.Extents(await http.GetJsonAsync($"/api/v1/nodes/src/bitmaps/p1/extents?offset=0&length={Size}"));
                 foreach (var (offset, length) in acked)
-                    Assert.True(Covered(dirty, offset, length), $"life {life}: p1 lost the acknowledged write {offset}+{length}");
+                    Assert.True(DirtyExtents.Covered(dirty, offset, length), $"life {life}: p1 lost the acknowledged write {offset}+{length}");
             }
             if (life == KillPoints)
                 break;
@@ -126,22 +126,6 @@ public sealed class Qcow2CrashHarnessTests(ITestOutputHelper output) : IDisposab
             $"{checkedBytes >> 20} MiB compared after restarts, {leaks} checks with leaked clusters only, no corruption; {clock.Elapsed.TotalSeconds:F0} s";
         output.WriteLine(summary);
         Console.WriteLine(summary);
-    }
-
-    private static bool Covered(List<(long Offset, long Length)> dirty, long offset, long length)
-    {
-        var end = offset + length;
-        foreach (var (o, l) in dirty)
-        {
-            if (o + l <= offset)
-                continue;
-            if (o > offset)
-                return false;
-            offset = o + l;
-            if (offset >= end)
-                return true;
-        }
-        return false;
     }
 
     /// <summary>One writer in one half of the disk, one request at a time (data, or zeroes as a zero write), until the kill.</summary>

@@ -67,7 +67,7 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
                 foreach (var (offset, length) in acked.Of("p1"))
                 {
                     checks++;
-                    Assert.True(Covered(dirty, offset, length), $"life {life}: p1 lost the acknowledged write {offset}+{length}");
+                    Assert.True(DirtyExtents.Covered(dirty, offset, length), $"life {life}: p1 lost the acknowledged write {offset}+{length}");
                 }
             }
             if (life == kills)
@@ -168,7 +168,7 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
             Assert.False((bool)p["inconsistent"]!, child.Log);
             var dirty = ApiClient.Extents(await http.GetJsonAsync($"/api/v1/nodes/disk/bitmaps/p/extents?offset=0&length={64L << 20}"));
             foreach (var k in acked)
-                Assert.True(Covered(dirty, k * G, 4096), $"granule {k} was acknowledged and is not dirty after the kill");
+                Assert.True(DirtyExtents.Covered(dirty, k * G, 4096), $"granule {k} was acknowledged and is not dirty after the kill");
             Assert.Equal(Data(refused), await http.ReadAsync("disk", refused * G, 4096));
             output.WriteLine($"refused at granule {refused}; {acked.Count} acknowledged granule writes all dirty after the kill");
         }
@@ -213,21 +213,5 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
             {
             }
         }
-    }
-
-    private static bool Covered(List<(long Offset, long Length)> dirty, long offset, long length)
-    {
-        var end = offset + length;
-        foreach (var (o, l) in dirty)
-        {
-            if (o + l <= offset)
-                continue;
-            if (o > offset)
-                return false;
-            offset = o + l;
-            if (offset >= end)
-                return true;
-        }
-        return false;
     }
 }
