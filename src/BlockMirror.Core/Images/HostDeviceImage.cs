@@ -111,24 +111,7 @@ public sealed class HostDeviceImage : IBlockImage
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        return ReadCoreAsync(offset, buffer, cancellationToken);
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ReadCoreAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
-    {
-        var done = 0;
-        while (done < buffer.Length)
-        {
-            var n = await RandomAccess.ReadAsync(_handle, buffer[done..], offset + done, cancellationToken).ConfigureAwait(false);
-            if (n == 0)
-            {
-                // The device shrank under us (an LV reduced while open): past its end reads as zeroes, as QEMU pads a short read.
-                buffer.Span[done..].Clear();
-                return;
-            }
-            done += n;
-        }
+        return PaddedRead.ReadAsync(_handle, offset, buffer, cancellationToken);
     }
 
     /// <inheritdoc />

@@ -138,25 +138,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        return ReadCoreAsync(offset, buffer, cancellationToken);
-    }
-
-    // Pooled builder: the state machine box is reused, so a read allocates nothing of ours.
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask ReadCoreAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
-    {
-        var done = 0;
-        while (done < buffer.Length)
-        {
-            var n = await RandomAccess.ReadAsync(_handle, buffer[done..], offset + done, cancellationToken).ConfigureAwait(false);
-            if (n == 0)
-            {
-                // EOF before Size: the file was truncated behind our back; like a hole, it reads as zeroes.
-                buffer.Span[done..].Clear();
-                return;
-            }
-            done += n;
-        }
+        return PaddedRead.ReadAsync(_handle, offset, buffer, cancellationToken);
     }
 
     /// <inheritdoc />
@@ -184,7 +166,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
                 }
                 if (n == 0)
                 {
-                    // EOF before Size: truncated behind our back; reads as zeroes, as in ReadCoreAsync.
+                    // EOF before Size: truncated behind our back; reads as zeroes, as in PaddedRead.
                     buffer[done..].Clear();
                     return true;
                 }
