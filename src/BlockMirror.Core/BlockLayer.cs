@@ -198,7 +198,12 @@ public sealed class BlockLayer : IAsyncDisposable
     public BlockExport? FindExport(string name) => _nodes.FindExport(name);
 
     public Task<BlockNode> CreateNodeAsync(NodeSpec spec, CancellationToken cancellationToken = default) =>
-        ControlAsync(() => _nodes.CreateControlLockedAsync(spec, cancellationToken), cancellationToken);
+        ControlAsync(async () =>
+        {
+            var node = await _nodes.CreateControlLockedAsync(spec, cancellationToken).ConfigureAwait(false);
+            await _persistence.AdoptImageBitmapsControlLockedAsync(node, cancellationToken).ConfigureAwait(false);
+            return node;
+        }, cancellationToken);
 
     public Task DeleteNodeAsync(string name, bool deleteImage, CancellationToken cancellationToken = default) =>
         ControlAsync(() => _nodes.DeleteControlLockedAsync(name, deleteImage, cancellationToken), cancellationToken);

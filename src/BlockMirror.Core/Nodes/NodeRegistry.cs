@@ -115,10 +115,33 @@ public sealed partial class NodeRegistry(
         await store.DeleteNodeAsync(name, cancellationToken).ConfigureAwait(false);
         using (await node.QuiesceGate.QuiesceAsync(cancellationToken).ConfigureAwait(false))
             ForgetControlLocked(name);
+        if (imageFile is null)
+            await StoreImageBitmapsAtCloseAsync(node, cancellationToken).ConfigureAwait(false);
         await node.Image.DisposeAsync().ConfigureAwait(false);
         if (imageFile is not null)
             TryDeleteImageFile(node, imageFile);
     }
+
+    /// <summary>
+    /// As QEMU at blockdev-del: the node's persistent bitmaps stored in its image (a qcow2 image that
+    /// holds bitmaps), in-use cleared, so that qemu-img and QEMU find them exact. The node is deleted
+    /// already: a failure leaves them in use in the image, which nobody then trusts.
+    /// </summary>
+    private async Task StoreImageBitmapsAtCloseAsync(BlockNode node, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await node.Image.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await ImageBitmaps.StoreAsync(node, b => b.Serialize(), inUse: false, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or BlockException or ArgumentException)
+        {
+            LogImageBitmapsNotStored(logger, e, node.Name);
+        }
+    }
+
+    [LoggerMessage(40, LogLevel.Warning, "Node '{Node}' was deleted, but its persistent bitmaps could not be stored in its image; they stay in use there")]
+    private static partial void LogImageBitmapsNotStored(ILogger logger, Exception exception, string node);
 
     /// <summary>Removes a node from the registry without touching its image (a pivot consumes the target).</summary>
     internal void ForgetControlLocked(string name)

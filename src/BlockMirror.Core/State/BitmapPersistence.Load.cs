@@ -70,6 +70,9 @@ public sealed partial class BitmapPersistence
                 node.AddBitmap(bitmap);
                 restored.Add((node, bitmap));
             }
+            foreach (var adopted in ImageBitmaps.Adopt(node, time.GetUtcNow().UtcDateTime, InconsistentAtLoad))
+                restored.Add((node, adopted));
+            await StoreInImageAtLoadAsync(node, cancellationToken).ConfigureAwait(false);
             nodes.AddControlLocked(node);
         }
         if (drop.Count > 0)
@@ -80,6 +83,24 @@ public sealed partial class BitmapPersistence
         await CheckpointControlLockedAsync(restored, cleanStop: false, through, cancellationToken).ConfigureAwait(false);
         if (_journal is not null)
             await _journal.StartAsync(through + 1, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// What was restored goes back into the image at once, in use (the node is open): after a crash the
+    /// image then holds the record's bits (checkpoint + journal), and image and record agree. Before the
+    /// load's checkpoint, which stamps the image as it is after this write.
+    /// </summary>
+    private async Task StoreInImageAtLoadAsync(BlockNode node, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await ImageBitmaps.StoreAsync(node, b => b.Serialize(), inUse: true, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is IOException or BlockException)
+        {
+            // The image keeps its bitmaps in use (marked at open): nobody trusts their stale bits.
+            LoadFailures.Add($"node '{node.Name}': its bitmaps could not be stored in the image ({e.Message}); they stay in use there");
+        }
     }
 
     private DirtyBitmap RestoreBitmap(BlockNode node, BitmapRecord row, IReadOnlyList<JournalEntry> entries, JournalRecovery recovery)
@@ -153,6 +174,8 @@ public sealed partial class BitmapPersistence
             if (row.ImageInode is { } inode && inode != stamp.Value.Inode)
                 return "the image was replaced by another file";
         }
+        if (ImageEvidence(node, row) is { } evidence)
+            return evidence.Length == 0 ? null : evidence;
         if (!row.InUse)
         {
             if (stamp is { } s && row.ImageMtimeUtc is { } stopped && s.ModifiedUtc != Utc(stopped))
@@ -172,6 +195,55 @@ public sealed partial class BitmapPersistence
         if (now.ModifiedUtc > until)
             return "the image was modified after the service stopped";
         return null;
+    }
+
+    /// <summary>
+    /// For a bitmap the image holds too (a qcow2 version 3 image opened read-write), what the image
+    /// says as found at open, before the open marked it in use:
+    /// <list type="bullet">
+    /// <item>after a clean stop the service stored the bitmap there with in-use clear. Found so, with
+    /// the record's granularity and bits, the bitmap is exact whatever else changed the file: every
+    /// program that writes qcow2 data either updates the stored bitmaps (QEMU marks them in use, and
+    /// stores them again at close) or clears the image's "bitmaps" autoclear bit. Returns "" (proven)
+    /// then. Missing, in use, or with other bits or granularity, someone changed it while the service
+    /// was stopped (<c>qemu-img bitmap --remove/--clear/--merge</c>, a QEMU that wrote the image): the reason.</item>
+    /// <item>after a crash the service had it in use in the image. Missing, or no longer in use,
+    /// someone removed or stored it after the crash: the reason. Still in use: null, and the journal's
+    /// rules decide, the record being the authority.</item>
+    /// </list>
+    /// Null for images that cannot hold bitmaps: the other rules decide.
+    /// </summary>
+    private static string? ImageEvidence(BlockNode node, BitmapRecord row)
+    {
+        if (ImageBitmaps.StorageOf(node) is not { } image)
+            return null;
+        var found = image.BitmapsAtOpen.FirstOrDefault(b => b.Name == row.Name);
+        if (row.InUse)
+        {
+            if (found is null)
+                return "it was removed from the image after the service stopped uncleanly";
+            if (!found.InUse)
+                return "another program stored it in the image after the service stopped uncleanly";
+            return null;
+        }
+        if (found is null)
+            return "it was removed from the image while the service was stopped";
+        if (found.InUse)
+            return "the image holds it in use: a program opened the image read-write while the service was stopped and did not store it";
+        if (found.Granularity != row.Granularity)
+            return "its granularity in the image differs from the service's record";
+        byte[] stored;
+        try
+        {
+            stored = image.ReadStoredBitmap(row.Name);
+        }
+        catch (BlockException e)
+        {
+            return $"its bits in the image cannot be read: {e.Message}";
+        }
+        if (row.Content is not { } content || !stored.AsSpan().SequenceEqual(content))
+            return "its bits in the image differ from the service's record: the image was changed while the service was stopped";
+        return "";
     }
 
     private static DateTime Utc(DateTime value) => DateTime.SpecifyKind(value, DateTimeKind.Utc);

@@ -55,6 +55,10 @@ public sealed partial class BitmapPersistence
                 await StoreForStopAsync(node, records, contents, failures, cancellationToken).ConfigureAwait(false);
                 return;
             }
+            // The image's own copy first (QEMU stores its bitmaps at close): bits stored, in-use cleared.
+            // Failing that, the image keeps them in use, and so must the record: a restart then proves
+            // them from the journal instead of finding the image and the record apart.
+            var cleanInImage = await StoreInImageAtStopAsync(node, failures, cancellationToken).ConfigureAwait(false);
             try
             {
                 await node.Image.DisposeAsync().ConfigureAwait(false);
@@ -69,7 +73,7 @@ public sealed partial class BitmapPersistence
                 return;
             try
             {
-                (records, contents) = BuildCheckpoint(bitmaps, cleanStop: true, _journal?.LastSequence);
+                (records, contents) = BuildCheckpoint(bitmaps, cleanStop: cleanInImage, _journal?.LastSequence);
             }
             catch (Exception e)
             {
@@ -81,6 +85,22 @@ public sealed partial class BitmapPersistence
             }
         }
         await StoreForStopAsync(node, records, contents, failures, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Stores the node's persistent bitmaps in its image with in-use cleared (images that hold bitmaps); false when that failed.</summary>
+    private async Task<bool> StoreInImageAtStopAsync(BlockNode node, List<string> failures, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await ImageBitmaps.StoreAsync(node, b => IsJobWorkingBitmap(node, b) ? _durability?.DurableContent(b) : b.Serialize(), inUse: false, cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception e) when (e is IOException or BlockException or ArgumentException)
+        {
+            failures.Add($"node '{node.Name}': its persistent bitmaps could not be stored in the image ({e.Message}); " +
+                "they stay in use there and keep their journal");
+            return false;
+        }
     }
 
     /// <summary>Stores one node's records of a stop; a failure is listed, and the stop goes on with the next node.</summary>

@@ -99,9 +99,29 @@ public sealed partial class BitmapPersistence(
             .ToList();
         if (touched.Count == 0 && removed.Count == 0)
             return;
+        // The image first (QEMU removes a persistent bitmap from the image at once): see ImageBitmaps.SyncDirectoryAsync.
+        foreach (var node in touched.Select(t => t.Node).Concat(context.Removed.Select(r => nodes.FindNode(r.Node)).OfType<BlockNode>()).Distinct())
+        {
+            var removedHere = context.Removed.Where(r => r.Node == node.Name).Select(r => r.Name).ToList();
+            await ImageBitmaps.SyncDirectoryAsync(node, removedHere, cancellationToken).ConfigureAwait(false);
+        }
         var (records, contents) = BuildCheckpoint(touched, cleanStop: false, _journal?.LastSequence);
         await store.SaveBitmapChangesAsync(records, context.Removed, cancellationToken).ConfigureAwait(false);
         Checkpointed(contents);
+    }
+
+    /// <summary>
+    /// A node just created (blockdev-add): the bitmaps its image held (a qcow2 image QEMU wrote) become
+    /// its persistent bitmaps, checkpointed at once. Nothing can write the node yet (an export or a job
+    /// needs the control lock), so no quiesce is needed.
+    /// </summary>
+    internal async Task AdoptImageBitmapsControlLockedAsync(BlockNode node, CancellationToken cancellationToken)
+    {
+        var adopted = ImageBitmaps.Adopt(node, time.GetUtcNow().UtcDateTime, []);
+        if (adopted.Count == 0)
+            return;
+        // The open marked them in use already.
+        await CheckpointControlLockedAsync([.. adopted.Select(b => (node, b))], cleanStop: false, _journal?.LastSequence, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>
@@ -128,6 +148,8 @@ public sealed partial class BitmapPersistence(
     internal async Task StorePivotControlLockedAsync(BlockNode device, string consumedNode, CancellationToken cancellationToken)
     {
         var bitmaps = device.Bitmaps.Where(b => b.Persistent).Select(b => (device, b)).ToList();
+        // The new image names the device's bitmaps (in use) before the record says they live there.
+        await ImageBitmaps.SyncDirectoryAsync(device, [], cancellationToken).ConfigureAwait(false);
         var (records, contents) = BuildCheckpoint(bitmaps, cleanStop: false, _journal?.LastSequence);
         await store.SavePivotAsync(NodeRecord.Of(device), records, consumedNode, cancellationToken).ConfigureAwait(false);
         Checkpointed(contents);

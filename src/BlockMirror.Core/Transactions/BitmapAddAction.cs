@@ -26,6 +26,9 @@ public sealed class BitmapAddAction(string node, string name, long? granularity,
         // A new bitmap would record writes the node refuses, for a file no longer under its path.
         if (_node.ImageReplacedReason is { } replaced)
             throw BlockErrors.ImageReplaced(_node.Name, replaced);
+        // QEMU's qcow2_co_can_store_new_dirty_bitmap: a version 2 image has no place for it.
+        if (persistent && _node.Image is Images.Qcow2.Qcow2Image { CanStoreBitmaps: false })
+            throw BlockErrors.Invalid("bitmap-not-storable", Images.Qcow2.Qcow2Image.CannotStoreInV2);
         // Refused before anything is allocated: a bitmap that cannot exist, cannot be stored, or does not fit the memory budget.
         context.Layer.CheckBitmapSize(_node.Size, g, persistent);
         var granules = DirtyBitmap.GranulesFor(_node.Size, g);

@@ -42,11 +42,30 @@ internal static class Qcow2Format
     /// <summary>
     /// The autoclear bits this driver keeps when it opens an image read-write. An autoclear bit says
     /// "the data of this feature is consistent"; a writer that does not maintain the feature must clear
-    /// it (qcow2.txt). The bitmaps extension is not maintained yet (issue 14 item 3 adds
-    /// <see cref="AutoclearBitmaps"/> here), so an image's bitmaps become inconsistent, for QEMU too,
-    /// once this driver writes to it — which is the truth, since writes here do not mark them.
+    /// it (qcow2.txt). The bitmaps extension is maintained (Qcow2Image.Bitmaps.cs: marked in use at a
+    /// read-write open, stored at a clean close), so its bit stays.
     /// </summary>
-    internal const ulong SupportedAutoclear = 0;
+    internal const ulong SupportedAutoclear = AutoclearBitmaps;
+
+    // The bitmaps extension (qcow2.txt "Bitmaps extension"; QEMU's block/qcow2-bitmap.c).
+    internal const int BitmapsExtensionLength = 24;
+    internal const int BitmapDirectoryEntryHeaderLength = 24;
+    internal const uint MaxBitmaps = 65535;
+    internal const long MaxBitmapDirectorySize = 1024L * MaxBitmaps;
+    internal const int MaxBitmapNameSize = 1023;
+    internal const uint MaxBitmapTableSize = 0x8000000;
+    internal const int MinBitmapGranularityBits = 9;
+    internal const int MaxBitmapGranularityBits = 31;
+    internal const byte BitmapTypeDirtyTracking = 1;
+    internal const uint BitmapFlagInUse = 1u << 0;
+    internal const uint BitmapFlagAuto = 1u << 1;
+    internal const uint BitmapFlagExtraDataCompatible = 1u << 2;
+    internal const uint BitmapReservedFlags = ~(BitmapFlagInUse | BitmapFlagAuto | BitmapFlagExtraDataCompatible);
+    internal const ulong BitmapTableOffsetMask = 0x00fffffffffffe00UL;
+    internal const ulong BitmapTableReservedMask = 0xff000000000001feUL;
+
+    /// <summary>A bitmap table entry without a data cluster whose granules are all dirty.</summary>
+    internal const ulong BitmapTableAllOnes = 1UL;
 
     // Compression types (header byte 104).
     internal const byte CompressionZlib = 0;

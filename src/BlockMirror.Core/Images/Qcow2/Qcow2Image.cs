@@ -27,7 +27,7 @@ namespace BlockMirror.Core.Images.Qcow2;
 /// <para>Not supported: writing to images with internal snapshots (read-only is fine), encryption,
 /// external data files, writing compressed clusters, resizing.</para>
 /// </remarks>
-public sealed class Qcow2Image : ILayeredImage
+public sealed partial class Qcow2Image : ILayeredImage
 {
     /// <summary>Frees waiting for an L2 write-back before one is forced (bounds memory between flushes).</summary>
     private const int MaxPendingFrees = 4096;
@@ -241,7 +241,9 @@ public sealed class Qcow2Image : ILayeredImage
             }
         }
         var l1 = Qcow2L1Table.Read(file, (long)header.L1TableOffset, (int)header.L1Size);
-        return new Qcow2Image(file, header, geometry, l1, readOnly, backing);
+        var image = new Qcow2Image(file, header, geometry, l1, readOnly, backing);
+        image.LoadBitmapsAtOpen(name);
+        return image;
     }
 
     /// <summary>Attaches (or detaches, with null) the image unallocated ranges read through to.</summary>
