@@ -409,26 +409,34 @@ public sealed class Qcow2QemuInteropTests : IDisposable
     }
 
     /// <summary>
-    /// A bitmap QEMU stored survives a read-write open byte for byte (the extension is never
-    /// rewritten), and the bitmaps autoclear bit is cleared first — this driver does not keep bitmaps
-    /// up to date yet, so QEMU must treat them as inconsistent rather than trust them; qemu-img check
-    /// then finds their clusters leaked at worst, never corrupt.
+    /// A read-write open marks the bitmaps QEMU stored in use before anything is written (QEMU's
+    /// qcow2_load_dirty_bitmaps), keeping the bitmaps autoclear bit: the image's bitmaps are
+    /// maintained now. A writer that goes away without storing them leaves them in use, so QEMU treats
+    /// them as inconsistent rather than trust bits that missed its writes; qemu-img check stays clean.
+    /// A read-only open changes nothing.
     /// </summary>
     [NbdInteropFact("qemu-img")]
-    public async Task BitmapsExtension_IsPreservedAndMarkedInconsistentByAWrite()
+    public async Task BitmapsExtension_IsMarkedInUseByAReadWriteOpen()
     {
         var image = PathOf("bitmaps.qcow2");
         await QemuImg.RunAsync("create", "-q", "-f", "qcow2", image, "16M");
         await QemuImg.RunAsync("bitmap", "--add", image, "b1");
         var before = await File.ReadAllBytesAsync(image);
-        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: false)))
-            await driver.WriteAsync(0, new byte[65536].Select(_ => (byte)1).ToArray());
-        var after = await File.ReadAllBytesAsync(image);
+        await using (var reader = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: true)))
+            Assert.Equal([new Qcow2StoredBitmap("b1", 65536, InUse: false, Auto: true)], reader.BitmapsAtOpen);
+        Assert.Equal(before, await File.ReadAllBytesAsync(image));
 
-        // Header extensions (from byte 112 to the end of what qemu-img wrote there) are untouched.
-        Assert.True(before.AsSpan(112, 1024).SequenceEqual(after.AsSpan(112, 1024)), "header extensions changed");
-        Assert.Equal(1, before[95] & 1); // autoclear bitmaps bit, set by QEMU
-        Assert.Equal(0, after[95] & 1); // cleared before the first write
-        await QemuImg.AssertNoCorruptionAsync(image);
+        await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: false)))
+        {
+            Assert.Equal([new Qcow2StoredBitmap("b1", 65536, InUse: false, Auto: true)], driver.BitmapsAtOpen);
+            Assert.Equal([new Qcow2StoredBitmap("b1", 65536, InUse: true, Auto: true)], driver.StoredBitmaps);
+            await driver.WriteAsync(0, new byte[65536].Select(_ => (byte)1).ToArray());
+        }
+        var after = await File.ReadAllBytesAsync(image);
+        Assert.Equal(1, after[95] & 1); // autoclear bitmaps bit kept
+        var info = await QemuImg.InfoAsync(image);
+        var flags = info.GetProperty("format-specific").GetProperty("data").GetProperty("bitmaps")[0].GetProperty("flags");
+        Assert.Equal(["in-use", "auto"], flags.EnumerateArray().Select(f => f.GetString()).ToArray());
+        await QemuImg.AssertCleanAsync(image);
     }
 }
