@@ -436,7 +436,7 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         Assert.Equal(1, after[95] & 1); // autoclear bitmaps bit kept
         var info = await QemuImg.InfoAsync(image);
         var flags = info.GetProperty("format-specific").GetProperty("data").GetProperty("bitmaps")[0].GetProperty("flags");
-        Assert.Equal(["in-use", "auto"], flags.EnumerateArray().Select(f => f.GetString()).ToArray());
+        Assert.Equal(["in-use", "auto"], flags.EnumerateArray().Select(f => f.GetString()!).ToArray());
         await QemuImg.AssertCleanAsync(image);
     }
 }
