@@ -13,7 +13,9 @@ namespace BlockMirror.Api.Tests.Crash;
 /// while it mirrors one qcow2 node into another. After every kill, with the service dead:
 /// <c>qemu-img check</c> finds no corruption in either image (leaked clusters are allowed, as QEMU
 /// allows them); after the restart every acknowledged write reads back and is dirty in the node's
-/// persistent bitmap.
+/// persistent bitmap, which the image holds in use after every kill (qcow2 bitmaps extension); after
+/// a last clean stop the image holds it stored, and a restart finds the image's bits and the service's
+/// record equal.
 /// </summary>
 /// <remarks>
 /// Two sequential writers on the two halves of the disk: the kill comes right after an
@@ -120,12 +122,56 @@ public sealed class Qcow2CrashHarnessTests(ITestOutputHelper output) : IDisposab
                 if (code == 3)
                     leaks++;
             }
+            // The image itself says p1 is in use (the service held it): no other program trusts its stale bits.
+            var (infoCode, info) = await QemuImgFactAttribute.RunAsync("info", "-U", "--output=json", Image("src.qcow2"));
+            Assert.True(infoCode == 0, info);
+            Assert.Equal(["in-use", "auto"], BitmapFlags(info, "p1"));
             output.WriteLine($"life {life}: killed {(duringMirror ? "during a mirror" : "during writes")} after {first.Acked.Count}+{second.Acked.Count} acks, in flight {unknown?.ToString() ?? "none"}");
         }
+        await AssertImageAndRecordAgreeAfterACleanStopAsync(acked);
         var summary = $"qcow2 crash harness (seed {seed}): {KillPoints} kills ({mirrorKills} during a mirror), {acks} acknowledged writes, " +
             $"{checkedBytes >> 20} MiB compared after restarts, {leaks} checks with leaked clusters only, no corruption; {clock.Elapsed.TotalSeconds:F0} s";
         output.WriteLine(summary);
         Console.WriteLine(summary);
+    }
+
+    /// <summary>
+    /// The last life stopped cleanly (SIGTERM): the bitmap is stored in the image, not in use, and the
+    /// image checks clean of corruption. A restart then finds the image's bits equal to the service's
+    /// record (else the bitmap would come back inconsistent: BitmapPersistence's image evidence), with
+    /// every acknowledged write of every life dirty.
+    /// </summary>
+    private async Task AssertImageAndRecordAgreeAfterACleanStopAsync(List<(long Offset, long Length)> acked)
+    {
+        List<(long, long)> before;
+        await using (var child = await ChildService.StartAsync(_dir))
+        {
+            before = ApiClient.Extents(await child.Http.GetJsonAsync($"/api/v1/nodes/src/bitmaps/p1/extents?offset=0&length={Size}"));
+            Assert.Equal(0, await child.TerminateAsync(TimeSpan.FromSeconds(60)));
+        }
+        var (infoCode, info) = await QemuImgFactAttribute.RunAsync("info", "--output=json", Image("src.qcow2"));
+        Assert.True(infoCode == 0, info);
+        Assert.Equal(["auto"], BitmapFlags(info, "p1"));
+        var (code, text) = await QemuImgFactAttribute.RunAsync("check", "-f", "qcow2", Image("src.qcow2"));
+        Assert.True(code is 0 or 3, $"qemu-img check after the clean stop exited {code}:\n{text}");
+        await using (var child = await ChildService.StartAsync(_dir))
+        {
+            var bitmap = await child.Http.GetJsonAsync("/api/v1/nodes/src/bitmaps/p1");
+            Assert.False((bool)bitmap["inconsistent"]!, $"after the clean stop: {(string?)bitmap["inconsistentReason"]}");
+            var after = ApiClient.Extents(await child.Http.GetJsonAsync($"/api/v1/nodes/src/bitmaps/p1/extents?offset=0&length={Size}"));
+            Assert.Equal(before, after);
+            foreach (var (offset, length) in acked)
+                Assert.True(DirtyExtents.Covered(after, offset, length), $"after the clean stop: p1 lost the acknowledged write {offset}+{length}");
+        }
+    }
+
+    /// <summary>The flags qemu-img info --output=json lists for a bitmap of the image.</summary>
+    private static string[] BitmapFlags(string infoJson, string name)
+    {
+        using var doc = System.Text.Json.JsonDocument.Parse(infoJson);
+        var bitmaps = doc.RootElement.GetProperty("format-specific").GetProperty("data").GetProperty("bitmaps");
+        var bitmap = bitmaps.EnumerateArray().Single(b => b.GetProperty("name").GetString() == name);
+        return [.. bitmap.GetProperty("flags").EnumerateArray().Select(f => f.GetString()!)];
     }
 
     /// <summary>One writer in one half of the disk, one request at a time (data, or zeroes as a zero write), until the kill.</summary>
