@@ -239,6 +239,40 @@ public sealed class Qcow2BitmapInteropTests : IAsyncLifetime
         Assert.Empty(await QemuBitmapsAsync(image));
     }
 
+    /// <summary>The in-use flag QEMU itself leaves: qemu-io holds the image read-write (it marked b1 in use at open) and is killed with SIGKILL.</summary>
+    [NbdInteropFact("qemu-img", "qemu-io")]
+    public async Task A_bitmap_a_killed_qemu_io_held_comes_back_inconsistent()
+    {
+        Directory.CreateDirectory(_factory.ImageRoot);
+        var image = Full("vm.qcow2");
+        await QemuImg.RunAsync("create", "-q", "-f", "qcow2", image, Size.ToString());
+        await QemuImg.RunAsync("bitmap", "--add", image, "b1");
+        // stdbuf: qemu-io's stdout is a pipe here, which it would buffer until it exits.
+        var psi = new System.Diagnostics.ProcessStartInfo("stdbuf") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { "-oL", InteropTools.Require("qemu-io"), "-f", "qcow2", image, "-c", "write -P 0x21 0 4096", "-c", "sleep 600000" })
+            psi.ArgumentList.Add(a);
+        using (var qemu = await ToolLauncher.StartAsync(psi))
+        {
+            // "wrote ..." is printed once the write is done: the image is open read-write, b1 marked in use.
+            var line = await qemu.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60));
+            Assert.StartsWith("wrote 4096/4096", line);
+            qemu.Kill();
+            await qemu.WaitForExitAsync();
+        }
+        Assert.Contains("in-use", (await QemuBitmapsAsync(image))["b1"].Flags);
+
+        await Send(HttpMethod.Post, "/api/v1/nodes", new { name = "vm", driver = "qcow2", path = "vm.qcow2" }, HttpStatusCode.Created);
+        var b1 = await Send(HttpMethod.Get, "/api/v1/nodes/vm/bitmaps/b1", null, HttpStatusCode.OK);
+        Assert.True((bool)b1["inconsistent"]!);
+        Assert.Contains("crashed", (string?)b1["inconsistentReason"]);
+        Assert.False((bool)b1["recording"]!);
+        // QEMU agrees: it will not serve it.
+        await Send(HttpMethod.Delete, "/api/v1/nodes/vm", null, HttpStatusCode.NoContent);
+        var refused = await InteropTools.RunAsync("qemu-nbd", ["-r", "-f", "qcow2", "-B", "b1", "--fork", $"--socket={Path.Combine(_dataDir, "refused.sock")}", image]);
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Contains("inconsistent", refused.Stderr, StringComparison.OrdinalIgnoreCase);
+    }
+
     [NbdInteropFact("qemu-img")]
     public async Task A_persistent_bitmap_on_a_version_2_image_is_refused_with_qemus_message()
     {
