@@ -41,10 +41,21 @@ public sealed partial class Qcow2Image
     {
         if (_header.Version < 3 || (_header.AutoclearFeatures & Qcow2Format.AutoclearBitmaps) == 0 || _header.BitmapsExtension is not { } data)
             return;
-        var ext = Qcow2BitmapDirectory.ParseExtension(data, _g.ClusterSize, name);
-        var directory = new byte[ext.DirectorySize];
-        _file.Read((long)ext.DirectoryOffset, directory);
-        var entries = Qcow2BitmapDirectory.Parse(directory, ext.Count, _g.ClusterSize, Size, name);
+        Qcow2BitmapDirectory.Extension ext;
+        List<Qcow2BitmapEntry> entries;
+        try
+        {
+            ext = Qcow2BitmapDirectory.ParseExtension(data, _g.ClusterSize, name);
+            var directory = new byte[ext.DirectorySize];
+            _file.Read((long)ext.DirectoryOffset, directory);
+            entries = Qcow2BitmapDirectory.Parse(directory, ext.Count, _g.ClusterSize, Size, name);
+        }
+        catch (BlockException) when (ReadOnly)
+        {
+            // Read-only (a backing image, a read-only node): its bitmaps cannot be used, but its data
+            // can. A writer refuses the image, as QEMU does, rather than rewrite what it cannot read.
+            return;
+        }
         BitmapsAtOpen = [.. entries.Select(ToStored)];
         _bitmapsExtension = ext;
         if (!ReadOnly && entries.Any(e => !e.InUse))
