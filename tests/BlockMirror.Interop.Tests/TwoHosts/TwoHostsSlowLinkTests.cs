@@ -11,7 +11,8 @@ namespace BlockMirror.Interop.Tests.TwoHosts;
 /// working bitmap and a writer writes on A. With onTargetError report the job fails with an error
 /// that names the target, the working bitmap keeps every byte the target lacks, and once B is back
 /// a second mirror from that bitmap copies only what it holds; with stop the job pauses and, once B
-/// is back, resumes where it stopped. Either way A's node reconnects by itself and the target ends
+/// is back, resumes where it stopped; with ignore it keeps retrying and goes on by itself once B is
+/// back. Each way A's node reconnects by itself and the target ends
 /// equal to the source.
 /// </summary>
 [Collection(TwoHostsCollection.Name)]
@@ -91,6 +92,31 @@ public sealed class TwoHostsSlowLinkTests(ITestOutputHelper output)
         Assert.Equal("ok", (string?)resumed["ioStatus"]);
         var ready = await WaitForJobAsync(a, "move", j => (string?)j["status"] is "ready" or "concluded");
         Assert.True((string?)ready["status"] == "ready", ready.ToJsonString());
+        await SendAsync(a.Http, HttpMethod.Post, "/api/v1/jobs/move/complete", new { }, HttpStatusCode.OK);
+        var done = await WaitForJobAsync(a, "move", j => (string?)j["status"] == "concluded");
+        Assert.Null(done["error"]);
+
+        await hosts.AssertTargetEqualsAsync(await File.ReadAllBytesAsync(Path.Combine(a.ImageRoot, "src.img")));
+    }
+
+    [NetnsFact]
+    public async Task When_b_is_killed_mid_mirror_with_on_target_error_ignore_the_job_retries_and_goes_on_once_b_is_back()
+    {
+        await using var hosts = await TwoHostsOverSlowLink.StartAsync(output);
+        var a = hosts.A;
+        var writer = new HotWriter(a);
+        await StartMoveAsync(a, "ignore");
+        var middle = await WaitForJobAsync(a, "move", j => (long)j["bytesCopied"]! >= DataLength / 2 || (string?)j["status"] == "concluded");
+        Assert.Equal("running", (string?)middle["status"]);
+        var copiedAtKill = (long)middle["bytesCopied"]!;
+        await hosts.B.KillAsync();
+        await writer.StopAsync();
+
+        // ignore: the failed ranges stay dirty and are tried again; the job neither fails nor pauses.
+        await hosts.RestartBAsync();
+        var ready = await WaitForJobAsync(a, "move", j => (string?)j["status"] is "ready" or "concluded" or "paused");
+        Assert.True((string?)ready["status"] == "ready", ready.ToJsonString());
+        Assert.True((long)ready["bytesCopied"]! > copiedAtKill);
         await SendAsync(a.Http, HttpMethod.Post, "/api/v1/jobs/move/complete", new { }, HttpStatusCode.OK);
         var done = await WaitForJobAsync(a, "move", j => (string?)j["status"] == "concluded");
         Assert.Null(done["error"]);
