@@ -8,8 +8,11 @@ namespace BlockMirror.Nbd;
 /// The <c>nbd</c> driver: an <see cref="IBlockImage"/> over a remote NBD export, through one
 /// <see cref="NbdClient"/> connection (requests are pipelined on it). Block status comes from
 /// <c>base:allocation</c> when the server offers it; otherwise everything reports as data.
-/// A connection abandoned by a cancelled request (a mirror's force cancel against a server that
-/// stopped answering) is replaced by a new one at the next request, so the node stays usable.
+/// A connection that is gone is replaced by a new one at the next request, so the node stays
+/// usable: one abandoned by a cancelled request (a mirror's force cancel against a server that
+/// stopped answering), and one the server or the network broke (the other host killed and
+/// restarted), as QEMU's nbd driver reconnects. The request that met the break fails (its caller's
+/// error policy decides); only the requests another caller's cancel cut are run again.
 /// </summary>
 public sealed class NbdImage : IBlockImage
 {
@@ -155,14 +158,16 @@ public sealed class NbdImage : IBlockImage
     }
 
     /// <summary>
-    /// The connection to use: the current one, or, once a cancelled request abandoned it, a new one
-    /// to the same export (which must still be what was opened: same size, writable if we write).
-    /// A connection that failed for any other reason stays failed, as before.
+    /// The connection to use: the current one, or, once it is closed (abandoned by a cancelled
+    /// request, or broken by the server or the network), a new one to the same export, which must
+    /// still be what was opened: same size, writable if we write. A server that is still away fails
+    /// this request with its connect error, and the next request tries again (QEMU's nbd driver
+    /// with reconnect-delay 0: no request waits for the server to come back).
     /// </summary>
     private ValueTask<NbdClient> ClientAsync(CancellationToken cancellationToken)
     {
         var client = Volatile.Read(ref _client);
-        return client.Abandoned && Volatile.Read(ref _disposed) == 0 ? ReconnectAsync(cancellationToken) : ValueTask.FromResult(client);
+        return client.IsClosed && Volatile.Read(ref _disposed) == 0 ? ReconnectAsync(cancellationToken) : ValueTask.FromResult(client);
     }
 
     private async ValueTask<NbdClient> ReconnectAsync(CancellationToken cancellationToken)
@@ -171,7 +176,7 @@ public sealed class NbdImage : IBlockImage
         try
         {
             var old = Volatile.Read(ref _client);
-            if (!old.Abandoned)
+            if (!old.IsClosed)
                 return old;
             NbdClient fresh;
             try

@@ -19,9 +19,14 @@ internal sealed class NamespacedService : IAsyncDisposable
     private readonly Process _process;
     private readonly StringBuilder _log = new();
 
-    private NamespacedService(Process process, string dataDir, HttpClient http)
+    private readonly string _netns;
+    private readonly string[] _settings;
+
+    private NamespacedService(Process process, string netns, string dataDir, string[] settings, HttpClient http)
     {
         _process = process;
+        _netns = netns;
+        _settings = settings;
         DataDir = dataDir;
         Http = http;
     }
@@ -65,7 +70,7 @@ internal sealed class NamespacedService : IAsyncDisposable
         })
         { BaseAddress = new Uri("http://localhost/"), Timeout = TimeSpan.FromSeconds(60) };
         http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", ApiKey);
-        var service = new NamespacedService(process, dataDir, http);
+        var service = new NamespacedService(process, netns, dataDir, settings, http);
         process.OutputDataReceived += (_, e) => service.Append(e.Data);
         process.ErrorDataReceived += (_, e) => service.Append(e.Data);
         process.BeginOutputReadLine();
@@ -88,6 +93,26 @@ internal sealed class NamespacedService : IAsyncDisposable
         }
         await service.DisposeAsync();
         throw new TimeoutException($"the service in {netns} did not become healthy: {service.Log}");
+    }
+
+    /// <summary>
+    /// kill -9 of the host's service (SIGKILL, by the id of the process started): no shutdown
+    /// code runs, its sockets are closed by the kernel, its files keep what reached the kernel.
+    /// </summary>
+    public async Task KillAsync()
+    {
+        _process.Kill(entireProcessTree: true);
+        await _process.WaitForExitAsync();
+    }
+
+    /// <summary>The same host started again after <see cref="KillAsync"/>: same namespace, database, image root and settings.</summary>
+    public Task<NamespacedService> RestartAsync()
+    {
+        if (!_process.HasExited)
+            throw new InvalidOperationException("the service still runs: kill it first");
+        // A killed server leaves its unix socket's file behind, and Kestrel will not bind over it.
+        File.Delete(Path.Combine(DataDir, "api.sock"));
+        return StartAsync(_netns, DataDir, _settings);
     }
 
     private void Append(string? line)

@@ -17,8 +17,8 @@ internal sealed class NetworkNamespaces : IDisposable
         var tag = Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture);
         A = "bm-a-" + tag;
         B = "bm-b-" + tag;
-        var vethA = "bmva" + tag;
-        var vethB = "bmvb" + tag;
+        var vethA = VethA = "bmva" + tag;
+        var vethB = VethB = "bmvb" + tag;
         Dispose();
         Run("ip", "netns", "add", A);
         Run("ip", "netns", "add", B);
@@ -34,6 +34,12 @@ internal sealed class NetworkNamespaces : IDisposable
 
     /// <summary>The second host's namespace.</summary>
     public string B { get; }
+
+    /// <summary>The first host's end of the link (in <see cref="A"/>).</summary>
+    public string VethA { get; }
+
+    /// <summary>The second host's end of the link (in <see cref="B"/>).</summary>
+    public string VethB { get; }
 
     /// <summary>Removing a namespace removes the veth end in it, and with it its peer.</summary>
     public void Dispose()

@@ -1,6 +1,5 @@
 using System.Net;
-using System.Net.Http.Json;
-using System.Text.Json.Nodes;
+using static BlockMirror.Interop.Tests.TwoHosts.HostApi;
 
 namespace BlockMirror.Interop.Tests.TwoHosts;
 
@@ -10,6 +9,7 @@ namespace BlockMirror.Interop.Tests.TwoHosts;
 /// certificates. B exports an empty target, A mirrors a disk into it while a writer keeps writing
 /// on A, A completes, and the target on B equals the source byte for byte.
 /// </summary>
+[Collection(TwoHostsCollection.Name)]
 public sealed class TwoHostsTlsTests
 {
     private const long Size = 64L << 20;
@@ -94,36 +94,6 @@ public sealed class TwoHostsTlsTests
             catch (IOException)
             {
             }
-        }
-    }
-
-    private static async Task PutAsync(HttpClient http, string node, long offset, byte[] data)
-    {
-        using var content = new ByteArrayContent(data);
-        using var r = await http.PutAsync($"/api/v1/nodes/{node}/data?offset={offset}", content);
-        Assert.True(r.StatusCode == HttpStatusCode.NoContent, await r.Content.ReadAsStringAsync());
-    }
-
-    private static async Task<JsonNode> SendAsync(HttpClient http, HttpMethod method, string url, object? body, HttpStatusCode expected)
-    {
-        using var request = new HttpRequestMessage(method, url) { Content = body is null ? null : JsonContent.Create(body) };
-        using var response = await http.SendAsync(request);
-        var text = await response.Content.ReadAsStringAsync();
-        Assert.True(response.StatusCode == expected, $"{method} {url}: expected {(int)expected}, got {(int)response.StatusCode}: {text}");
-        return text.Length == 0 ? new JsonObject() : JsonNode.Parse(text)!;
-    }
-
-    /// <summary>A bounded poll of the job's state (the REST API is the only view into the other namespace's service).</summary>
-    private static async Task<JsonNode> WaitForJobAsync(NamespacedService service, string id, Func<JsonNode, bool> done)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(120);
-        while (true)
-        {
-            var job = await SendAsync(service.Http, HttpMethod.Get, $"/api/v1/jobs/{id}?include=dismissed", null, HttpStatusCode.OK);
-            if (done(job))
-                return job;
-            Assert.True(DateTime.UtcNow < deadline, $"job {id}: {job.ToJsonString()}\n{service.Log}");
-            await Task.Delay(50);
         }
     }
 }
