@@ -128,7 +128,7 @@ public sealed class BlockLayer : IAsyncDisposable
     /// <summary>A stored node, its image opened again by its driver.</summary>
     private async Task<BlockNode> ReopenAsync(NodeRecord record, CancellationToken cancellationToken)
     {
-        var opened = await _opener.OpenAsync(record.Driver, new ImageRequest(record.Path, record.Uri, null, record.ReadOnly), cancellationToken).ConfigureAwait(false);
+        var opened = await _opener.OpenAsync(record.Driver, new ImageRequest(record.Path, record.Uri, null, record.ReadOnly, CacheDirect: record.CacheDirect), cancellationToken).ConfigureAwait(false);
         return new BlockNode(record.Name, record.Driver, opened.Image, record.Path, record.Uri, record.ReadOnly, record.CreatedAt);
     }
 

@@ -23,14 +23,19 @@ public sealed class LoopDevice : IAsyncDisposable
     /// <summary>The sparse file the device reads and writes.</summary>
     public string BackingFile { get; }
 
-    /// <summary>Makes a sparse file of <paramref name="size"/> bytes in <paramref name="dir"/> and attaches it.</summary>
+    /// <summary>
+    /// Makes a sparse file of <paramref name="size"/> bytes in <paramref name="dir"/> and attaches it,
+    /// with <paramref name="sectorSize"/> as the device's logical block size when given (a 4K-native disk).
+    /// </summary>
     /// <exception cref="InvalidOperationException">losetup is missing or refused (its message).</exception>
-    public static async Task<LoopDevice> AttachAsync(string dir, long size, string name = "loop")
+    public static async Task<LoopDevice> AttachAsync(string dir, long size, string name = "loop", int? sectorSize = null)
     {
         var file = Path.Combine(dir, $"{name}-{Guid.NewGuid():N}.img");
         await using (var f = new FileStream(file, FileMode.CreateNew))
             f.SetLength(size);
-        var (exit, stdout, stderr) = await RunAsync("losetup", "-f", "--show", file);
+        var (exit, stdout, stderr) = sectorSize is { } sector
+            ? await RunAsync("losetup", "-f", "--show", "--sector-size", sector.ToString(System.Globalization.CultureInfo.InvariantCulture), file)
+            : await RunAsync("losetup", "-f", "--show", file);
         if (exit != 0)
         {
             File.Delete(file);

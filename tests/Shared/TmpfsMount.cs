@@ -13,10 +13,14 @@ public sealed class TmpfsMount : IAsyncDisposable
 
     public string Path { get; }
 
-    public static async Task<TmpfsMount> MountAsync(string path, string size)
+    /// <param name="type">
+    /// The file system: tmpfs, or ramfs for one that refuses O_DIRECT (tmpfs takes it since Linux 6.6);
+    /// ramfs ignores the size and never runs out of space.
+    /// </param>
+    public static async Task<TmpfsMount> MountAsync(string path, string size, string type = "tmpfs")
     {
         Directory.CreateDirectory(path);
-        if (await RunAsync("mount", "-t", "tmpfs", "-o", $"size={size}", "tmpfs", path) is { } error)
+        if (await RunAsync("mount", "-t", type, "-o", $"size={size}", type, path) is { } error)
             throw new InvalidOperationException(error);
         return new TmpfsMount(path);
     }

@@ -15,6 +15,7 @@ namespace BlockMirror.Api.Contracts;
 /// nbd: connect with TLS (NBD_OPT_STARTTLS), with this host's identity from <c>Nbd:Client:Tls</c>;
 /// the node's <c>uri</c> then shows the TLS scheme (<c>nbds://</c>), which says the same. Default: what the URI's scheme says.
 /// </param>
+/// <param name="Cache">raw: how the image uses the host's page cache, e.g. <c>{"direct": true}</c> for O_DIRECT. Default: through the page cache.</param>
 public sealed record CreateNodeRequest(
     [property: Required] string? Name,
     [property: Required] string? Driver,
@@ -22,7 +23,8 @@ public sealed record CreateNodeRequest(
     string? Uri,
     CreateImageSpec? Create,
     bool? ReadOnly,
-    bool? Tls);
+    bool? Tls,
+    NodeCacheSpec? Cache = null);
 
 /// <summary>Image creation parameters.</summary>
 /// <param name="Size">Virtual size in bytes, a multiple of 512 (an integer, or a size such as 64M, 1G).</param>
@@ -67,6 +69,7 @@ public sealed record BackingImageDto(string Path, string Format);
 /// </param>
 /// <param name="Tls">nbd: the connection is TLS (the URI's scheme is nbds); false otherwise.</param>
 /// <param name="PeerSubject">nbd over TLS: the subject of the server's certificate (e.g. <c>CN=host-b, O=Example</c>), as checked against the CA; null otherwise.</param>
+/// <param name="Cache">How the image uses the host's page cache: <c>direct</c> when opened with O_DIRECT.</param>
 public sealed record NodeDto(
     string Name,
     string Driver,
@@ -86,7 +89,8 @@ public sealed record NodeDto(
     string? ImageReplacedReason,
     bool Device,
     bool Tls,
-    string? PeerSubject);
+    string? PeerSubject,
+    NodeCacheDto Cache);
 
 /// <summary>Body of POST /api/v1/nodes/{node}/zero: a write of zeroes (it marks bitmaps).</summary>
 /// <param name="Offset">First byte (an integer, or a size such as 1M).</param>

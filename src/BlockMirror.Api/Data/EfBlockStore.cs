@@ -10,7 +10,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
     {
         await using var db = await factory.CreateDbContextAsync(cancellationToken);
         return await db.Nodes.AsNoTracking().OrderBy(n => n.CreatedAt)
-            .Select(n => new NodeRecord(n.Name, n.Driver, n.Path, n.Uri, n.Size, n.ReadOnly, n.CreatedAt))
+            .Select(n => new NodeRecord(n.Name, n.Driver, n.Path, n.Uri, n.Size, n.ReadOnly, n.CreatedAt, n.CacheDirect))
             .ToListAsync(cancellationToken);
     }
 
@@ -99,6 +99,7 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
         row.Uri = node.Uri;
         row.Size = node.Size;
         row.ReadOnly = node.ReadOnly;
+        row.CacheDirect = node.CacheDirect;
         row.CreatedAt = node.CreatedAt;
     }
 

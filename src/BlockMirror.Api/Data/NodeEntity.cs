@@ -9,5 +9,8 @@ public sealed class NodeEntity
     public string? Uri { get; set; }
     public long Size { get; set; }
     public bool ReadOnly { get; set; }
+
+    /// <summary>Opened with O_DIRECT (cache.direct); reopened the same way at the next start.</summary>
+    public bool CacheDirect { get; set; }
     public DateTime CreatedAt { get; set; }
 }

@@ -27,7 +27,7 @@ public static class DtoMapping
         var remote = image as BlockMirror.Nbd.NbdImage;
         return new NodeDto(node.Name, node.Driver, format, backing, node.Path, node.Uri, node.Size, allocated, node.ReadOnly, node.Busy, node.JobId,
             [.. node.Bitmaps.Select(b => b.Name)], [.. node.Exports], node.CreatedAt, node.ImageReplaced, node.ImageReplacedReason,
-            image is HostDeviceImage, remote?.Tls ?? false, remote?.Client.PeerSubject);
+            image is HostDeviceImage, remote?.Tls ?? false, remote?.Client.PeerSubject, new NodeCacheDto(image.CacheDirect));
     }
 
     public static BitmapDto ToDto(this DirtyBitmap bitmap, BlockNode node) =>

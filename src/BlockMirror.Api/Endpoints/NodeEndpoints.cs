@@ -56,7 +56,8 @@ public static class NodeEndpoints
             size = RequestValidationException.Require(create.Size, "create.size");
             options = new ImageCreateOptions(ClusterSizeOf(create), create.Backing, create.BackingFormat);
         }
-        var spec = new NodeSpec(name, driver, request.Path, TlsUri(request), size, request.ReadOnly ?? false, options);
+        var spec = new NodeSpec(name, driver, request.Path, TlsUri(request), size, request.ReadOnly ?? false, options,
+            request.Cache?.Direct ?? false);
         var node = await layer.CreateNodeAsync(spec, cancellationToken);
         return TypedResults.Created($"/api/v1/nodes/{Uri.EscapeDataString(node.Name)}", node.ToDto(layer.Root));
     }
@@ -95,6 +96,8 @@ public static class NodeEndpoints
                     errors["uri"] = ["only with driver nbd"];
                 if (request.Tls is not null)
                     errors["tls"] = ["only with driver nbd"];
+                if (request.Cache?.Direct == true)
+                    errors["cache.direct"] = ["only with driver raw (a qcow2 image's metadata goes through the page cache)"];
                 if (request.Create is { BackingFormat: { } format } && format is not ("raw" or "qcow2"))
                     errors["create.backingFormat"] = [$"expected one of: raw, qcow2; got {System.Text.Json.JsonSerializer.Serialize(format)}"];
                 if (request.Create is { BackingFormat: not null, Backing: null })
@@ -109,6 +112,8 @@ public static class NodeEndpoints
                     errors["path"] = ["only with driver raw or qcow2 (an nbd node takes a uri)"];
                 if (request.Create is not null)
                     errors["create"] = ["only with driver raw or qcow2 (an nbd node cannot create its image)"];
+                if (request.Cache?.Direct == true)
+                    errors["cache.direct"] = ["only with driver raw (an nbd node has no local file)"];
                 if (request.Tls == false && request.Uri is { } uri && uri.StartsWith("nbds", StringComparison.OrdinalIgnoreCase))
                     errors["tls"] = ["false contradicts the URI: an nbds URI requires TLS (use nbd:// for a plain connection)"];
                 break;

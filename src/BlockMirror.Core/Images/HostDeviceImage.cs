@@ -26,14 +26,19 @@ public sealed class HostDeviceImage : IBlockImage
     private readonly long _logicalBlock;
     private readonly ClosingStat _closing;
 
+    // Set when opened with O_DIRECT (cache.direct): reads and writes then go through it, aligned.
+    private readonly DirectIo? _direct;
+
     // Set once the device said a way of zeroing or discarding is not supported, so we stop asking.
     private volatile bool _noPunchHole;
     private volatile bool _noZeroOut;
     private volatile bool _noDiscard;
 
-    private HostDeviceImage(SafeFileHandle handle, string location, long size, long logicalBlock, bool readOnly)
+    private HostDeviceImage(SafeFileHandle handle, string location, long size, long logicalBlock, bool readOnly, DirectIoAlignment? direct)
     {
         _handle = handle;
+        if (direct is { } alignment)
+            _direct = new DirectIo(handle, location, alignment, fileSize: null);
         _closing = new ClosingStat(handle);
         Location = location;
         Size = size;
@@ -53,6 +58,9 @@ public sealed class HostDeviceImage : IBlockImage
 
     /// <summary>A device holds whatever was on it before: it never reads as zeroes by itself (QEMU's host_device neither).</summary>
     public bool HasZeroInit => false;
+
+    /// <inheritdoc />
+    public bool CacheDirect => _direct is not null;
 
     /// <summary>The whole device: every byte of it is the image's (a device has no st_blocks of its own).</summary>
     public long AllocatedBytes => Size;
@@ -80,13 +88,14 @@ public sealed class HostDeviceImage : IBlockImage
     /// read-write node; <see cref="IOException"/> with the errno as HResult otherwise.
     /// </summary>
     /// <param name="displayPath">How messages name the device (the path the client gave).</param>
-    public static HostDeviceImage Open(string path, bool readOnly, string displayPath)
+    /// <param name="direct">Open with O_DIRECT (cache.direct): I/O aligned to the device's logical block, bypassing its page cache.</param>
+    public static HostDeviceImage Open(string path, bool readOnly, string displayPath, bool direct = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (State.StateNative.stat(path, out var before) != 0)
             throw OpenFailed(LibC.LastErrno, displayPath);
         CheckBlockDevice(before, displayPath);
-        var handle = OpenDevice(path, readOnly, displayPath);
+        var handle = OpenDevice(path, readOnly, displayPath, direct);
         try
         {
             using (var lease = new FileDescriptorLease(handle))
@@ -98,7 +107,11 @@ public sealed class HostDeviceImage : IBlockImage
                     CheckWritable(lease.Fd, displayPath);
             }
             ImageLock.Acquire(handle, readOnly, displayPath);
-            return new HostDeviceImage(handle, displayPath, DeviceSize(handle, displayPath), LogicalBlock(handle), readOnly);
+            var logicalBlock = LogicalBlock(handle);
+            var alignment = direct
+                ? DirectIoAlignment.Probe(handle, logicalBlock) ?? throw RawFileImage.DirectIoUnsupported(displayPath)
+                : (DirectIoAlignment?)null;
+            return new HostDeviceImage(handle, displayPath, DeviceSize(handle, displayPath), logicalBlock, readOnly, alignment);
         }
         catch
         {
@@ -111,7 +124,9 @@ public sealed class HostDeviceImage : IBlockImage
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        return PaddedRead.ReadAsync(_handle, offset, buffer, cancellationToken);
+        return _direct is null
+            ? PaddedRead.ReadAsync(_handle, offset, buffer, cancellationToken)
+            : _direct.ReadAsync(offset, buffer, cancellationToken);
     }
 
     /// <inheritdoc />
@@ -123,13 +138,18 @@ public sealed class HostDeviceImage : IBlockImage
         // unlike a file's they need no serializing here.
         return fua
             ? WriteFuaAsync(offset, data, cancellationToken)
-            : RandomAccess.WriteAsync(_handle, data, offset, cancellationToken);
+            : WriteOnceAsync(offset, data, cancellationToken);
     }
+
+    private ValueTask WriteOnceAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+        _direct is null
+            ? RandomAccess.WriteAsync(_handle, data, offset, cancellationToken)
+            : _direct.WriteAsync(offset, data, cancellationToken);
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteFuaAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await RandomAccess.WriteAsync(_handle, data, offset, cancellationToken).ConfigureAwait(false);
+        await WriteOnceAsync(offset, data, cancellationToken).ConfigureAwait(false);
         // Buffered I/O has no FUA; like QEMU, a flush after the write.
         await Task.Run(_fdatasync, CancellationToken.None).ConfigureAwait(false);
     }
@@ -151,6 +171,21 @@ public sealed class HostDeviceImage : IBlockImage
         cancellationToken.ThrowIfCancellationRequested();
         if (length == 0)
             return;
+        // Direct: a read-modify-write of a block this touches must not run across it.
+        var tracked = _direct is null ? null : await _direct.BeginOtherAsync(offset, length).ConfigureAwait(false);
+        try
+        {
+            await WriteZeroesTrackedAsync(offset, length, mayUnmap, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (tracked is not null)
+                _direct!.EndOther(tracked);
+        }
+    }
+
+    private async ValueTask WriteZeroesTrackedAsync(long offset, long length, bool mayUnmap, CancellationToken cancellationToken)
+    {
         var (start, end) = AlignedInside(offset, length);
         if (start >= end)
         {
@@ -181,8 +216,17 @@ public sealed class HostDeviceImage : IBlockImage
         var (start, end) = AlignedInside(offset, length);
         if (start >= end || _noDiscard)
             return;
-        if (!await Task.Run(() => TryBlockIoctl(LibC.BLKDISCARD, start, end - start), CancellationToken.None).ConfigureAwait(false))
-            _noDiscard = true;
+        var tracked = _direct is null ? null : await _direct.BeginOtherAsync(start, end - start).ConfigureAwait(false);
+        try
+        {
+            if (!await Task.Run(() => TryBlockIoctl(LibC.BLKDISCARD, start, end - start), CancellationToken.None).ConfigureAwait(false))
+                _noDiscard = true;
+        }
+        finally
+        {
+            if (tracked is not null)
+                _direct!.EndOther(tracked);
+        }
     }
 
     /// <inheritdoc />
@@ -284,6 +328,12 @@ public sealed class HostDeviceImage : IBlockImage
 
     private async ValueTask WriteZeroBuffersAsync(long offset, long length, CancellationToken cancellationToken)
     {
+        if (_direct is not null)
+        {
+            // Registered already by the caller: the zeroes go through the aligned path untracked.
+            await _direct.WriteZeroesAsync(offset, length, cancellationToken).ConfigureAwait(false);
+            return;
+        }
         var zeroes = ZeroBuffer.Memory;
         while (length > 0)
         {
@@ -308,7 +358,7 @@ public sealed class HostDeviceImage : IBlockImage
     /// class remarks), O_NONBLOCK cleared again once open (it means nothing for a block device, but
     /// an open that found something else must not have waited for it).
     /// </summary>
-    private static SafeFileHandle OpenDevice(string path, bool readOnly, string displayPath)
+    private static SafeFileHandle OpenDevice(string path, bool readOnly, string displayPath, bool direct)
     {
         var flags = (readOnly ? LibC.O_RDONLY : LibC.O_RDWR | LibC.O_EXCL) | LibC.O_NONBLOCK | LibC.O_CLOEXEC | LibC.O_NOCTTY;
         int fd;
@@ -321,10 +371,12 @@ public sealed class HostDeviceImage : IBlockImage
             throw OpenFailed(LibC.LastErrno, displayPath);
         var handle = new SafeFileHandle(fd, ownsHandle: true);
         var status = LibC.fcntl(fd, LibC.F_GETFL, 0);
-        if (status < 0 || LibC.fcntl(fd, LibC.F_SETFL, status & ~LibC.O_NONBLOCK) != 0)
+        if (status < 0 || LibC.fcntl(fd, LibC.F_SETFL, (status & ~LibC.O_NONBLOCK) | (direct ? LibC.O_DIRECT : 0)) != 0)
         {
             var errno = LibC.LastErrno;
             handle.Dispose();
+            if (direct && errno == LibC.EINVAL)
+                throw RawFileImage.DirectIoUnsupported(displayPath);
             throw LibC.ErrnoException(errno, displayPath, "fcntl");
         }
         return handle;

@@ -43,4 +43,10 @@ public interface IBlockImage : IAsyncDisposable
 
     /// <summary>True when a freshly created image of this kind reads as all zeroes (a sparse file does).</summary>
     bool HasZeroInit { get; }
+
+    /// <summary>
+    /// Opened with O_DIRECT (QEMU's <c>cache.direct</c>): I/O bypasses the host's page cache. Only
+    /// raw files and host block devices can be; a node's record keeps it so a restart reopens the same way.
+    /// </summary>
+    bool CacheDirect => false;
 }

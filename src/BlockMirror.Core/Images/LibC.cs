@@ -38,6 +38,16 @@ internal static partial class LibC
     internal const int O_NONBLOCK = 0x800;
     internal const int O_CLOEXEC = 0x80000;
 
+    /// <summary>
+    /// O_DIRECT: the one open flag whose value differs between the two architectures (x86_64 040000,
+    /// arm64 0200000, where 040000 is O_DIRECTORY). Set with F_SETFL after the open, never passed to open(2).
+    /// </summary>
+    internal static readonly int O_DIRECT = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 0x10000 : 0x4000;
+
+    // statx(2) (Linux ≥ 4.11; STATX_DIOALIGN ≥ 6.1): the file's O_DIRECT alignment.
+    internal const int AT_EMPTY_PATH = 0x1000;
+    internal const uint STATX_DIOALIGN = 0x2000;
+
     // fcntl commands for the file status flags.
     internal const int F_GETFL = 3;
     internal const int F_SETFL = 4;
@@ -123,6 +133,10 @@ internal static partial class LibC
     // glibc exports fstat as a real symbol since 2.33 (Debian 12 has 2.36); older glibc only had __fxstat.
     [LibraryImport("libc", SetLastError = true)]
     internal static partial int fstat(int fd, out StatBuffer buf);
+
+    /// <summary>statx(2) into a raw 256-byte struct statx; <see cref="DirectIoAlignment"/> reads the two fields it needs.</summary>
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static unsafe partial int statx(int dirfd, string path, int flags, uint mask, byte* buffer);
 
     // preadv2 flag (Linux ≥ 4.14): fail with EAGAIN instead of waiting for the device.
     internal const int RWF_NOWAIT = 0x08;

@@ -16,6 +16,8 @@ public sealed class NbdImageDriver(IRemoteImageOpener? client) : IImageDriver
             throw BlockErrors.Invalid("invalid-request", "The nbd driver takes a 'uri', not a 'path'");
         if (request.CreateSize is not null)
             throw BlockErrors.Invalid("invalid-request", "The nbd driver cannot create images");
+        if (request.CacheDirect)
+            throw BlockErrors.Invalid("invalid-request", "cache.direct is taken by the raw driver only (an nbd node has no local file)");
         if (string.IsNullOrWhiteSpace(request.Uri))
             throw BlockErrors.Invalid("invalid-request", "The nbd driver needs a 'uri'");
         if (client is null)

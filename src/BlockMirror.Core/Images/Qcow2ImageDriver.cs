@@ -24,6 +24,8 @@ public sealed class Qcow2ImageDriver(ImageRoot root) : IImageDriver
             throw BlockErrors.Invalid("invalid-request", "The qcow2 driver takes a 'path', not a 'uri'");
         if (request.Path is null)
             throw BlockErrors.Invalid("invalid-request", "The qcow2 driver needs a 'path'");
+        if (request.CacheDirect)
+            throw BlockErrors.Invalid("invalid-request", "cache.direct is taken by the raw driver only (a qcow2 image's metadata goes through the page cache)");
         if (request.CreateSize is null && request.CreateOptions is { IsEmpty: false })
             throw BlockErrors.Invalid("invalid-request", "Creation options are only taken with a size to create");
         var full = root.Resolve(request.Path);

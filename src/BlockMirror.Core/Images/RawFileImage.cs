@@ -29,6 +29,9 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     private readonly Action _fdatasync;
     private readonly ClosingStat _closing;
 
+    // Set when opened with O_DIRECT (cache.direct): reads and writes then go through it, aligned.
+    private readonly DirectIo? _direct;
+
     // Set once the filesystem said a fallocate mode is unsupported, so we stop asking on every request.
     private volatile bool _noPunchHole;
     private volatile bool _noZeroRange;
@@ -37,9 +40,11 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     // Set once preadv2(RWF_NOWAIT) was refused (an old kernel, a file system without it): reads then always go async.
     private volatile bool _noCachedReads;
 
-    private RawFileImage(SafeFileHandle handle, string path, long size, bool readOnly)
+    private RawFileImage(SafeFileHandle handle, string path, long size, bool readOnly, DirectIoAlignment? direct)
     {
         _handle = handle;
+        if (direct is { } alignment)
+            _direct = new DirectIo(handle, path, alignment, size);
         _closing = new ClosingStat(handle);
         Location = path;
         Size = size;
@@ -58,6 +63,9 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
 
     /// <inheritdoc />
     public bool HasZeroInit => true;
+
+    /// <inheritdoc />
+    public bool CacheDirect => _direct is not null;
 
     /// <summary>st_blocks × 512, from a fresh fstat on every call (allocation changes under us).</summary>
     public long AllocatedBytes => Stat().Blocks * StatBuffer.BlockUnit;
@@ -91,14 +99,16 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// <paramref name="allowHardLinks"/>, and <see cref="IOException"/> with the errno as HResult otherwise.
     /// </summary>
     /// <param name="displayPath">How messages name the file (the client's relative path); the full path when null.</param>
-    public static RawFileImage Open(string path, bool readOnly, string? displayPath = null, bool allowHardLinks = true)
+    /// <param name="direct">Open with O_DIRECT (cache.direct): <c>direct-io-unsupported</c> where the file system refuses it.</param>
+    public static RawFileImage Open(string path, bool readOnly, string? displayPath = null, bool allowHardLinks = true, bool direct = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        var handle = OpenRegularFile(path, readOnly ? LibC.O_RDONLY : LibC.O_RDWR, displayPath ?? path, allowHardLinks);
+        var handle = OpenRegularFile(path, readOnly ? LibC.O_RDONLY : LibC.O_RDWR, displayPath ?? path, allowHardLinks, direct);
         try
         {
+            var alignment = direct ? ProbeDirect(handle, displayPath ?? path) : (DirectIoAlignment?)null;
             ImageLock.Acquire(handle, readOnly, path);
-            return new RawFileImage(handle, path, RandomAccess.GetLength(handle), readOnly);
+            return new RawFileImage(handle, path, RandomAccess.GetLength(handle), readOnly, alignment);
         }
         catch
         {
@@ -113,17 +123,18 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// nicer error), and <see cref="BlockException"/> <c>invalid-size</c> when the file system cannot
     /// hold a file that large (EFBIG / EINVAL from ftruncate: ext4 stops at 16 TiB).
     /// </summary>
-    public static RawFileImage Create(string path, long size, string? displayPath = null)
+    public static RawFileImage Create(string path, long size, string? displayPath = null, bool direct = false)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentOutOfRangeException.ThrowIfNegative(size);
-        var handle = OpenRegularFile(path, LibC.O_RDWR | LibC.O_CREAT | LibC.O_EXCL, displayPath ?? path, allowHardLinks: true);
+        var handle = OpenRegularFile(path, LibC.O_RDWR | LibC.O_CREAT | LibC.O_EXCL, displayPath ?? path, allowHardLinks: true, direct);
         try
         {
             ImageLock.Acquire(handle, readOnly: false, path);
             // ftruncate: extends with a hole, so the new image allocates nothing and reads as zeroes.
             SetLength(handle, size, path, displayPath ?? path);
-            return new RawFileImage(handle, path, size, readOnly: false);
+            var alignment = direct ? ProbeDirect(handle, displayPath ?? path) : (DirectIoAlignment?)null;
+            return new RawFileImage(handle, path, size, readOnly: false, alignment);
         }
         catch
         {
@@ -138,7 +149,9 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        return PaddedRead.ReadAsync(_handle, offset, buffer, cancellationToken);
+        return _direct is null
+            ? PaddedRead.ReadAsync(_handle, offset, buffer, cancellationToken)
+            : _direct.ReadAsync(offset, buffer, cancellationToken);
     }
 
     /// <inheritdoc />
@@ -149,7 +162,8 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     public unsafe bool TryReadCached(long offset, Span<byte> buffer)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
-        if (_noCachedReads)
+        // O_DIRECT has no page cache to answer from: every read goes to the device.
+        if (_noCachedReads || _direct is not null)
             return false;
         using var lease = new FileDescriptorLease(_handle);
         var done = 0;
@@ -188,7 +202,8 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ThrowIfReadOnly();
-        if (!_pwriteLock.Wait(0))
+        // A direct write waits for the device, which this method must not do on its caller's thread.
+        if (_direct is not null || !_pwriteLock.Wait(0))
             return false;
         try
         {
@@ -209,8 +224,17 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
         // RandomAccess.WriteAsync already loops until every byte is written.
         return fua
             ? WriteFuaAsync(offset, data, cancellationToken)
-            : WriteSerializedAsync(offset, data, cancellationToken);
+            : WriteOnceAsync(offset, data, cancellationToken);
     }
+
+    /// <summary>
+    /// A buffered write under the pwrite lock; a direct one without it: O_DIRECT overwrites inside
+    /// the file share the inode lock (ext4, XFS), so several in flight keep the device's queue full.
+    /// </summary>
+    private ValueTask WriteOnceAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+        _direct is null
+            ? WriteSerializedAsync(offset, data, cancellationToken)
+            : _direct.WriteAsync(offset, data, cancellationToken);
 
     /// <summary>
     /// One pwrite at a time per image. Buffered writes to one file serialize on the inode lock in
@@ -234,7 +258,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteFuaAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        await WriteSerializedAsync(offset, data, cancellationToken).ConfigureAwait(false);
+        await WriteOnceAsync(offset, data, cancellationToken).ConfigureAwait(false);
         // A file has no FUA; like QEMU we emulate it with a flush after the write.
         await Task.Run(_fdatasync, CancellationToken.None).ConfigureAwait(false);
     }
@@ -249,12 +273,16 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
         if (length == 0)
             return;
         _dataRegion.Invalidate(offset, length);
+        // Direct: a read-modify-write of a block this touches must not run across it.
+        var tracked = _direct is null ? null : await _direct.BeginOtherAsync(offset, length).ConfigureAwait(false);
         try
         {
             await WriteZeroesCoreAsync(offset, length, mayUnmap, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
+            if (tracked is not null)
+                _direct!.EndOther(tracked);
             // Again once the range reads as zeroes: an answer the kernel gave meanwhile may predate it.
             _dataRegion.Invalidate(offset, length);
         }
@@ -300,12 +328,15 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
         if (length == 0 || _noPunchHole)
             return;
         _dataRegion.Invalidate(offset, length);
+        var tracked = _direct is null ? null : await _direct.BeginOtherAsync(offset, length).ConfigureAwait(false);
         try
         {
             await Task.Run(() => TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length), CancellationToken.None).ConfigureAwait(false);
         }
         finally
         {
+            if (tracked is not null)
+                _direct!.EndOther(tracked);
             _dataRegion.Invalidate(offset, length);
         }
     }
@@ -333,7 +364,25 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
             return ValueTask.FromException(new CopyRangeRefusedException($"'{source.Location}' is not a local file", permanent: true));
         if (length == 0)
             return ValueTask.CompletedTask;
-        return CopyRangeWork.Run(file, this, offset, length);
+        // copy_file_range on an O_DIRECT descriptor takes only aligned ranges (EINVAL otherwise);
+        // refused for this range only, so the next aligned chunk is offloaded again.
+        if ((_direct is { } target && !target.IsAligned(offset, length)) || (file._direct is { } from && !from.IsAligned(offset, length)))
+            return ValueTask.FromException(new CopyRangeRefusedException($"[{offset}, +{length}) is not aligned for O_DIRECT", permanent: false));
+        return _direct is null ? CopyRangeWork.Run(file, this, offset, length) : CopyRangeDirectAsync(file, offset, length);
+    }
+
+    /// <summary>The copy into a direct image, registered like a write so no read-modify-write of its blocks runs across it.</summary>
+    private async ValueTask CopyRangeDirectAsync(RawFileImage source, long offset, long length)
+    {
+        var tracked = await _direct!.BeginOtherAsync(offset, length).ConfigureAwait(false);
+        try
+        {
+            await CopyRangeWork.Run(source, this, offset, length).ConfigureAwait(false);
+        }
+        finally
+        {
+            _direct.EndOther(tracked);
+        }
     }
 
     /// <summary>
@@ -480,6 +529,11 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
 
     private async ValueTask WriteZeroBuffersAsync(long offset, long length, CancellationToken cancellationToken)
     {
+        if (_direct is not null)
+        {
+            await _direct.WriteZeroesAsync(offset, length, cancellationToken).ConfigureAwait(false);
+            return;
+        }
         var zeroes = ZeroBuffer.Memory;
         while (length > 0)
         {
@@ -519,7 +573,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// cleared again (it means nothing for a regular file on a local file system, but a network or
     /// FUSE one may honour it). No flock: the OFD lock bytes, which QEMU understands, are the only exclusion.
     /// </summary>
-    private static SafeFileHandle OpenRegularFile(string path, int flags, string displayPath, bool allowHardLinks)
+    private static SafeFileHandle OpenRegularFile(string path, int flags, string displayPath, bool allowHardLinks, bool direct)
     {
         const uint CreateMode = 0x1B6; // 0666 & ~umask, as open(2) and .NET create files
         int fd;
@@ -536,17 +590,37 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
             if (LibC.fstat(fd, out var st) != 0)
                 throw LibC.ErrnoException(LibC.LastErrno, path, "fstat");
             CheckRegularFile(st, displayPath, allowHardLinks);
+            // O_DIRECT set here rather than passed to open(2): a file system without direct I/O
+            // (ramfs, some FUSE ones) refuses it with EINVAL either way, but open(O_CREAT) would
+            // have created the file first, and this way a refused create is cleaned up by the caller.
             var status = LibC.fcntl(fd, LibC.F_GETFL, 0);
-            if (status < 0 || LibC.fcntl(fd, LibC.F_SETFL, status & ~LibC.O_NONBLOCK) != 0)
-                throw LibC.ErrnoException(LibC.LastErrno, path, "fcntl");
+            var wanted = (status & ~LibC.O_NONBLOCK) | (direct ? LibC.O_DIRECT : 0);
+            if (status < 0 || LibC.fcntl(fd, LibC.F_SETFL, wanted) != 0)
+            {
+                var errno = LibC.LastErrno;
+                if (direct && errno == LibC.EINVAL)
+                    throw DirectIoUnsupported(displayPath);
+                throw LibC.ErrnoException(errno, path, "fcntl");
+            }
             return handle;
         }
         catch
         {
             handle.Dispose();
+            // O_CREAT | O_EXCL made the file: a refused create leaves nothing behind.
+            if ((flags & LibC.O_CREAT) != 0)
+                TryDelete(path);
             throw;
         }
     }
+
+    /// <summary>The alignment O_DIRECT needs on <paramref name="handle"/>; <c>direct-io-unsupported</c> when the kernel says there is none.</summary>
+    private static DirectIoAlignment ProbeDirect(SafeFileHandle handle, string displayPath) =>
+        DirectIoAlignment.Probe(handle, deviceLogicalBlock: null) ?? throw DirectIoUnsupported(displayPath);
+
+    internal static BlockException DirectIoUnsupported(string displayPath) =>
+        BlockErrors.Invalid("direct-io-unsupported",
+            $"Could not open '{displayPath}' with cache.direct: its file system does not support O_DIRECT (open it without cache.direct)");
 
     /// <summary>Refuses what is not a regular file, and a regular file with other names unless allowed.</summary>
     private static void CheckRegularFile(in StatBuffer st, string displayPath, bool allowHardLinks)

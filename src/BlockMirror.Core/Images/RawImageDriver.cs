@@ -16,12 +16,12 @@ public sealed class RawImageDriver(ImageRoot root) : IImageDriver
     public Task<OpenedImage> OpenAsync(ImageRequest request, CancellationToken cancellationToken)
     {
         if (DeviceAllowList.NamesDevice(request.Path))
-            return Task.FromResult(new OpenedImage(OpenDevice(request.Path!, request.CreateSize, request.ReadOnly), request.Path, null));
-        var image = Open(request.Path, request.CreateSize, request.ReadOnly);
+            return Task.FromResult(new OpenedImage(OpenDevice(request.Path!, request.CreateSize, request.ReadOnly, request.CacheDirect), request.Path, null));
+        var image = Open(request.Path, request.CreateSize, request.ReadOnly, request.CacheDirect);
         return Task.FromResult(new OpenedImage(image, root.ToRelative(root.Resolve(request.Path)), null));
     }
 
-    private RawFileImage Open(string? path, long? createSize, bool readOnly)
+    private RawFileImage Open(string? path, long? createSize, bool readOnly, bool direct)
     {
         if (path is null)
             throw BlockErrors.Invalid("invalid-request", "The raw driver needs a 'path'");
@@ -37,11 +37,11 @@ public sealed class RawImageDriver(ImageRoot root) : IImageDriver
                 if (File.Exists(full) || new FileInfo(full).LinkTarget is not null)
                     throw ImageExists(path);
                 CreateParentDirectory(full, path);
-                return RawFileImage.Create(full, size, path);
+                return RawFileImage.Create(full, size, path, direct);
             }
             if (!File.Exists(full))
                 throw ImageNotFound(path);
-            return RawFileImage.Open(full, readOnly, path, root.AllowHardLinks);
+            return RawFileImage.Open(full, readOnly, path, root.AllowHardLinks, direct);
         }
         catch (FileNotFoundException)
         {
@@ -69,7 +69,7 @@ public sealed class RawImageDriver(ImageRoot root) : IImageDriver
     /// next start). Devices are never created: a <c>create</c> on an allowed device is refused, one on
     /// any other absolute path is outside the root, as it always was.
     /// </summary>
-    private HostDeviceImage OpenDevice(string path, long? createSize, bool readOnly)
+    private HostDeviceImage OpenDevice(string path, long? createSize, bool readOnly, bool direct)
     {
         if (createSize is not null)
         {
@@ -77,7 +77,7 @@ public sealed class RawImageDriver(ImageRoot root) : IImageDriver
                 root.Resolve(path); // throws path-outside-root: files are only created under the root
             throw BlockErrors.Invalid("device-not-creatable", $"Device '{path}' exists: block devices are opened, never created (leave out 'create')");
         }
-        return HostDeviceImage.Open(root.Devices.Resolve(path), readOnly, path);
+        return HostDeviceImage.Open(root.Devices.Resolve(path), readOnly, path, direct);
     }
 
     /// <summary>

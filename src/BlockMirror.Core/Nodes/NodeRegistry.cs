@@ -67,7 +67,7 @@ public sealed partial class NodeRegistry(
         Names.Validate("node", spec.Name);
         if (FindNode(spec.Name) is not null)
             throw BlockErrors.NodeExists(spec.Name);
-        var opened = await opener.OpenAsync(spec.Driver, new ImageRequest(spec.Path, spec.Uri, spec.CreateSize, spec.ReadOnly, spec.CreateOptions), cancellationToken).ConfigureAwait(false);
+        var opened = await opener.OpenAsync(spec.Driver, new ImageRequest(spec.Path, spec.Uri, spec.CreateSize, spec.ReadOnly, spec.CreateOptions, spec.CacheDirect), cancellationToken).ConfigureAwait(false);
         var node = new BlockNode(spec.Name, spec.Driver, opened.Image, opened.Path, opened.Uri, spec.ReadOnly, time.GetUtcNow().UtcDateTime);
         try
         {

@@ -36,6 +36,28 @@ public sealed class DashboardNodeTests(ChromiumFixture chromium) : DashboardTest
     }
 
     [BrowserFact]
+    public async Task A_raw_image_created_with_direct_IO_from_the_form_shows_its_cache_mode()
+    {
+        await Page.GetByTestId("node-kind-create").CheckAsync();
+        // A raw node's option: hidden for qcow2.
+        await Page.GetByTestId("node-format").SelectOptionAsync("qcow2");
+        await Expect(Page.GetByTestId("node-direct")).ToBeHiddenAsync();
+        await Page.GetByTestId("node-format").SelectOptionAsync("raw");
+        await Page.GetByTestId("node-name").FillAsync("fast");
+        await Page.GetByTestId("node-size").FillAsync("8M");
+        await Page.GetByTestId("node-direct").CheckAsync();
+        await Page.GetByTestId("node-create").ClickAsync();
+        await Expect(Dashboard.NodeSummary.Locator("h2")).ToHaveTextAsync("fast");
+        await Expect(Dashboard.NodeSummary.GetByTestId("node-cache")).ToHaveTextAsync("direct (O_DIRECT, bypasses the page cache)");
+        await Expect(Dashboard.NodeSummary.GetByTestId("node-badge-direct")).ToBeVisibleAsync();
+        Assert.True((bool)(await Http.GetJsonAsync("/api/v1/nodes/fast"))["cache"]!["direct"]!);
+        // A default node says it uses the page cache.
+        await Http.CreateNodeAsync("plain", 8 * MiB);
+        await Dashboard.GotoAsync("#/nodes/plain");
+        await Expect(Dashboard.NodeSummary.GetByTestId("node-cache")).ToHaveTextAsync("host page cache");
+    }
+
+    [BrowserFact]
     public async Task Existing_image_is_opened_exported_and_read_back_through_an_nbd_node()
     {
         // An image file that exists under the root: made by a node that is then removed (the file stays).

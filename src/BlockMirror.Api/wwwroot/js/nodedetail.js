@@ -27,7 +27,7 @@ export function createNodePage(ctx, container, name) {
     h('p', { class: 'reason', 'data-testid': 'node-replaced', hidden: true }),
     h('dl', { class: 'stats' },
       info('driver', 'driver'), info('format', 'format'), info('path / URI', 'location'), info('backing chain', 'backing'), info('size', 'size'),
-      info('allocated', 'allocated'), info('added', 'created'),
+      info('allocated', 'allocated'), info('cache', 'cache'), info('added', 'created'),
       info('transport', 'tls'), info('server identity', 'peer')),
     h('div', { class: 'actions' },
       h('label', { 'data-role': 'delete-image-label', title: 'Also delete the image file (never its backing chain; refused when the path no longer names the node\'s file)' },
@@ -82,6 +82,10 @@ export function updateNodePage(ctx, page, data) {
   // A device is all data: its whole size is the image's, whatever was written.
   set('allocated', node.driver === 'nbd' ? '—' : node.device ? 'whole device' : formatBytes(node.allocatedBytes), `${node.allocatedBytes} bytes`);
   set('created', formatTime(node.createdAt));
+  // cache.direct: whether the image's I/O goes through the host's page cache (nbd nodes have no local file).
+  s.querySelector('[data-role="cache"]').parentElement.hidden = node.driver === 'nbd';
+  set('cache', node.cache?.direct ? 'direct (O_DIRECT, bypasses the page cache)' : 'host page cache',
+    node.cache?.direct ? 'cache.direct: opened with O_DIRECT; unaligned requests are widened to whole blocks' : 'cache.direct off: reads and writes go through the host\'s page cache');
   // A remote node: whether its connection is encrypted, and whose certificate the server showed.
   const remote = node.driver === 'nbd';
   s.querySelector('[data-role="tls"]').parentElement.hidden = !remote;

@@ -31,6 +31,8 @@ export function initNodes(ctx) {
     ctx.act(async () => {
       const value = (id) => form.querySelector(`#${id}`).value.trim();
       const readOnly = form.querySelector('#node-read-only').checked;
+      // cache.direct is a raw node's option only; sent only when asked for.
+      const cache = () => (format() === 'raw' && form.querySelector('#node-direct').checked ? { cache: { direct: true } } : {});
       const n = value('node-name');
       let body;
       switch (kind()) {
@@ -40,11 +42,11 @@ export function initNodes(ctx) {
             if (value('node-backing')) create.backing = value('node-backing');
             if (value('node-cluster-size')) create.clusterSize = parseSize(value('node-cluster-size'), 'Cluster size');
           }
-          body = { name: n, driver: format(), path: value('node-path') || defaultPath(n), create };
+          body = { name: n, driver: format(), path: value('node-path') || defaultPath(n), create, ...cache() };
           break;
         }
         case 'open':
-          body = { name: n, driver: format(), path: value('node-path') || defaultPath(n), readOnly };
+          body = { name: n, driver: format(), path: value('node-path') || defaultPath(n), readOnly, ...cache() };
           break;
         default:
           body = { name: n, driver: 'nbd', uri: value('node-uri'), readOnly };
@@ -99,6 +101,7 @@ export function nodeBadges(n) {
     n.busy ? [n.jobId ? `busy · ${n.jobId}` : 'busy', 'warn', 'busy'] : ['idle', '', 'idle'],
     n.readOnly && ['read-only', 'info', 'read-only'],
     n.device && ['block device', 'info', 'device'],
+    n.cache?.direct && ['direct I/O', 'info', 'direct'],
     n.imageReplaced && ['image replaced', 'bad', 'replaced'],
   ].filter(Boolean);
 }
