@@ -27,7 +27,7 @@ namespace BlockMirror.Core.Images.Qcow2;
 /// <para>Not supported: writing to images with internal snapshots (read-only is fine), encryption,
 /// external data files, writing compressed clusters, resizing.</para>
 /// </remarks>
-public sealed class Qcow2Image : ILayeredImage
+public sealed class Qcow2Image : ILayeredImage, IMetadataCachingImage
 {
     /// <summary>Frees waiting for an L2 write-back before one is forced (bounds memory between flushes).</summary>
     private const int MaxPendingFrees = 4096;
@@ -57,6 +57,7 @@ public sealed class Qcow2Image : ILayeredImage
     private bool _metadataWrittenSinceSync;
     private long _ownMetadataWrites;
     private volatile bool _corrupt;
+    private volatile bool _metadataWriteThrough;
     private int _disposed;
 
     private Qcow2Image(IQcow2File file, Qcow2Header header, Qcow2Geometry geometry, Qcow2L1Table l1, bool readOnly, IBlockImage? backing)
@@ -467,7 +468,25 @@ public sealed class Qcow2Image : ILayeredImage
     /// in its cache until a flush (cache=writeback); with this it behaves as its metadata were
     /// written through, while the data itself still waits for a flush to be durable against power loss.
     /// </summary>
-    public bool MetadataWriteThrough { get; set; }
+    public bool MetadataWriteThrough
+    {
+        get => _metadataWriteThrough;
+        set => _metadataWriteThrough = value;
+    }
+
+    /// <inheritdoc />
+    public void DeferMetadataWrites() => MetadataWriteThrough = false;
+
+    /// <inheritdoc />
+    /// <remarks>Set before the write-back: a write racing with this one is written through itself.</remarks>
+    public ValueTask WriteMetadataThroughAsync(CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        if (ReadOnly)
+            return ValueTask.CompletedTask;
+        MetadataWriteThrough = true;
+        return WriteThroughIfAskedAsync();
+    }
 
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteThroughIfAskedAsync()
