@@ -147,6 +147,9 @@ public sealed partial class MirrorJob : Job
         }
         _device.Filter = _filter;
         _target.Filter = _guard;
+        // Written by the job alone now: its copies need not reach the file one by one (see IMetadataCachingImage).
+        if (_target.Image is IMetadataCachingImage cached)
+            cached.DeferMetadataWrites();
         Host.RegisterControlLocked(this);
     }
 
@@ -157,7 +160,12 @@ public sealed partial class MirrorJob : Job
         if (ReferenceEquals(_device.Filter, _filter))
             _device.Filter = null;
         if (ReferenceEquals(_target.Filter, _guard))
+        {
             _target.Filter = null;
+            // Nothing was copied yet, so nothing waits in the target's cache: this only turns it back on.
+            if (_target.Image is IMetadataCachingImage cached)
+                _ = cached.WriteMetadataThroughAsync();
+        }
         if (_named is not null && BitmapMode == Jobs.BitmapMode.Always)
         {
             _named.Disabled = false;
@@ -273,6 +281,8 @@ public sealed partial class MirrorJob : Job
     {
         try
         {
+            // The device's clients write this image from now on: their writes are written through again.
+            await WriteTargetMetadataThroughAsync().ConfigureAwait(false);
             _oldImage = await Host.PivotControlLockedAsync(_device, _target).ConfigureAwait(false);
         }
         catch (Exception e)
@@ -319,6 +329,11 @@ public sealed partial class MirrorJob : Job
         {
             quiesce.Dispose();
         }
+        // Before the caller's bitmap is stored with the job's clears: the copies they stand for must be
+        // in the target's file (a force cancel or an error ends the job without a flush of the target),
+        // and the target may have other writers from now on.
+        if (!_pivoted)
+            await BestEffortAsync($"writing back the metadata of target '{_target.Name}'", () => WriteTargetMetadataThroughAsync().AsTask()).ConfigureAwait(false);
         if (_named is not null && _device.FindBitmap(_named.Name) == _named)
             await BestEffortAsync($"storing bitmap '{_device.Name}/{_named.Name}'", () => Host.CheckpointControlLockedAsync(_device, _named)).ConfigureAwait(false);
         ReleaseWorkingCopy();
@@ -353,6 +368,10 @@ public sealed partial class MirrorJob : Job
                 break;
         }
     }
+
+    /// <summary>The target's metadata written back and written through again (it was deferred while the job alone wrote it).</summary>
+    private ValueTask WriteTargetMetadataThroughAsync() =>
+        _target.Image is IMetadataCachingImage cached ? cached.WriteMetadataThroughAsync() : ValueTask.CompletedTask;
 
     private async Task BestEffortAsync(string what, Func<Task> action)
     {

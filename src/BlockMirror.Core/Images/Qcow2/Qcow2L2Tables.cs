@@ -68,6 +68,26 @@ internal sealed class Qcow2L2Tables
         return new Qcow2L2Slice(slot, index, EntriesPerSlice - index);
     }
 
+    /// <summary>
+    /// The slice holding guest cluster <paramref name="guestCluster"/>'s entry when its table exists and
+    /// the slice is cached, pinned; false (nothing pinned) when that would need I/O or a check that may fail.
+    /// </summary>
+    public bool TryGetCached(long guestCluster, out Qcow2L2Slice slice)
+    {
+        slice = default;
+        var l2Index = (int)(guestCluster & (_g.L2Entries - 1));
+        var tableOffset = (long)(_l1[guestCluster >> _g.L2Bits] & Qcow2Format.L1OffsetMask);
+        if (tableOffset == 0 || !_g.IsClusterAligned(tableOffset))
+            return false;
+        var byteInTable = (long)l2Index * _g.L2EntryBytes;
+        var sliceStart = byteInTable / _cache.SliceSize * _cache.SliceSize;
+        if (!_cache.TryGetCached(tableOffset + sliceStart, out var slot))
+            return false;
+        var index = (int)((byteInTable - sliceStart) / _g.L2EntryBytes);
+        slice = new Qcow2L2Slice(slot, index, EntriesPerSlice - index);
+        return true;
+    }
+
     public void Release(Qcow2L2Slice slice)
     {
         if (slice.Slot >= 0)

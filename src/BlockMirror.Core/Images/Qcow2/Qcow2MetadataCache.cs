@@ -68,6 +68,15 @@ internal sealed class Qcow2MetadataCache
         return slot;
     }
 
+    /// <summary>The slot holding the slice at <paramref name="offset"/> when it is cached (pinned until <see cref="Release"/>); never reads.</summary>
+    public bool TryGetCached(long offset, out int slot)
+    {
+        if (!_index.TryGetValue(offset, out slot))
+            return false;
+        Pin(slot);
+        return true;
+    }
+
     public byte[] Buffer(int slot) => _buffers[slot];
 
     public void MarkDirty(int slot)

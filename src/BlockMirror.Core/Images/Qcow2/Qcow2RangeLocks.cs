@@ -48,6 +48,28 @@ internal sealed class Qcow2RangeLocks
         return WaitAsync(h);
     }
 
+    /// <summary>Locks guest clusters [<paramref name="start"/>, <paramref name="end"/>) if that needs no wait (an inline write); else false.</summary>
+    public bool TryAcquire(long start, long end, bool exclusive, out Holder? holder)
+    {
+        lock (_gate)
+        {
+            var h = _pool.TryPop(out var pooled) ? pooled : new Holder();
+            h.Start = start;
+            h.End = end;
+            h.Exclusive = exclusive;
+            h.Granted = null;
+            if (CanGrant(h, _waiting.Count))
+            {
+                _held.Add(h);
+                holder = h;
+                return true;
+            }
+            _pool.Push(h);
+        }
+        holder = null;
+        return false;
+    }
+
     public void Release(Holder h)
     {
         List<TaskCompletionSource>? granted = null;
