@@ -322,7 +322,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// Not under the pwrite lock: the kernel reads the source outside the target's inode lock, and
     /// after a cache drop those reads are what takes the time, so they must overlap.
     /// </remarks>
-    ValueTask ICopyRangeTarget.CopyRangeFromAsync(IBlockImage source, long offset, long length, CancellationToken cancellationToken)
+    ValueTask ICopyRangeTarget.CopyRangeFromAsync(IBlockImage source, long offset, long length, bool refuseLeadingZeroes, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ArgumentOutOfRangeException.ThrowIfNegative(length);
@@ -333,7 +333,30 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
             return ValueTask.FromException(new CopyRangeRefusedException($"'{source.Location}' is not a local file", permanent: true));
         if (length == 0)
             return ValueTask.CompletedTask;
-        return CopyRangeWork.Run(file, this, offset, length);
+        return CopyRangeWork.Run(file, this, offset, length, refuseLeadingZeroes);
+    }
+
+    /// <summary>What a copy that refuses leading zeroes reads of the source first: one page.</summary>
+    internal const int LeadingZeroProbeBytes = 4096;
+
+    /// <summary>
+    /// True when [offset, +min(length, one page)) of this file reads as zeroes (past its end counts
+    /// as zeroes, as for a read), on the calling thread. A chunk of data is told by its first bytes,
+    /// so this costs one small read, which the copy that follows finds in the page cache.
+    /// </summary>
+    internal bool StartsWithZeroesBlocking(long offset, long length)
+    {
+        Span<byte> probe = stackalloc byte[LeadingZeroProbeBytes];
+        probe = probe[..(int)Math.Min(LeadingZeroProbeBytes, length)];
+        var done = 0;
+        while (done < probe.Length)
+        {
+            var n = RandomAccess.Read(_handle, probe[done..], offset + done);
+            if (n == 0)
+                break; // the file ends here: the rest reads as zeroes
+            done += n;
+        }
+        return probe[..done].IndexOfAnyExcept((byte)0) < 0;
     }
 
     /// <summary>
