@@ -44,25 +44,13 @@ internal sealed class ByteRateLimiter
         }
     }
 
-    /// <summary>
-    /// Adds dispatched bytes to the current slice, extending it by any debt at once (QEMU's
-    /// ratelimit_calculate_delay accounts and extends in one call): the loop accounts chunk by chunk
-    /// while it dispatches a claim, and if the slice ended meanwhile, the next <see cref="Delay"/>
-    /// would otherwise take it as paid and forgive the whole claim's debt (a speed=1 job then copied
-    /// its second claim at once whenever dispatching the first took longer than one slice).
-    /// </summary>
+    /// <summary>Adds dispatched bytes to the current slice.</summary>
     public void Account(long bytes)
     {
         lock (_lock)
         {
-            if (_sliceQuota == 0)
-                return;
-            _dispatched += bytes;
-            if (_sliceEnd != 0 && _dispatched >= _sliceQuota)
-            {
-                var slice = (long)(Slice.TotalSeconds * _time.TimestampFrequency);
-                _sliceEnd = Math.Max(_sliceEnd, _sliceStart + (long)((double)_dispatched / _sliceQuota * slice));
-            }
+            if (_sliceQuota > 0)
+                _dispatched += bytes;
         }
     }
 
