@@ -18,9 +18,14 @@ internal sealed class CopyRangeWork : IThreadPoolWorkItem, IValueTaskSource
     private RawFileImage? _target;
     private long _offset;
     private long _length;
+    private bool _refuseLeadingZeroes;
 
-    /// <summary>Queues the copy of [offset, +length) from <paramref name="source"/> to <paramref name="target"/>.</summary>
-    public static ValueTask Run(RawFileImage source, RawFileImage target, long offset, long length)
+    /// <summary>
+    /// Queues the copy of [offset, +length) from <paramref name="source"/> to <paramref name="target"/>;
+    /// with <paramref name="refuseLeadingZeroes"/> the same work item first reads the source's first
+    /// page and refuses the copy if it is zeroes (one thread-pool hop per chunk instead of two).
+    /// </summary>
+    public static ValueTask Run(RawFileImage source, RawFileImage target, long offset, long length, bool refuseLeadingZeroes)
     {
         if (!Pool.TryDequeue(out var work))
             work = new CopyRangeWork();
@@ -28,6 +33,7 @@ internal sealed class CopyRangeWork : IThreadPoolWorkItem, IValueTaskSource
         work._target = target;
         work._offset = offset;
         work._length = length;
+        work._refuseLeadingZeroes = refuseLeadingZeroes;
         var task = new ValueTask(work, work._core.Version);
         ThreadPool.UnsafeQueueUserWorkItem(work, preferLocal: false);
         return task;
@@ -37,6 +43,8 @@ internal sealed class CopyRangeWork : IThreadPoolWorkItem, IValueTaskSource
     {
         try
         {
+            if (_refuseLeadingZeroes && _source!.StartsWithZeroesBlocking(_offset, _length))
+                throw new CopyRangeRefusedException($"'{_source.Location}' holds zeroes at {_offset}: written as zeroes", permanent: false);
             _target!.CopyRangeBlocking(_source!, _offset, _length);
             _core.SetResult(true);
         }

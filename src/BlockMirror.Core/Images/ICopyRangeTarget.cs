@@ -15,6 +15,8 @@ internal interface ICopyRangeTarget
     /// to the same range of this image. Throws <see cref="CopyRangeRefusedException"/> when this
     /// pair of images cannot (the caller copies by read and write instead; the range may be partly
     /// copied already), an <see cref="IOException"/> with the errno as HResult on an I/O error.
+    /// With <paramref name="refuseLeadingZeroes"/>, also refuses (not permanently, nothing copied)
+    /// when the source range starts with a block of zeroes (<see cref="Nodes.WriteRequest.RefuseLeadingZeroes"/>).
     /// </summary>
-    ValueTask CopyRangeFromAsync(IBlockImage source, long offset, long length, CancellationToken cancellationToken = default);
+    ValueTask CopyRangeFromAsync(IBlockImage source, long offset, long length, bool refuseLeadingZeroes, CancellationToken cancellationToken = default);
 }

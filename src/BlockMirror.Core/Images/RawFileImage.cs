@@ -353,7 +353,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// Not under the pwrite lock: the kernel reads the source outside the target's inode lock, and
     /// after a cache drop those reads are what takes the time, so they must overlap.
     /// </remarks>
-    ValueTask ICopyRangeTarget.CopyRangeFromAsync(IBlockImage source, long offset, long length, CancellationToken cancellationToken)
+    ValueTask ICopyRangeTarget.CopyRangeFromAsync(IBlockImage source, long offset, long length, bool refuseLeadingZeroes, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(offset);
         ArgumentOutOfRangeException.ThrowIfNegative(length);
@@ -368,20 +368,54 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
         // refused for this range only, so the next aligned chunk is offloaded again.
         if ((_direct is { } target && !target.IsAligned(offset, length)) || (file._direct is { } from && !from.IsAligned(offset, length)))
             return ValueTask.FromException(new CopyRangeRefusedException($"[{offset}, +{length}) is not aligned for O_DIRECT", permanent: false));
-        return _direct is null ? CopyRangeWork.Run(file, this, offset, length) : CopyRangeDirectAsync(file, offset, length);
+        return _direct is null ? CopyRangeWork.Run(file, this, offset, length, refuseLeadingZeroes) : CopyRangeDirectAsync(file, offset, length, refuseLeadingZeroes);
     }
 
     /// <summary>The copy into a direct image, registered like a write so no read-modify-write of its blocks runs across it.</summary>
-    private async ValueTask CopyRangeDirectAsync(RawFileImage source, long offset, long length)
+    private async ValueTask CopyRangeDirectAsync(RawFileImage source, long offset, long length, bool refuseLeadingZeroes)
     {
         var tracked = await _direct!.BeginOtherAsync(offset, length).ConfigureAwait(false);
         try
         {
-            await CopyRangeWork.Run(source, this, offset, length).ConfigureAwait(false);
+            await CopyRangeWork.Run(source, this, offset, length, refuseLeadingZeroes).ConfigureAwait(false);
         }
         finally
         {
             _direct.EndOther(tracked);
+        }
+    }
+
+    /// <summary>What a copy that refuses leading zeroes reads of the source first: one page.</summary>
+    internal const int LeadingZeroProbeBytes = 4096;
+
+    /// <summary>
+    /// True when [offset, +min(length, one page)) of this file reads as zeroes (past its end counts
+    /// as zeroes, as for a read), on the calling thread. A chunk of data is told by its first bytes,
+    /// so this costs one small read, which the copy that follows finds in the page cache.
+    /// </summary>
+    internal bool StartsWithZeroesBlocking(long offset, long length)
+    {
+        // An O_DIRECT descriptor reads only into aligned memory (the range is aligned: a copy
+        // offloaded from a direct file is refused before this when it is not).
+        var aligned = _direct is null ? null : AlignedBufferPool.Rent(LeadingZeroProbeBytes);
+        try
+        {
+            Span<byte> probe = aligned is null ? stackalloc byte[LeadingZeroProbeBytes] : aligned.GetSpan();
+            probe = probe[..(int)Math.Min(LeadingZeroProbeBytes, length)];
+            var done = 0;
+            while (done < probe.Length)
+            {
+                var n = RandomAccess.Read(_handle, probe[done..], offset + done);
+                if (n == 0)
+                    break; // the file ends here: the rest reads as zeroes
+                done += n;
+            }
+            return probe[..done].IndexOfAnyExcept((byte)0) < 0;
+        }
+        finally
+        {
+            if (aligned is not null)
+                AlignedBufferPool.Return(aligned);
         }
     }
 

@@ -10,9 +10,6 @@ public sealed partial class MirrorJob
 {
     private static readonly TimeSpan ProgressSaveInterval = TimeSpan.FromSeconds(2);
 
-    /// <summary>What the copy offload reads of a chunk to tell data from zeroes: one page.</summary>
-    private const int ZeroProbeBytes = 4096;
-
     private int _inFlightChunks;
     private long _inFlightBufferBytes;
     private long _inFlightBytes;
@@ -419,7 +416,7 @@ public sealed partial class MirrorJob
             {
                 await _target.WriteAsOwnerAsync(WriteRequest.ForZeroes(offset, length, Options.Unmap), Abandoned).ConfigureAwait(false);
             }
-            else if (_copyOffloadRefused || !await TryCopyInKernelAsync(offset, length, buffer).ConfigureAwait(false))
+            else if (_copyOffloadRefused || !await TryCopyInKernelAsync(offset, length).ConfigureAwait(false))
             {
                 var data = buffer.AsMemory(0, (int)length);
                 read = true;
@@ -459,15 +456,17 @@ public sealed partial class MirrorJob
     /// <summary>
     /// Copy offload: the target copies the chunk from the device itself (copy_file_range between two
     /// raw files), through its write path like any write of the job, so its gate, journal and
-    /// bitmaps see it. Zero detection stays: the chunk's first block is read first, and a chunk that
-    /// starts with zeroes goes the read-and-write way, which reads it whole and writes it as zeroes
-    /// if it is all zeroes; a chunk of data is told by its first bytes, so the probe costs one small
-    /// read. False when the chunk must be read and written: that, a refusal (remembered for the job
-    /// when it will not change) or an I/O error, which the read and write meet again where it lies,
-    /// so the error policy of that side decides.
+    /// bitmaps see it. Zero detection stays: the copy reads the chunk's first block before copying
+    /// (in the same thread-pool work item, RefuseLeadingZeroes: a separate read before it cost one
+    /// more hop between threads per chunk), and a chunk that starts with zeroes is refused and goes
+    /// the read-and-write way, which reads it whole and writes it as zeroes if it is all zeroes; a
+    /// chunk of data is told by its first bytes. False when the chunk must be read and written:
+    /// that, a refusal (remembered for the job when it will not change) or an I/O error, which the
+    /// read and write meet again where it lies, so the error policy of that side decides. A refused
+    /// copy has marked the target's bitmaps over a range the fallback then writes: no change there.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<bool> TryCopyInKernelAsync(long offset, long length, byte[] buffer)
+    private async ValueTask<bool> TryCopyInKernelAsync(long offset, long length)
     {
         if (_target.Image is not ICopyRangeTarget target || !target.CanCopyFrom(_device.Image))
         {
@@ -477,11 +476,7 @@ public sealed partial class MirrorJob
         }
         try
         {
-            var probe = buffer.AsMemory(0, (int)Math.Min(ZeroProbeBytes, length));
-            await _device.Image.ReadAsync(offset, probe, Abandoned).ConfigureAwait(false);
-            if (probe.Span.IndexOfAnyExcept((byte)0) < 0)
-                return false;
-            await _target.WriteAsOwnerAsync(WriteRequest.ForCopy(offset, length, _device.Image), Abandoned).ConfigureAwait(false);
+            await _target.WriteAsOwnerAsync(WriteRequest.ForCopy(offset, length, _device.Image, refuseLeadingZeroes: true), Abandoned).ConfigureAwait(false);
             Interlocked.Add(ref _bytesCopiedInKernel, length);
             return true;
         }

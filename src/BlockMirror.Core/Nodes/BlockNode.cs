@@ -298,7 +298,7 @@ public sealed class BlockNode
     private static ValueTask CopyRangeToImageAsync(IBlockImage image, WriteRequest request, CancellationToken cancellationToken)
     {
         if (image is ICopyRangeTarget target && request.CopySource is { } source)
-            return target.CopyRangeFromAsync(source, request.Offset, request.Length, cancellationToken);
+            return target.CopyRangeFromAsync(source, request.Offset, request.Length, request.RefuseLeadingZeroes, cancellationToken);
         return ValueTask.FromException(new CopyRangeRefusedException($"'{image.Location}' cannot copy from another image", permanent: true));
     }
 

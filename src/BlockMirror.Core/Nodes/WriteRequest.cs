@@ -21,6 +21,14 @@ public readonly record struct WriteRequest(
     /// <summary>The image a <see cref="WriteKind.CopyRange"/> copies from, at the same offset.</summary>
     public IBlockImage? CopySource { get; init; }
 
+    /// <summary>
+    /// A <see cref="WriteKind.CopyRange"/> is refused (<see cref="CopyRangeRefusedException"/>, not
+    /// permanent) when the source range starts with a block of zeroes, so that its owner can write
+    /// zeroes there instead of allocating them (zero detection). The look is made by the copy itself,
+    /// on the same thread, instead of by a read of its own before it.
+    /// </summary>
+    public bool RefuseLeadingZeroes { get; init; }
+
     public static WriteRequest ForData(long offset, ReadOnlyMemory<byte> data, bool fua = false) =>
         new(WriteKind.Write, offset, data.Length, data, fua);
 
@@ -32,8 +40,8 @@ public readonly record struct WriteRequest(
     /// node's owner writes these: the image may refuse (<see cref="CopyRangeRefusedException"/>), and
     /// only a job knows how to copy the range otherwise.
     /// </summary>
-    internal static WriteRequest ForCopy(long offset, long length, IBlockImage source) =>
-        new(WriteKind.CopyRange, offset, length, ReadOnlyMemory<byte>.Empty) { CopySource = source };
+    internal static WriteRequest ForCopy(long offset, long length, IBlockImage source, bool refuseLeadingZeroes = false) =>
+        new(WriteKind.CopyRange, offset, length, ReadOnlyMemory<byte>.Empty) { CopySource = source, RefuseLeadingZeroes = refuseLeadingZeroes };
 
     public static WriteRequest ForDiscard(long offset, long length) =>
         new(WriteKind.Discard, offset, length, ReadOnlyMemory<byte>.Empty);

@@ -95,14 +95,35 @@ public sealed class DirectIoTests : IDisposable
         await source.WriteAsync(0, data);
         ICopyRangeTarget copy = target;
 
-        await copy.CopyRangeFromAsync(source, 64 * KiB, 128 * KiB);
-        var refused = await Assert.ThrowsAsync<CopyRangeRefusedException>(() => copy.CopyRangeFromAsync(source, 100, 1000).AsTask());
+        await copy.CopyRangeFromAsync(source, 64 * KiB, 128 * KiB, refuseLeadingZeroes: false);
+        var refused = await Assert.ThrowsAsync<CopyRangeRefusedException>(() => copy.CopyRangeFromAsync(source, 100, 1000, refuseLeadingZeroes: false).AsTask());
         Assert.False(refused.Permanent);
 
         var read = new byte[MiB];
         await target.ReadAsync(0, read);
         Assert.True(read.AsSpan(64 * KiB, 128 * KiB).SequenceEqual(data.AsSpan(64 * KiB, 128 * KiB)), "the offloaded range differs");
         Assert.True(read.AsSpan(0, 64 * KiB).IndexOfAnyExcept((byte)0) < 0, "bytes before the copy changed");
+    }
+
+    [Fact]
+    public async Task Copy_offload_from_a_direct_file_probes_its_leading_zeroes_through_aligned_memory()
+    {
+        // The probe reads the source on its own descriptor: an O_DIRECT one takes only aligned
+        // memory (a stack buffer fails with EINVAL), so a direct source needs the aligned pool.
+        await using var source = RawFileImage.Create(_dir.PathOf("s.raw"), MiB, direct: true);
+        await using var target = RawFileImage.Create(_dir.PathOf("t.raw"), MiB);
+        var data = Pattern(256 * KiB, 12);
+        await source.WriteAsync(512 * KiB, data);
+        ICopyRangeTarget copy = target;
+
+        var zeroes = await Assert.ThrowsAsync<CopyRangeRefusedException>(
+            () => copy.CopyRangeFromAsync(source, 0, 256 * KiB, refuseLeadingZeroes: true).AsTask());
+        Assert.False(zeroes.Permanent);
+        await copy.CopyRangeFromAsync(source, 512 * KiB, 256 * KiB, refuseLeadingZeroes: true);
+
+        var read = new byte[256 * KiB];
+        await target.ReadAsync(512 * KiB, read);
+        Assert.True(read.AsSpan().SequenceEqual(data), "the offloaded range differs");
     }
 
     [Fact]
