@@ -44,13 +44,25 @@ internal sealed class ByteRateLimiter
         }
     }
 
-    /// <summary>Adds dispatched bytes to the current slice.</summary>
+    /// <summary>
+    /// Adds dispatched bytes to the current slice and extends the slice by any debt at once, as
+    /// QEMU's ratelimit_calculate_delay accounts and extends in one call. The loop accounts chunk by
+    /// chunk while it dispatches a claim; had the slice ended meanwhile, the next <see cref="Delay"/>
+    /// would take it as paid and forgive the whole claim's debt (a speed=1 job copied its second
+    /// claim at once whenever dispatching the first took longer than one slice).
+    /// </summary>
     public void Account(long bytes)
     {
         lock (_lock)
         {
-            if (_sliceQuota > 0)
-                _dispatched += bytes;
+            if (_sliceQuota == 0)
+                return;
+            var now = _time.GetTimestamp();
+            if (_sliceEnd < now)
+                StartSliceLocked(now);
+            _dispatched += bytes;
+            if (_dispatched >= _sliceQuota)
+                _sliceEnd = _sliceStart + (long)((double)_dispatched / _sliceQuota * SliceTicks);
         }
     }
 
@@ -62,19 +74,22 @@ internal sealed class ByteRateLimiter
             if (_sliceQuota == 0)
                 return TimeSpan.Zero;
             var now = _time.GetTimestamp();
-            var slice = (long)(Slice.TotalSeconds * _time.TimestampFrequency);
             if (_sliceEnd < now)
             {
-                // The last slice is over: its debt is paid, start a new one.
-                _sliceStart = now;
-                _sliceEnd = now + slice;
-                _dispatched = 0;
-            }
-            if (_dispatched < _sliceQuota)
+                // The last (possibly extended) slice is over: its debt is paid.
+                StartSliceLocked(now);
                 return TimeSpan.Zero;
-            var delaySlices = (double)_dispatched / _sliceQuota;
-            _sliceEnd = _sliceStart + (long)(delaySlices * slice);
-            return _time.GetElapsedTime(now, _sliceEnd);
+            }
+            return _dispatched < _sliceQuota ? TimeSpan.Zero : _time.GetElapsedTime(now, _sliceEnd);
         }
+    }
+
+    private long SliceTicks => (long)(Slice.TotalSeconds * _time.TimestampFrequency);
+
+    private void StartSliceLocked(long now)
+    {
+        _sliceStart = now;
+        _sliceEnd = now + SliceTicks;
+        _dispatched = 0;
     }
 }

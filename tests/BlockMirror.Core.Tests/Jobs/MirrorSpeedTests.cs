@@ -60,6 +60,21 @@ public sealed class MirrorSpeedTests : IAsyncLifetime
         Assert.Equal(TimeSpan.Zero, limiter.Delay());
     }
 
+    [Fact]
+    public void Limiter_keeps_a_debt_accounted_while_the_slice_ended()
+    {
+        var time = new ManualTime();
+        var limiter = new ByteRateLimiter(time, 1000);
+        Assert.Equal(TimeSpan.Zero, limiter.Delay());
+        // The loop dispatches a claim chunk by chunk; the first slice (100 ms) ends before it asks again.
+        time.Advance(TimeSpan.FromMilliseconds(150));
+        limiter.Account(500);
+        time.Advance(TimeSpan.FromMilliseconds(150));
+        limiter.Account(500);
+        // 1000 bytes at 100 bytes per slice: 10 slices from the first account, 150 ms of them gone.
+        Assert.Equal(TimeSpan.FromMilliseconds(850), limiter.Delay());
+    }
+
     /// <summary>A clock the test moves by hand.</summary>
     private sealed class ManualTime : TimeProvider
     {
