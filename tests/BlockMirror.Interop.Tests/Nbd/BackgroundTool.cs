@@ -46,7 +46,11 @@ internal sealed class BackgroundTool : IAsyncDisposable
                 try
                 {
                     await probe.ConnectAsync(new UnixDomainSocketEndPoint(socketPath));
-                    return started;
+                    // The listening socket comes first (qemu-nbd binds it before it opens its image
+                    // and takes the image's locks); the greeting comes from the serving loop, so
+                    // after it the image is open.
+                    if (await ReadsGreetingAsync(probe))
+                        return started;
                 }
                 catch (SocketException)
                 {
@@ -56,6 +60,21 @@ internal sealed class BackgroundTool : IAsyncDisposable
         }
         await started.DisposeAsync();
         throw new TimeoutException($"{tool} did not start listening on {socketPath}");
+    }
+
+    private static async Task<bool> ReadsGreetingAsync(Socket probe)
+    {
+        var magic = new byte[8];
+        using var bound = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        var read = 0;
+        while (read < magic.Length)
+        {
+            var n = await probe.ReceiveAsync(magic.AsMemory(read), SocketFlags.None, bound.Token);
+            if (n == 0)
+                return false;
+            read += n;
+        }
+        return "NBDMAGIC"u8.SequenceEqual(magic);
     }
 
     public async ValueTask DisposeAsync()

@@ -168,8 +168,9 @@ public sealed class BlockDeviceNodeTests : IAsyncLifetime
 
         await SendAsync(HttpMethod.Delete, "/api/v1/nodes/a", null, HttpStatusCode.NoContent);
         await InteropTools.RunOkAsync("qemu-io", "-f", "raw", _a.Device, "-c", "write -P 0x11 0 4096");
-        // And while QEMU holds it, the service is refused in turn.
-        await using var holder = await BackgroundTool.StartAsync("qemu-nbd", Path.Combine(_dir, "hold.sock"), "-f", "raw", "--socket=" + Path.Combine(_dir, "hold.sock"), _a.Device);
+        // And while QEMU holds it, the service is refused in turn (-t: the start-up probe's connection
+        // must not end a qemu-nbd that exits after its last client, releasing the device).
+        await using var holder = await BackgroundTool.StartAsync("qemu-nbd", Path.Combine(_dir, "hold.sock"), "-f", "raw", "-t", "--socket=" + Path.Combine(_dir, "hold.sock"), _a.Device);
         await ExpectProblemAsync(HttpMethod.Post, "/api/v1/nodes", new { name = "a", driver = "raw", path = _a.Device }, HttpStatusCode.Conflict, "image-locked");
     }
 
