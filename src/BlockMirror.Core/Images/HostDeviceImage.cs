@@ -172,16 +172,8 @@ public sealed class HostDeviceImage : IBlockImage
         if (length == 0)
             return;
         // Direct: a read-modify-write of a block this touches must not run across it.
-        var tracked = _direct is null ? null : await _direct.BeginOtherAsync(offset, length).ConfigureAwait(false);
-        try
-        {
+        using (await OtherWriteScope.BeginAsync(_direct, offset, length).ConfigureAwait(false))
             await WriteZeroesTrackedAsync(offset, length, mayUnmap, cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            if (tracked is not null)
-                _direct!.EndOther(tracked);
-        }
     }
 
     private async ValueTask WriteZeroesTrackedAsync(long offset, long length, bool mayUnmap, CancellationToken cancellationToken)
@@ -216,16 +208,10 @@ public sealed class HostDeviceImage : IBlockImage
         var (start, end) = AlignedInside(offset, length);
         if (start >= end || _noDiscard)
             return;
-        var tracked = _direct is null ? null : await _direct.BeginOtherAsync(start, end - start).ConfigureAwait(false);
-        try
+        using (await OtherWriteScope.BeginAsync(_direct, start, end - start).ConfigureAwait(false))
         {
             if (!await Task.Run(() => TryBlockIoctl(LibC.BLKDISCARD, start, end - start), CancellationToken.None).ConfigureAwait(false))
                 _noDiscard = true;
-        }
-        finally
-        {
-            if (tracked is not null)
-                _direct!.EndOther(tracked);
         }
     }
 

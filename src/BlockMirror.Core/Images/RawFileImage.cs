@@ -274,15 +274,13 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
             return;
         _dataRegion.Invalidate(offset, length);
         // Direct: a read-modify-write of a block this touches must not run across it.
-        var tracked = _direct is null ? null : await _direct.BeginOtherAsync(offset, length).ConfigureAwait(false);
+        using var tracked = await OtherWriteScope.BeginAsync(_direct, offset, length).ConfigureAwait(false);
         try
         {
             await WriteZeroesCoreAsync(offset, length, mayUnmap, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
-            if (tracked is not null)
-                _direct!.EndOther(tracked);
             // Again once the range reads as zeroes: an answer the kernel gave meanwhile may predate it.
             _dataRegion.Invalidate(offset, length);
         }
@@ -328,15 +326,13 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
         if (length == 0 || _noPunchHole)
             return;
         _dataRegion.Invalidate(offset, length);
-        var tracked = _direct is null ? null : await _direct.BeginOtherAsync(offset, length).ConfigureAwait(false);
+        using var tracked = await OtherWriteScope.BeginAsync(_direct, offset, length).ConfigureAwait(false);
         try
         {
             await Task.Run(() => TryFallocate(LibC.FALLOC_FL_PUNCH_HOLE | LibC.FALLOC_FL_KEEP_SIZE, offset, length), CancellationToken.None).ConfigureAwait(false);
         }
         finally
         {
-            if (tracked is not null)
-                _direct!.EndOther(tracked);
             _dataRegion.Invalidate(offset, length);
         }
     }
@@ -374,15 +370,8 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// <summary>The copy into a direct image, registered like a write so no read-modify-write of its blocks runs across it.</summary>
     private async ValueTask CopyRangeDirectAsync(RawFileImage source, long offset, long length, bool refuseLeadingZeroes)
     {
-        var tracked = await _direct!.BeginOtherAsync(offset, length).ConfigureAwait(false);
-        try
-        {
+        using (await OtherWriteScope.BeginAsync(_direct, offset, length).ConfigureAwait(false))
             await CopyRangeWork.Run(source, this, offset, length, refuseLeadingZeroes).ConfigureAwait(false);
-        }
-        finally
-        {
-            _direct.EndOther(tracked);
-        }
     }
 
     /// <summary>What a copy that refuses leading zeroes reads of the source first: one page.</summary>
