@@ -99,6 +99,22 @@ internal static class Qcow2CrashWriter
         }
     }
 
+    /// <summary>What a block that is not what it should be holds instead: the id and index it names, and where it stops matching them.</summary>
+    public static string Describe(ReadOnlySpan<byte> block, long index)
+    {
+        var id = BinaryPrimitives.ReadInt64LittleEndian(block);
+        var named = BinaryPrimitives.ReadInt64LittleEndian(block[8..]);
+        var firstNonZero = block.IndexOfAnyExcept((byte)0);
+        var lastNonZero = block.LastIndexOfAnyExcept((byte)0);
+        var text = $"names operation {id} block {named} (this is block {index}), non-zero bytes {firstNonZero}..{lastNonZero}";
+        if (id <= 0)
+            return text;
+        Span<byte> expected = stackalloc byte[block.Length];
+        FillBlock(expected, id, named);
+        var differs = block.CommonPrefixLength(expected);
+        return differs == block.Length ? text + ", an intact block of that operation" : text + $", matching that block for {differs} bytes";
+    }
+
     /// <summary>Which operation wrote this block: its id, 0 for zeroes, -1 for anything else (a torn or foreign block).</summary>
     public static long Identify(ReadOnlySpan<byte> block, long index)
     {

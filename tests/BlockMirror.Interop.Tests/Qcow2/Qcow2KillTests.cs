@@ -45,6 +45,7 @@ public sealed class Qcow2KillTests(ITestOutputHelper output) : IDisposable
         var baseline = new long[blocks]; // what each block holds for sure: an operation id, 0 for zeroes
         var rng = new Random(options.Length * 31 + sizeMiB);
         var killedInFlight = 0;
+        var previousMap = await QemuImg.MapAsync(image);
 
         for (var life = 0; life < lives; life++)
         {
@@ -89,17 +90,41 @@ public sealed class Qcow2KillTests(ITestOutputHelper output) : IDisposable
                         (pending.TryGetValue(b, out var list) ? list : pending[b] = []).Add(value);
                 }
             }
+            var map = await QemuImg.MapAsync(image);
             for (var b = 0; b < blocks; b++)
             {
-                var observed = Qcow2CrashWriter.Identify(content.AsSpan(b * blockSize, blockSize), b);
+                var block = content.AsSpan(b * blockSize, blockSize);
+                var observed = Qcow2CrashWriter.Identify(block, b);
                 var allowed = observed == acked[b] || (pending.TryGetValue(b, out var later) && later.Contains(observed));
-                Assert.True(allowed, $"life {life}: block {b} holds {observed}, acknowledged {acked[b]}, in flight [{string.Join(", ", pending.GetValueOrDefault(b) ?? [])}]");
+                if (!allowed)
+                {
+                    // What the next occurrence needs to be told apart: did the mapping move, or did the bytes where it points change?
+                    Assert.Fail($"life {life}: block {b} holds {observed} ({Qcow2CrashWriter.Describe(block, b)}), acknowledged {acked[b]}, " +
+                        $"in flight [{string.Join(", ", pending.GetValueOrDefault(b) ?? [])}]; mapped before the life {MappingAt(previousMap, (long)b * blockSize)}, " +
+                        $"after {MappingAt(map, (long)b * blockSize)}; this life's operations: {string.Join(" ", ops.Select(o => $"{o.Id}{o.Kind}{o.First}+{o.Count}"))}");
+                }
                 baseline[b] = observed;
             }
+            previousMap = map;
             output.WriteLine($"life {life}: {ops.Count} operations, acknowledged up to {flushed}, qemu-img check exit {check.ExitCode}");
         }
         // The kills must have hit work in progress, not only idle moments.
         Assert.True(killedInFlight >= lives / 2, $"only {killedInFlight} of {lives} kills hit unacknowledged operations");
+    }
+
+    /// <summary>The <c>qemu-img map</c> extent holding guest <paramref name="offset"/>: its host offset where it has one.</summary>
+    private static string MappingAt(System.Text.Json.JsonElement map, long offset)
+    {
+        foreach (var extent in map.EnumerateArray())
+        {
+            var start = extent.GetProperty("start").GetInt64();
+            if (offset < start || offset >= start + extent.GetProperty("length").GetInt64())
+                continue;
+            return extent.TryGetProperty("offset", out var host)
+                ? $"at host {host.GetInt64() + (offset - start):#x}"
+                : $"to no host cluster (zero {extent.GetProperty("zero").GetBoolean()}, data {extent.GetProperty("data").GetBoolean()})";
+        }
+        return "nowhere";
     }
 
     private async Task<List<string>> RunAndKillAsync(string image, int seed, long firstId, int blockSize, int clusterSize, bool waitForReady, int delayMs)

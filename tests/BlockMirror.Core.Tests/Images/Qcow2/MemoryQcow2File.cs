@@ -56,6 +56,31 @@ internal sealed class MemoryQcow2File : IQcow2File
     /// <summary>When set, every write and flush throws it (an image on a failing disk).</summary>
     public Exception? FailIo { get; set; }
 
+    /// <summary>
+    /// A kill -9 of the writing process after this many more writes (and flushes) have reached the
+    /// file: the content then is kept in <see cref="KilledImage"/> (the page cache outlives a process),
+    /// and every later write or flush throws, as if it never happened. Null: never.
+    /// </summary>
+    public int? WritesUntilKill { get; set; }
+
+    /// <summary>What the file held at the moment <see cref="WritesUntilKill"/> ran out.</summary>
+    public byte[]? KilledImage { get; private set; }
+
+    private void CountTowardsKill()
+    {
+        if (KilledImage is not null)
+            throw new IOException("the writing process was killed");
+        if (WritesUntilKill is not { } left)
+            return;
+        if (left > 0)
+        {
+            WritesUntilKill = left - 1;
+            return;
+        }
+        KilledImage = _data.AsSpan(0, (int)_length).ToArray();
+        throw new IOException("the writing process was killed");
+    }
+
     public void Read(long offset, Span<byte> buffer)
     {
         lock (_lock)
@@ -72,6 +97,7 @@ internal sealed class MemoryQcow2File : IQcow2File
             throw failure;
         lock (_lock)
         {
+            CountTowardsKill();
             var lengthBefore = _length;
             var end = offset + data.Length;
             EnsureCapacity(end);
@@ -86,6 +112,8 @@ internal sealed class MemoryQcow2File : IQcow2File
     {
         if (FailIo is { } failure)
             throw failure;
+        lock (_lock)
+            CountTowardsKill();
         BeforeFlush?.Invoke(this);
         lock (_lock)
         {
