@@ -19,6 +19,12 @@ public sealed class InMemoryBlockStore : IBlockStore
             return new Dictionary<string, NodeRecord>(_nodes);
     }
 
+    public IReadOnlyDictionary<string, ExportRecord> ExportsSnapshot()
+    {
+        lock (_lock)
+            return new Dictionary<string, ExportRecord>(_exports);
+    }
+
     public BitmapRecord? FindBitmap(string node, string name)
     {
         lock (_lock)
