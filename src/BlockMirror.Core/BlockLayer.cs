@@ -117,11 +117,15 @@ public sealed class BlockLayer : IAsyncDisposable
 
     /// <summary>
     /// Rebuilds the state from the store (<see cref="BitmapPersistence"/>: nodes reopened by their
-    /// drivers, persistent bitmaps restored or found inconsistent), then starts the background image check.
+    /// drivers, persistent bitmaps restored or found inconsistent; then the NBD exports served
+    /// again, or kept unserved with the reason), then starts the background image check.
     /// </summary>
     public Task LoadAsync(CancellationToken cancellationToken = default) => ControlAsync(async () =>
     {
         await _persistence.LoadControlLockedAsync(ReopenAsync, cancellationToken).ConfigureAwait(false);
+        // After the nodes and their bitmaps, before any job is recovered: an export holds its bitmaps
+        // busy, as it did before the stop, and no job could have held them then.
+        await _nodes.RestoreExportsControlLockedAsync(LoadFailures, cancellationToken).ConfigureAwait(false);
         _replacements.Start(CheckImagesAsync, () => _control.Stopped);
     }, cancellationToken);
 
@@ -208,11 +212,18 @@ public sealed class BlockLayer : IAsyncDisposable
     public Task DeleteNodeAsync(string name, bool deleteImage, CancellationToken cancellationToken = default) =>
         ControlAsync(() => _nodes.DeleteControlLockedAsync(name, deleteImage, cancellationToken), cancellationToken);
 
-    public Task<BlockExport> AddExportAsync(string name, string nodeName, bool writable, IReadOnlyList<string> bitmaps, CancellationToken cancellationToken = default) =>
-        ControlAsync(() => Task.FromResult(_nodes.AddExportControlLocked(name, nodeName, writable, bitmaps)), cancellationToken);
+    /// <summary>Stored exports that could not be served again at the last load (why: <see cref="UnservedExport.Code"/>).</summary>
+    public IReadOnlyList<UnservedExport> UnservedExports => _nodes.UnservedExports;
 
-    public Task<BlockExport> RemoveExportAsync(string name, CancellationToken cancellationToken = default) =>
-        ControlAsync(() => Task.FromResult(_nodes.RemoveExportControlLocked(name)), cancellationToken);
+    public UnservedExport? FindUnservedExport(string name) => _nodes.FindUnservedExport(name);
+
+    /// <inheritdoc cref="NodeRegistry.AddExportControlLockedAsync"/>
+    public Task<BlockExport> AddExportAsync(string name, string nodeName, bool writable, IReadOnlyList<string> bitmaps, CancellationToken cancellationToken = default) =>
+        ControlAsync(() => _nodes.AddExportControlLockedAsync(name, nodeName, writable, bitmaps, cancellationToken), cancellationToken);
+
+    /// <inheritdoc cref="NodeRegistry.RemoveExportControlLockedAsync"/>
+    public Task<string> RemoveExportAsync(string name, CancellationToken cancellationToken = default) =>
+        ControlAsync(() => _nodes.RemoveExportControlLockedAsync(name, cancellationToken), cancellationToken);
 
     /// <inheritdoc cref="NodeRegistry.AttachExportServer"/>
     public void AttachExportServer(IExportServer server) => _nodes.AttachExportServer(server);

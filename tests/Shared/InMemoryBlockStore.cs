@@ -8,6 +8,7 @@ public sealed class InMemoryBlockStore : IBlockStore
     private readonly Lock _lock = new();
     private readonly Dictionary<string, NodeRecord> _nodes = new(StringComparer.Ordinal);
     private readonly Dictionary<(string, string), BitmapRecord> _bitmaps = [];
+    private readonly Dictionary<string, ExportRecord> _exports = new(StringComparer.Ordinal);
 
     /// <summary>When set, every write throws it and changes nothing (a database that cannot be written).</summary>
     public Exception? FailWrites { get; set; }
@@ -16,6 +17,12 @@ public sealed class InMemoryBlockStore : IBlockStore
     {
         lock (_lock)
             return new Dictionary<string, NodeRecord>(_nodes);
+    }
+
+    public IReadOnlyDictionary<string, ExportRecord> ExportsSnapshot()
+    {
+        lock (_lock)
+            return new Dictionary<string, ExportRecord>(_exports);
     }
 
     public BitmapRecord? FindBitmap(string node, string name)
@@ -109,6 +116,30 @@ public sealed class InMemoryBlockStore : IBlockStore
             foreach (var key in bitmaps)
                 _bitmaps.Remove(key);
         }
+        return Task.CompletedTask;
+    }
+
+    public Task<IReadOnlyList<ExportRecord>> LoadExportsAsync(CancellationToken cancellationToken = default)
+    {
+        lock (_lock)
+            return Task.FromResult<IReadOnlyList<ExportRecord>>([.. _exports.Values]);
+    }
+
+    public Task SaveExportAsync(ExportRecord export, CancellationToken cancellationToken = default)
+    {
+        if (FailWrites is { } failure)
+            return Task.FromException(failure);
+        lock (_lock)
+            _exports[export.Name] = export;
+        return Task.CompletedTask;
+    }
+
+    public Task DeleteExportAsync(string name, CancellationToken cancellationToken = default)
+    {
+        if (FailWrites is { } failure)
+            return Task.FromException(failure);
+        lock (_lock)
+            _exports.Remove(name);
         return Task.CompletedTask;
     }
 }

@@ -3,13 +3,14 @@ using Microsoft.EntityFrameworkCore.Storage.ValueConversion;
 
 namespace BlockMirror.Api.Data;
 
-/// <summary>The service's durable record: nodes, bitmaps, jobs and events.</summary>
+/// <summary>The service's durable record: nodes, bitmaps, NBD exports, jobs and events.</summary>
 public sealed class BlockMirrorDbContext(DbContextOptions<BlockMirrorDbContext> options) : DbContext(options)
 {
     public DbSet<NodeEntity> Nodes => Set<NodeEntity>();
     public DbSet<BitmapEntity> Bitmaps => Set<BitmapEntity>();
     public DbSet<EventEntity> Events => Set<EventEntity>();
     public DbSet<JobEntity> Jobs => Set<JobEntity>();
+    public DbSet<ExportEntity> Exports => Set<ExportEntity>();
 
     protected override void ConfigureConventions(ModelConfigurationBuilder configurationBuilder)
     {
@@ -29,6 +30,11 @@ public sealed class BlockMirrorDbContext(DbContextOptions<BlockMirrorDbContext> 
         {
             e.ToTable("bitmaps");
             e.HasKey(x => new { x.Node, x.Name });
+        });
+        modelBuilder.Entity<ExportEntity>(e =>
+        {
+            e.ToTable("exports");
+            e.HasKey(x => x.Name);
         });
         modelBuilder.Entity<EventEntity>(e =>
         {

@@ -85,6 +85,35 @@ public sealed class EfBlockStore(IDbContextFactory<BlockMirrorDbContext> factory
         await tx.CommitAsync(cancellationToken);
     }
 
+    public async Task<IReadOnlyList<ExportRecord>> LoadExportsAsync(CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        var rows = await db.Exports.AsNoTracking().OrderBy(e => e.CreatedAt).ToListAsync(cancellationToken);
+        return [.. rows.Select(e => new ExportRecord(e.Name, e.Node, e.Writable, e.Bitmaps, e.CreatedAt))];
+    }
+
+    public async Task SaveExportAsync(ExportRecord export, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        db.Exports.Add(new ExportEntity
+        {
+            Name = export.Name,
+            Node = export.Node,
+            Writable = export.Writable,
+            Bitmaps = [.. export.Bitmaps],
+            CreatedAt = export.CreatedAt,
+        });
+        using (await writeLock.AcquireAsync(cancellationToken))
+            await db.SaveChangesAsync(cancellationToken);
+    }
+
+    public async Task DeleteExportAsync(string name, CancellationToken cancellationToken = default)
+    {
+        await using var db = await factory.CreateDbContextAsync(cancellationToken);
+        using (await writeLock.AcquireAsync(cancellationToken))
+            await db.Exports.Where(e => e.Name == name).ExecuteDeleteAsync(cancellationToken);
+    }
+
     /// <summary>Tracks the insert or update of a node row (saved by the caller).</summary>
     private static async Task ApplyNodeAsync(BlockMirrorDbContext db, NodeRecord node, CancellationToken cancellationToken)
     {

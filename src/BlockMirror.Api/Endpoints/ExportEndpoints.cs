@@ -31,16 +31,20 @@ public static class ExportEndpoints
         return TypedResults.Created($"/api/v1/exports/{Uri.EscapeDataString(name)}", ToDto(export, nbd));
     }
 
-    /// <summary>List NBD exports.</summary>
+    /// <summary>List NBD exports, those not served since the last start included (<c>served: false</c>).</summary>
     public static Ok<ItemsDto<ExportDto>> ListExports(BlockLayer layer, NbdHost nbd) =>
-        TypedResults.Ok(new ItemsDto<ExportDto>([.. layer.Exports.Select(e => ToDto(e, nbd))]));
+        TypedResults.Ok(new ItemsDto<ExportDto>([.. layer.Exports.Select(e => ToDto(e, nbd))
+            .Concat(layer.UnservedExports.Select(ToDto))
+            .OrderBy(e => e.CreatedAt)]));
 
-    /// <summary>Get an NBD export (with the URI clients connect to).</summary>
+    /// <summary>Get an NBD export (with the URI clients connect to, or why it is not served).</summary>
     public static Ok<ExportDto> GetExport(string name, BlockLayer layer, NbdHost nbd) =>
-        TypedResults.Ok(ToDto(layer.FindExport(name) ?? throw BlockErrors.NotFound("export-not-found", $"Export '{name}' is not found"), nbd));
+        TypedResults.Ok(layer.FindExport(name) is { } served ? ToDto(served, nbd)
+            : layer.FindUnservedExport(name) is { } unserved ? ToDto(unserved)
+            : throw BlockErrors.NotFound("export-not-found", $"Export '{name}' is not found"));
 
     /// <summary>Remove an NBD export (block-export-del).</summary>
-    /// <remarks>Its clients are disconnected; its bitmaps are no longer busy.</remarks>
+    /// <remarks>Its record goes, its clients are disconnected, its bitmaps are no longer busy. An export not served since the start is removed the same way.</remarks>
     public static async Task<NoContent> RemoveExport(string name, BlockLayer layer, NbdHost nbd, CancellationToken cancellationToken)
     {
         await layer.RemoveExportAsync(name, cancellationToken);
@@ -48,7 +52,11 @@ public static class ExportEndpoints
         return TypedResults.NoContent();
     }
 
-    private static ExportDto ToDto(BlockExport e, NbdHost nbd) => new(e.Name, e.Node, e.Writable, e.Bitmaps, UriOf(e.Name, nbd), e.CreatedAt);
+    private static ExportDto ToDto(BlockExport e, NbdHost nbd) =>
+        new(e.Name, e.Node, e.Writable, e.Bitmaps, UriOf(e.Name, nbd), e.CreatedAt, Served: true, NotServedCode: null, NotServedReason: null);
+
+    private static ExportDto ToDto(UnservedExport e) =>
+        new(e.Name, e.Record.Node, e.Record.Writable, e.Record.Bitmaps, Uri: null, e.Record.CreatedAt, Served: false, e.Code, e.Reason);
 
     /// <summary>The URI a client uses (nbd://host:port/name or nbd+unix:///name?socket=path; nbds when the server requires TLS).</summary>
     private static string? UriOf(string name, NbdHost nbd)

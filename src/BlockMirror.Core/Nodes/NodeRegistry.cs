@@ -14,10 +14,12 @@ public sealed partial class NodeRegistry(
     ImageRoot root, ImageOpener opener, IBlockStore store, ImageReplacementCheck replacements, TimeProvider time,
     ILogger<NodeRegistry> logger)
 {
-    // Guards both dictionaries (the data path and the host read them outside the control lock).
+    // Guards the dictionaries (the data path and the host read them outside the control lock).
     private readonly Lock _namesLock = new();
     private readonly Dictionary<string, BlockNode> _nodes = new(StringComparer.Ordinal);
     private readonly Dictionary<string, BlockExport> _exports = new(StringComparer.Ordinal);
+    // Stored exports not served since the start (RestoreExportsControlLockedAsync); the NBD server never sees them.
+    private readonly Dictionary<string, UnservedExport> _unserved = new(StringComparer.Ordinal);
     private readonly List<IExportServer> _exportServers = [];
 
     /// <summary>Raised (under the control lock) when a node is added, so the host can wire hooks.</summary>
@@ -57,6 +59,22 @@ public sealed partial class NodeRegistry(
     {
         lock (_namesLock)
             return _exports.GetValueOrDefault(name);
+    }
+
+    /// <summary>Stored exports that could not be served again at start-up, in creation order.</summary>
+    public IReadOnlyList<UnservedExport> UnservedExports
+    {
+        get
+        {
+            lock (_namesLock)
+                return [.. _unserved.Values.OrderBy(e => e.Record.CreatedAt)];
+        }
+    }
+
+    public UnservedExport? FindUnservedExport(string name)
+    {
+        lock (_namesLock)
+            return _unserved.GetValueOrDefault(name);
     }
 
     // ---- nodes ----------------------------------------------------------------------------------
@@ -187,18 +205,33 @@ public sealed partial class NodeRegistry(
 
     // ---- exports (the NBD server reads this registry) -------------------------------------------
 
-    /// <summary>block-export-add: the node and each listed bitmap checked in QEMU's order, the bitmaps then busy.</summary>
-    public BlockExport AddExportControlLocked(string name, string nodeName, bool writable, IReadOnlyList<string> bitmaps)
+    /// <summary>
+    /// block-export-add: checked as QEMU checks it, stored, then served. Stored first: a refusal by the
+    /// store serves nothing, and a kill -9 after the store finds the export at the next start (served
+    /// again, as every stored export is), never an export served that a restart would forget.
+    /// </summary>
+    public async Task<BlockExport> AddExportControlLockedAsync(string name, string nodeName, bool writable, IReadOnlyList<string> bitmaps, CancellationToken cancellationToken)
     {
         Names.Validate("export", name);
-        if (FindExport(name) is not null)
+        if (FindExport(name) is not null || FindUnservedExport(name) is not null)
             throw BlockErrors.Conflict("export-exists", $"Block export id '{name}' is already in use");
+        var (node, resolved) = ResolveExport(nodeName, writable, bitmaps);
+        var export = new BlockExport(name, nodeName, writable, [.. resolved.Select(b => b.Name)], time.GetUtcNow().UtcDateTime);
+        await store.SaveExportAsync(ExportRecord.Of(export), cancellationToken).ConfigureAwait(false);
+        ServeControlLocked(export, node, resolved);
+        return export;
+    }
+
+    /// <summary>
+    /// The node and each listed bitmap checked in QEMU's order (nbd_export_create): each bitmap's
+    /// checks before the next, so the refusal names the bitmap QEMU would name. Changes nothing.
+    /// </summary>
+    private (BlockNode Node, List<DirtyBitmap> Bitmaps) ResolveExport(string nodeName, bool writable, IReadOnlyList<string> bitmaps)
+    {
         var node = GetNode(nodeName);
         if (writable && node.ReadOnly)
             throw BlockErrors.NodeReadOnly(nodeName);
         replacements.ThrowIfReplacedControlLocked(node);
-        // nbd_export_create: each listed bitmap in order, all checks of one before the next, so the
-        // refusal names the bitmap QEMU would name.
         var resolved = new List<DirtyBitmap>();
         foreach (var b in bitmaps.Distinct(StringComparer.Ordinal))
         {
@@ -210,22 +243,66 @@ public sealed partial class NodeRegistry(
             bitmap.Check(BitmapCheck.AllowReadOnly);
             resolved.Add(bitmap);
         }
-        foreach (var bitmap in resolved)
-            bitmap.Busy = true;
-        var export = new BlockExport(name, nodeName, writable, [.. resolved.Select(b => b.Name)], time.GetUtcNow().UtcDateTime);
-        lock (_namesLock)
-            _exports.Add(name, export);
-        node.AddExport(name);
-        return export;
+        return (node, resolved);
     }
 
-    /// <summary>block-export-del: the export goes, its bitmaps are no longer busy.</summary>
-    public BlockExport RemoveExportControlLocked(string name)
+    /// <summary>The export becomes visible to the NBD server; its bitmaps are busy from now on.</summary>
+    private void ServeControlLocked(BlockExport export, BlockNode node, List<DirtyBitmap> bitmaps)
     {
-        var export = FindExport(name) ?? throw BlockErrors.NotFound("export-not-found", $"Export '{name}' is not found");
+        foreach (var bitmap in bitmaps)
+            bitmap.Busy = true;
         lock (_namesLock)
+            _exports.Add(export.Name, export);
+        node.AddExport(export.Name);
+    }
+
+    /// <summary>
+    /// At start-up, after the nodes are open: every stored export served again with its name, write
+    /// access, bitmaps and creation time, through the same checks as its creation. One that fails
+    /// them (its node did not come back, a bitmap it exposed is gone or inconsistent) is kept, record
+    /// and name, as an <see cref="UnservedExport"/> and listed in <paramref name="failures"/>; the
+    /// start goes on. QEMU's exports do not survive a restart at all; ours are part of the record.
+    /// </summary>
+    internal async Task RestoreExportsControlLockedAsync(List<string> failures, CancellationToken cancellationToken)
+    {
+        foreach (var record in (await store.LoadExportsAsync(cancellationToken).ConfigureAwait(false)).OrderBy(e => e.CreatedAt))
+        {
+            try
+            {
+                var (node, resolved) = ResolveExport(record.Node, record.Writable, record.Bitmaps);
+                ServeControlLocked(new BlockExport(record.Name, record.Node, record.Writable, [.. resolved.Select(b => b.Name)], record.CreatedAt), node, resolved);
+            }
+            catch (BlockException e)
+            {
+                var unserved = new UnservedExport(record, e.Code, NotServedReason(record, e));
+                lock (_namesLock)
+                    _unserved.Add(record.Name, unserved);
+                failures.Add($"export '{record.Name}': {unserved.Reason}");
+            }
+        }
+    }
+
+    private static string NotServedReason(ExportRecord record, BlockException e) => e.Code == "node-not-found"
+        ? $"its node '{record.Node}' was not restored (see the start-up log); bring its image back and restart, or remove the export"
+        : $"{e.Message}; remove the export and add it again";
+
+    /// <summary>
+    /// block-export-del: the export's record removed first (a refusal by the store changes nothing; a
+    /// kill -9 after it finds no export at the next start), then it is no longer served and its
+    /// bitmaps are no longer busy. An export that is not served has only its record to remove.
+    /// </summary>
+    public async Task<string> RemoveExportControlLockedAsync(string name, CancellationToken cancellationToken)
+    {
+        var export = FindExport(name);
+        if (export is null && FindUnservedExport(name) is null)
+            throw BlockErrors.NotFound("export-not-found", $"Export '{name}' is not found");
+        await store.DeleteExportAsync(name, cancellationToken).ConfigureAwait(false);
+        lock (_namesLock)
+        {
             _exports.Remove(name);
-        if (FindNode(export.Node) is { } node)
+            _unserved.Remove(name);
+        }
+        if (export is not null && FindNode(export.Node) is { } node)
         {
             node.RemoveExport(name);
             foreach (var b in export.Bitmaps)
@@ -234,7 +311,7 @@ public sealed partial class NodeRegistry(
                     bitmap.Busy = false;
             }
         }
-        return export;
+        return name;
     }
 
     /// <summary>A server of this layer's exports starts: its clients in this process become recognisable.</summary>

@@ -37,4 +37,13 @@ public interface IBlockStore
     /// all, never a device on the new image with checkpoints stamped for the old one.
     /// </summary>
     Task SavePivotAsync(NodeRecord device, IReadOnlyCollection<BitmapRecord> deviceBitmaps, string consumedNode, CancellationToken cancellationToken = default);
+
+    /// <summary>The stored NBD exports (served again at start-up, after the nodes are open).</summary>
+    Task<IReadOnlyList<ExportRecord>> LoadExportsAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>Stores a new export; the registry serves it only after this returns.</summary>
+    Task SaveExportAsync(ExportRecord export, CancellationToken cancellationToken = default);
+
+    /// <summary>Removes an export's record (nothing when there is none).</summary>
+    Task DeleteExportAsync(string name, CancellationToken cancellationToken = default);
 }

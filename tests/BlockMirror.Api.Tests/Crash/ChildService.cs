@@ -3,6 +3,7 @@ using System.Net;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.RegularExpressions;
+using BlockMirror.Api.Tests.Infrastructure;
 
 namespace BlockMirror.Api.Tests.Crash;
 
@@ -29,6 +30,21 @@ internal sealed partial class ChildService : IAsyncDisposable
     }
 
     public HttpClient Http { get; }
+
+    /// <summary>
+    /// The writable export <paramref name="name"/> of <paramref name="node"/>: created by the first life
+    /// that asks (<paramref name="exported"/> false), then served again by every restart on its own,
+    /// a kill -9 included (exports are stored), which this asserts.
+    /// </summary>
+    public async Task<System.Text.Json.Nodes.JsonNode> ExportAsync(string name, string node, bool exported)
+    {
+        if (!exported)
+            return await Http.PostJsonAsync("/api/v1/exports", new { name, node, writable = true }, HttpStatusCode.Created);
+        var export = await Http.GetJsonAsync($"/api/v1/exports/{name}");
+        Assert.True((bool)export["served"]!, $"export '{name}' is not served after the restart: {export.ToJsonString()}\n{Log}");
+        Assert.Equal(node, (string?)export["node"]);
+        return export;
+    }
 
     public string NbdSocket { get; }
 

@@ -32,6 +32,8 @@ public sealed class DeviceCrashTests(ITestOutputHelper output) : IDisposable
         string[] settings = ["--Storage:Devices:0", loop.Device];
         long checks = 0;
 
+        var exported = false;
+
         for (var life = 0; life <= Kills; life++)
         {
             await using var child = await ChildService.StartAsync(_dir, settings);
@@ -56,7 +58,8 @@ public sealed class DeviceCrashTests(ITestOutputHelper output) : IDisposable
                     break;
             }
 
-            var export = await http.PostJsonAsync("/api/v1/exports", new { name = "e", node = "dev", writable = true }, HttpStatusCode.Created);
+            var export = await child.ExportAsync("e", "dev", exported);
+            exported = true;
             await using var nbd = await NbdClient.ConnectAsync(NbdUri.Parse((string)export["uri"]!));
             var writers = new CrashWriters(child, nbd, "dev", Size, acked, seed * 1000 + life);
             var killAt = random.Next(10, 200);

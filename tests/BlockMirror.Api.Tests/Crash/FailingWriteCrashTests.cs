@@ -35,6 +35,8 @@ public sealed class FailingWriteCrashTests(ITestOutputHelper output) : IDisposab
         string? copy = null;
         long checks = 0, failed = 0;
 
+        var exported = false;
+
         for (var life = 0; life <= Lives; life++)
         {
             await using var child = await ChildService.StartAsync(_dir);
@@ -77,7 +79,8 @@ public sealed class FailingWriteCrashTests(ITestOutputHelper output) : IDisposab
                 reset.Add(new { type = "bitmap-remove", node = "full", name = copy });
             await http.PostJsonAsync("/api/v1/transactions", new { actions = reset });
 
-            var export = await http.PostJsonAsync("/api/v1/exports", new { name = "full", node = "full", writable = true }, HttpStatusCode.Created);
+            var export = await child.ExportAsync("full", "full", exported);
+            exported = true;
             await using var nbd = await NbdClient.ConnectAsync(NbdUri.Parse((string)export["uri"]!));
             var writers = new FailingWriters(child, nbd, "full", Size, seed * 100 + life);
             var rotateAt = random.Next(2, 12);

@@ -43,6 +43,7 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
         var markerOffset = Size - G;
         byte[]? marker = null;
         long checks = 0;
+        var exported = false;
         for (var life = 0; life <= kills; life++)
         {
             await using var child = await ChildService.StartAsync(_dir);
@@ -74,7 +75,8 @@ public sealed class StorageFaultCrashTests(ITestOutputHelper output) : IAsyncLif
                 break;
 
             await using var events = await EventWaiter.StartAsync(http);
-            var export = await http.PostJsonAsync("/api/v1/exports", new { name = "e", node = "src", writable = true }, HttpStatusCode.Created);
+            var export = await child.ExportAsync("e", "src", exported);
+            exported = true;
             await using var nbd = await NbdClient.ConnectAsync(NbdUri.Parse((string)export["uri"]!));
             var writers = new CrashWriters(child, nbd, "src", Size - G, acked, seed * 1000 + life);
             writers.Start(httpWriters: 1, nbdWriters: 1);

@@ -73,11 +73,19 @@ internal sealed class TwoHostsOverSlowLink : IAsyncDisposable
         }
     }
 
-    /// <summary>B after a kill -9, started again on its database and root; exports are not stored, so it exports again.</summary>
+    /// <summary>
+    /// B after a kill -9, started again on its database and root: it serves its export again by
+    /// itself (exports are stored), at the same URI, before anyone asks; re-creating it is refused.
+    /// </summary>
     public async Task RestartBAsync()
     {
         B = await B.RestartAsync();
-        Assert.Equal(Uri, await ExportAsync());
+        var export = await SendAsync(B.Http, HttpMethod.Get, "/api/v1/exports/dst", null, HttpStatusCode.OK);
+        Assert.True((bool)export["served"]!, export.ToJsonString());
+        Assert.Equal(Uri, (string)export["uri"]!);
+        Assert.True((bool)export["writable"]!);
+        var again = await SendAsync(B.Http, HttpMethod.Post, "/api/v1/exports", new { name = "dst", node = "dst", writable = true }, HttpStatusCode.Conflict);
+        Assert.Equal("export-exists", (string?)again["code"]);
     }
 
     /// <summary>B's target, read from its file, equals <paramref name="source"/> byte for byte.</summary>

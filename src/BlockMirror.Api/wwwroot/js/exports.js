@@ -62,7 +62,8 @@ function createRow(ctx, e) {
 function updateRow(tr, e) {
   const col = (c) => tr.querySelector(`[data-col="${c}"]`);
   setText(col('name'), e.name);
-  setText(col('uri'), e.uri ?? 'NBD server off (Nbd:Listen is empty)');
+  // A stored export that could not be served again at the last start says why (its URI is null then too).
+  setText(col('uri'), e.served === false ? `not served (${e.notServedCode}): ${e.notServedReason}` : (e.uri ?? 'NBD server off (Nbd:Listen is empty)'));
   setText(col('access'), e.writable ? 'read-write' : 'read-only');
   setText(col('bitmaps'), e.bitmaps.length ? e.bitmaps.join(', ') : '—');
 }
