@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CPU time and syscalls per 4 KiB I/O through NBD: BlockMirror beside nbdkit's file plugin.
+"""CPU time and syscalls per I/O (4 KiB random, or 1 MiB sequential) through NBD: BlockMirror beside nbdkit's file plugin.
 
 On a machine shared with other work, IOPS move with the load; the server's own CPU time per
 request (utime + stime from /proc/<pid>/stat, divided by the I/Os fio completed) moves much less,
@@ -11,7 +11,7 @@ attaches `strace -c -f` and reports syscalls per I/O by name (strace slows the s
 counts, not its times, are the point).
 
 usage: nbd_cpu_per_io.py --dll A.dll[,B.dll...] [--seconds 5] [--rounds 2] [--warmup 3] [--strace]
-       [--servers nbdkit,bm-0bm,bm-4bm,bm-4pbm] [--jobs randwrite-qd1,...]
+       [--servers nbdkit,bm-0bm,bm-4bm,bm-4pbm,bm-direct] [--jobs randwrite-qd1,...,write-1m-qd16]
 BlockMirror servers get a label per dll given (bm-0bm@1 for the second dll), so builds
 interleave in one run when the machine's load changes.
 """
@@ -19,8 +19,10 @@ import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, ti
 
 GiB = 1 << 30
 TICK = os.sysconf("SC_CLK_TCK")
-JOBS = {"randwrite-qd1": ("randwrite", 1), "randwrite-qd32": ("randwrite", 32),
-        "randread-qd1": ("randread", 1), "randread-qd32": ("randread", 32)}
+JOBS = {"randwrite-qd1": ("randwrite", "4k", 1), "randwrite-qd32": ("randwrite", "4k", 32),
+        "randread-qd1": ("randread", "4k", 1), "randread-qd32": ("randread", "4k", 32),
+        "write-1m-qd16": ("write", "1m", 16), "read-1m-qd16": ("read", "1m", 16)}
+DEFAULT_JOBS = "randwrite-qd1,randwrite-qd32,randread-qd1,randread-qd32"
 
 
 def cpu_seconds(pid):
@@ -61,7 +63,7 @@ class Nbdkit:
 
 
 class BlockMirror:
-    def __init__(self, work, f, dll, nbitmaps, persistent):
+    def __init__(self, work, f, dll, nbitmaps, persistent, direct=False):
         root = os.path.join(work, "bmroot")
         os.makedirs(root)
         os.link(f, os.path.join(root, "d.img"))
@@ -84,7 +86,7 @@ class BlockMirror:
                         raise
                     time.sleep(0.1)
             api = self.url + "/api/v1"
-            http("POST", api + "/nodes", {"name": "d", "driver": "raw", "path": "d.img"})
+            http("POST", api + "/nodes", {"name": "d", "driver": "raw", "path": "d.img", "cache": {"direct": direct}})
             for i in range(nbitmaps):
                 http("POST", api + "/nodes/d/bitmaps", {"name": "b%d" % i, "persistent": persistent})
             http("POST", api + "/exports", {"name": "d", "node": "d", "writable": True})
@@ -103,8 +105,8 @@ class BlockMirror:
 
 
 def fio(uri, job, seconds):
-    rw, qd = JOBS[job]
-    out = subprocess.run(["fio", "--name=j", "--ioengine=nbd", "--uri=" + uri, "--rw=" + rw, "--bs=4k",
+    rw, bs, qd = JOBS[job]
+    out = subprocess.run(["fio", "--name=j", "--ioengine=nbd", "--uri=" + uri, "--rw=" + rw, "--bs=" + bs,
                           "--iodepth=%d" % qd, "--size=1g", "--time_based", "--runtime=%d" % seconds,
                           "--randrepeat=0", "--output-format=json"],
                          capture_output=True, text=True, timeout=seconds + 60)
@@ -144,7 +146,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--servers", default="nbdkit,bm-0bm,bm-4bm,bm-4pbm")
-    ap.add_argument("--jobs", default=",".join(JOBS))
+    ap.add_argument("--jobs", default=DEFAULT_JOBS, help="from: " + ",".join(JOBS))
     ap.add_argument("--warmup", type=int, default=0,
                     help="seconds of 4 KiB QD32 random writes, not measured, before the jobs (the JIT's tiers settle)")
     ap.add_argument("--strace", action="store_true")
@@ -156,9 +158,10 @@ def main():
         if s == "nbdkit":
             makers[s] = lambda w, f: Nbdkit(w, f)
             continue
-        nb, persistent = {"bm-0bm": (0, False), "bm-4bm": (4, False), "bm-4pbm": (4, True)}[s]
+        nb, persistent, direct = {"bm-0bm": (0, False, False), "bm-4bm": (4, False, False), "bm-4pbm": (4, True, False),
+                                  "bm-direct": (0, False, True)}[s]
         for i, dll in enumerate(dlls):
-            makers[s if i == 0 else "%s@%d" % (s, i)] = (lambda d, n, p: lambda w, f: BlockMirror(w, f, d, n, p))(dll, nb, persistent)
+            makers[s if i == 0 else "%s@%d" % (s, i)] = (lambda d, n, p, x: lambda w, f: BlockMirror(w, f, d, n, p, x))(dll, nb, persistent, direct)
     res = {}
     rnd = random.Random(11)
     for r in range(a.rounds):
