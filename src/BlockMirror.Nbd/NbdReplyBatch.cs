@@ -6,7 +6,8 @@ namespace BlockMirror.Nbd;
 /// Replies waiting to go out together in one send (one sendmsg with a segment per buffer): small
 /// replies are copied into one coalescing buffer, so consecutive ones form a single segment; a
 /// reply built in a pooled buffer (a read's data behind its header) is queued as it is, without a
-/// copy, and the buffer goes back to the pool once sent.
+/// copy, and the buffer goes back to the pool once sent (<c>ArrayPool</c>'s, or
+/// <see cref="NbdAlignedBuffers"/> for a direct export's reads).
 /// </summary>
 internal sealed class NbdReplyBatch
 {
@@ -15,7 +16,7 @@ internal sealed class NbdReplyBatch
 
     private readonly byte[] _coalesced = GC.AllocateUninitializedArray<byte>(CoalesceBufferSize);
     private readonly List<ArraySegment<byte>> _segments = [];
-    private readonly List<byte[]> _pooled = [];
+    private readonly List<(byte[] Buffer, bool Aligned)> _pooled = [];
     private int _coalescedUsed;
 
     public bool IsEmpty => _segments.Count == 0;
@@ -49,15 +50,28 @@ internal sealed class NbdReplyBatch
     public void AddPooled(byte[] buffer, int length)
     {
         _segments.Add(new ArraySegment<byte>(buffer, 0, length));
-        _pooled.Add(buffer);
+        _pooled.Add((buffer, false));
+        Length += length;
+    }
+
+    /// <summary>Queues [offset, +length) of a buffer from <see cref="NbdAlignedBuffers"/>, which the batch now owns.</summary>
+    public void AddAligned(byte[] buffer, int offset, int length)
+    {
+        _segments.Add(new ArraySegment<byte>(buffer, offset, length));
+        _pooled.Add((buffer, true));
         Length += length;
     }
 
     /// <summary>Forgets what was queued (sent or dropped) and returns the pooled buffers.</summary>
     public void Clear()
     {
-        foreach (var buffer in _pooled)
-            ArrayPool<byte>.Shared.Return(buffer);
+        foreach (var (buffer, aligned) in _pooled)
+        {
+            if (aligned)
+                NbdAlignedBuffers.Return(buffer);
+            else
+                ArrayPool<byte>.Shared.Return(buffer);
+        }
         _pooled.Clear();
         _segments.Clear();
         _coalescedUsed = 0;

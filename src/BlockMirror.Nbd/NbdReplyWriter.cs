@@ -101,6 +101,23 @@ internal sealed class NbdReplyWriter : IDisposable
         _wakeSender.Release();
     }
 
+    /// <summary>Queues [offset, +length) of a buffer from <see cref="NbdAlignedBuffers"/>; the writer returns it.</summary>
+    public void EnqueueAligned(byte[] buffer, int offset, int length)
+    {
+        lock (_lock)
+        {
+            if (_failed || _disposed)
+            {
+                NbdAlignedBuffers.Return(buffer);
+                return;
+            }
+            _filling.AddAligned(buffer, offset, length);
+            if (!WakeSenderLocked(length))
+                return;
+        }
+        _wakeSender.Release();
+    }
+
     /// <summary>The reader starts a batch: replies queued until <see cref="EndBatch"/> wait for it.</summary>
     public void BeginBatch()
     {

@@ -109,25 +109,49 @@ internal sealed partial class NbdServerConnection
         }
 
         byte[]? payload = null;
+        var payloadOffset = 0;
+        var aligned = false;
         if (isWrite && length > 0)
         {
-            // Received straight into the buffer the image write takes.
-            payload = ArrayPool<byte>.Shared.Rent((int)length);
+            // Received straight into the buffer the image write takes: page-aligned for an O_DIRECT
+            // image, which then writes it as it is (a managed array's address would need a bounce copy).
+            aligned = _node!.Image.CacheDirect;
+            payload = RentPayload((int)length, aligned, out payloadOffset);
             try
             {
-                _input.ReadExact(payload.AsSpan(0, (int)length));
+                _input.ReadExact(payload.AsSpan(payloadOffset, (int)length));
             }
             catch
             {
-                ArrayPool<byte>.Shared.Return(payload);
+                ReturnBuffer(payload, aligned);
                 throw;
             }
         }
 
         Interlocked.Increment(ref _references);
         // Started here, not handed to Task.Run: it runs on this thread until it has to wait.
-        _ = RunRequestAsync(new NbdServerRequest(flags, type, cookie, (long)offset, length, payload));
+        _ = RunRequestAsync(new NbdServerRequest(flags, type, cookie, (long)offset, length, payload, payloadOffset, aligned));
         return true;
+    }
+
+    private static byte[] RentPayload(int length, bool aligned, out int offset)
+    {
+        if (!aligned)
+        {
+            offset = 0;
+            return ArrayPool<byte>.Shared.Rent(length);
+        }
+        var buffer = NbdAlignedBuffers.Rent(length);
+        offset = NbdAlignedBuffers.DataOffset(buffer);
+        return buffer;
+    }
+
+    private static void ReturnBuffer(byte[] buffer, bool aligned)
+    {
+        if (aligned)
+            NbdAlignedBuffers.Return(buffer);
+        else
+            ArrayPool<byte>.Shared.Return(buffer);
     }
 
     /// <summary>The errno for a request the export cannot take, or 0; checks flags, read-only, bounds and size.</summary>
@@ -236,7 +260,7 @@ internal sealed partial class NbdServerConnection
         finally
         {
             if (request.Payload is { } payload)
-                ArrayPool<byte>.Shared.Return(payload);
+                ReturnBuffer(payload, request.AlignedPayload);
             _slots.Release();
             ReleaseReference();
         }
@@ -255,7 +279,7 @@ internal sealed partial class NbdServerConnection
             switch (request.Type)
             {
                 case NbdConstants.CmdWrite:
-                    var write = WriteRequest.ForData(request.Offset, request.Payload.AsMemory(0, (int)length), fua) with { OnCallerThread = length <= InlineRequestLimit };
+                    var write = WriteRequest.ForData(request.Offset, request.Data, fua) with { OnCallerThread = length <= InlineRequestLimit };
                     await node.WriteAsync(write, CancellationToken.None).ConfigureAwait(false);
                     break;
                 case NbdConstants.CmdFlush:
@@ -297,31 +321,49 @@ internal sealed partial class NbdServerConnection
             return;
         }
         var sparse = _structured && _options.SparseReads && (request.Flags & NbdConstants.CmdFlagDf) == 0;
-        if (sparse && length > InlineRequestLimit && await TryAnswerSparseAsync(request, ReadOnlyMemory<byte>.Empty).ConfigureAwait(false))
+        // An O_DIRECT image preads into a page-aligned data area as it is, else through a bounce
+        // buffer: so a direct export reads the whole range there first, and answers holes from it
+        // (reading a hole costs no device I/O), rather than each data run into an unaligned chunk.
+        var aligned = length > 0 && _node!.Image.CacheDirect;
+        if (sparse && !aligned && length > InlineRequestLimit && await TryAnswerSparseAsync(request, ReadOnlyMemory<byte>.Empty).ConfigureAwait(false))
             return;
 
         var head = _structured ? NbdWire.DataChunkHeaderSize : NbdConstants.SimpleReplyHeaderSize;
-        var message = ArrayPool<byte>.Shared.Rent(head + length);
+        byte[] message;
+        int start;
+        if (aligned)
+        {
+            message = NbdAlignedBuffers.Rent(length);
+            start = NbdAlignedBuffers.DataOffset(message) - head;
+        }
+        else
+        {
+            message = ArrayPool<byte>.Shared.Rent(head + length);
+            start = 0;
+        }
         var queued = false;
         try
         {
-            var data = message.AsMemory(head, length);
+            var data = message.AsMemory(start + head, length);
             if (!await TryReadAsync(request, request.Offset, data).ConfigureAwait(false))
                 return;
-            if (sparse && length <= InlineRequestLimit && MayHoldHole(request.Offset, data.Span)
+            if (sparse && (length <= InlineRequestLimit || aligned) && MayHoldHole(request.Offset, data.Span)
                 && await TryAnswerSparseAsync(request, data).ConfigureAwait(false))
                 return;
             if (_structured)
-                NbdWire.WriteDataChunkHeader(message, NbdConstants.ReplyFlagDone, request.Cookie, request.Offset, length);
+                NbdWire.WriteDataChunkHeader(message.AsSpan(start), NbdConstants.ReplyFlagDone, request.Cookie, request.Offset, length);
             else
-                NbdWire.WriteSimpleReply(message, 0, request.Cookie);
-            _replies.EnqueuePooled(message, head + length);
+                NbdWire.WriteSimpleReply(message.AsSpan(start), 0, request.Cookie);
+            if (aligned)
+                _replies.EnqueueAligned(message, start, head + length);
+            else
+                _replies.EnqueuePooled(message, head + length);
             queued = true;
         }
         finally
         {
             if (!queued)
-                ArrayPool<byte>.Shared.Return(message);
+                ReturnBuffer(message, aligned);
         }
     }
 

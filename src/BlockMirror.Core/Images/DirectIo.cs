@@ -22,6 +22,7 @@ internal sealed class DirectIo
     private readonly long _memory;
     private readonly long? _fileSize;
     private readonly TrackedWrites _writes = new();
+    private long _bounced;
 
     /// <param name="fileSize">
     /// A regular file's size: a read-modify-write of its last, partial block writes a whole block
@@ -35,6 +36,9 @@ internal sealed class DirectIo
         _memory = Math.Max(1, alignment.Memory);
         _fileSize = fileSize;
     }
+
+    /// <summary>Reads and writes that went through a bounce buffer (unaligned, or in memory the device cannot use); for tests.</summary>
+    public long Bounced => Interlocked.Read(ref _bounced);
 
     /// <summary>The request alignment, for callers (copy offload) that hand the kernel ranges themselves.</summary>
     public long RequestAlignment => _request;
@@ -57,6 +61,7 @@ internal sealed class DirectIo
                 return;
             }
         }
+        Interlocked.Increment(ref _bounced);
         var end = offset + buffer.Length;
         for (var position = offset; position < end;)
         {
@@ -135,6 +140,7 @@ internal sealed class DirectIo
                 return;
             }
         }
+        Interlocked.Increment(ref _bounced);
         var end = offset + data.Length;
         for (var position = offset; position < end;)
             position = await WritePieceAsync(position, data[(int)(position - offset)..], cancellationToken).ConfigureAwait(false);

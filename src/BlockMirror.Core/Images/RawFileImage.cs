@@ -67,6 +67,9 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo
     /// <inheritdoc />
     public bool CacheDirect => _direct is not null;
 
+    /// <summary>Direct reads and writes that needed a bounce buffer (0 on a buffered image); for tests.</summary>
+    internal long DirectBounces => _direct?.Bounced ?? 0;
+
     /// <summary>st_blocks × 512, from a fresh fstat on every call (allocation changes under us).</summary>
     public long AllocatedBytes => Stat().Blocks * StatBuffer.BlockUnit;
 
