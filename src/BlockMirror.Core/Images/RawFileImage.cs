@@ -91,10 +91,10 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo, IWr
     internal Func<int>? CopyRangeFault { get; set; }
 
     /// <summary>
-    /// Tests only: asked before every writeback hint (<see cref="StartWriteback"/>); a non-zero errno
-    /// is what the call returns instead of reaching the kernel.
+    /// Tests only: asked with the range before every writeback hint (<see cref="StartWriteback"/>); a
+    /// non-zero errno is what the call returns instead of reaching the kernel.
     /// </summary>
-    internal Func<int>? WritebackFault { get; set; }
+    internal Func<long, long, int>? WritebackFault { get; set; }
 
     /// <summary>
     /// Opens an existing regular file and locks it (shared "write" refused to others when read-write).
@@ -461,7 +461,7 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo, IWr
             return false;
         try
         {
-            return LibC.StartWriteback(_handle, offset, length, WritebackFault?.Invoke() ?? 0) == 0;
+            return LibC.StartWriteback(_handle, offset, length, WritebackFault?.Invoke(offset, length) ?? 0) == 0;
         }
         catch (ObjectDisposedException)
         {

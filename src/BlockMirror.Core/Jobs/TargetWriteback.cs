@@ -28,6 +28,13 @@ internal sealed class TargetWriteback : IThreadPoolWorkItem
     /// <summary>The least: below this a hint costs more than the writeback it moves.</summary>
     internal const long MinStep = 1L << 20;
 
+    /// <summary>
+    /// A merged range shorter than this is left to the flush: scattered small pieces (an incremental's
+    /// 64 KiB granules) hinted one by one were written back in more, smaller requests than the flush's
+    /// one ordered pass makes of them (incremental B, 1311 × 64 KiB: paired 1.14× slower, more CPU).
+    /// </summary>
+    internal const long MinRange = 1L << 20;
+
     private readonly IWritebackTarget? _target;
     private readonly ConcurrentQueue<(long Offset, long Length)> _completed = new();
     // Only the running batch touches it (one at a time).
@@ -64,9 +71,17 @@ internal sealed class TargetWriteback : IThreadPoolWorkItem
         if (_target is null || _refused)
             return;
         _completed.Enqueue((offset, length));
-        if (Interlocked.Add(ref _unhinted, length) < Step || Interlocked.CompareExchange(ref _running, 1, 0) != 0)
+        Interlocked.Add(ref _unhinted, length);
+        TryQueueBatch();
+    }
+
+    /// <summary>Queues a batch when a step has gathered and none runs; what it counts is subtracted, so no concurrent write is lost from the count.</summary>
+    private void TryQueueBatch()
+    {
+        var gathered = Interlocked.Read(ref _unhinted);
+        if (gathered < Step || _refused || Interlocked.CompareExchange(ref _running, 1, 0) != 0)
             return;
-        Interlocked.Exchange(ref _unhinted, 0);
+        Interlocked.Add(ref _unhinted, -gathered);
         ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
     }
 
@@ -86,9 +101,11 @@ internal sealed class TargetWriteback : IThreadPoolWorkItem
             _batch.Clear();
             Volatile.Write(ref _running, 0);
         }
+        // A step may have gathered while this batch ran, with no write left to notice it.
+        TryQueueBatch();
     }
 
-    /// <summary>Hints every completed range queued so far, in file order, adjacent ones merged into one call.</summary>
+    /// <summary>Hints every completed range queued so far, in file order, adjacent ones merged into one call, short ones left to the flush.</summary>
     private void HintCompleted()
     {
         while (_completed.TryDequeue(out var range))
@@ -100,6 +117,8 @@ internal sealed class TargetWriteback : IThreadPoolWorkItem
             var (offset, end) = (_batch[i].Offset, _batch[i].Offset + _batch[i].Length);
             for (i++; i < _batch.Count && _batch[i].Offset <= end; i++)
                 end = Math.Max(end, _batch[i].Offset + _batch[i].Length);
+            if (end - offset < MinRange)
+                continue;
             if (!_target!.StartWriteback(offset, end - offset))
             {
                 _refused = true;
