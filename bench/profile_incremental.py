@@ -237,6 +237,14 @@ def main():
                 if s:
                     print("  %-5s %-8s READY %.4f  cpu %.3f" % (
                         kind, b.name, statistics.median(x for x, _ in s), statistics.median(c for _, c in s)))
+            # Paired: each build against the first one in the same rep (they ran back to back).
+            base = builds[0].samples[kind][args.warmup:]
+            for b in builds[1:]:
+                s = b.samples[kind][args.warmup:]
+                if s and base:
+                    r = sorted(x / y for (x, _), (y, _) in zip(s, base))
+                    print("  %-5s %-8s / %-8s paired READY ratio median %.3f (min %.3f, max %.3f)" % (
+                        kind, b.name, builds[0].name, statistics.median(r), r[0], r[-1]))
     finally:
         for b in builds:
             b.svc.stop()

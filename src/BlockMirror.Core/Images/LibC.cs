@@ -165,6 +165,29 @@ internal static partial class LibC
         return n;
     }
 
+    // sync_file_range flag: start writeback of the range's dirty pages, do not wait for it.
+    internal const uint SYNC_FILE_RANGE_WRITE = 2;
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int sync_file_range(int fd, long offset, long nbytes, uint flags);
+
+    /// <summary>
+    /// sync_file_range(2) with SYNC_FILE_RANGE_WRITE over [offset, +length): 0, or the errno. A non-zero <paramref name="injectErrno"/> (tests only) is returned instead of calling the kernel.
+    /// </summary>
+    internal static int StartWriteback(SafeFileHandle handle, long offset, long length, int injectErrno)
+    {
+        if (injectErrno != 0)
+            return injectErrno;
+        using var lease = new FileDescriptorLease(handle);
+        while (sync_file_range(lease.Fd, offset, length, SYNC_FILE_RANGE_WRITE) != 0)
+        {
+            var errno = LastErrno;
+            if (errno != EINTR)
+                return errno;
+        }
+        return 0;
+    }
+
     /// <summary>
     /// fdatasync(2) of <paramref name="handle"/>, retried when a signal interrupts it (EINTR is no
     /// failure); any other errno throws an <see cref="ErrnoException"/>. The one data sync of images

@@ -431,6 +431,8 @@ public sealed partial class MirrorJob
             Interlocked.Add(ref _currentProgress, length);
             Interlocked.Add(ref _bytesCopied, length);
             _copyRate.Add(length);
+            if (buffer is not null)
+                _writeback.Written(offset, length);
         }
         catch (Exception e)
         {
@@ -497,6 +499,9 @@ public sealed partial class MirrorJob
 
     /// <summary>The target refused a copy offload from the device for good; the job reads and writes.</summary>
     internal bool CopyOffloadRefused => _copyOffloadRefused;
+
+    /// <summary>Writeback hints the target took behind the copy (<see cref="TargetWriteback"/>).</summary>
+    internal TargetWriteback Writeback => _writeback;
 
     /// <summary>Drops one reference of a claim; the last one takes it out of flight and wakes its waiters.</summary>
     private void ReleaseClaim(MirrorOp claim)

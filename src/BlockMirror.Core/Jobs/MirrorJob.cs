@@ -35,6 +35,7 @@ public sealed partial class MirrorJob : Job
     private readonly RateMeter _copyRate;
     private readonly RateMeter _dirtyRate;
     private readonly ChunkBufferPool _buffers;
+    private readonly TargetWriteback _writeback;
     private readonly Lock _opsLock = new();
     private readonly List<MirrorOp> _ops = [];
     // Cancelled by a force cancel: every I/O of the job is abandoned, whatever its nodes do.
@@ -71,6 +72,7 @@ public sealed partial class MirrorJob : Job
         _dirtyRate = new RateMeter(host.Time);
         ChunkMax = ComputeChunkMax(bufSize, granularity);
         _buffers = new ChunkBufferPool((int)ChunkMax);
+        _writeback = new TargetWriteback(target.Image, target.Size);
         _working = CreateWorkingBitmap();
     }
 
