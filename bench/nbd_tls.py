@@ -122,6 +122,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--netns", action="store_true")
+    ap.add_argument("--nbd-port", type=int, default=10809, help="B's plain export port; the TLS one is the next (another run on the machine may hold 10809)")
     args = ap.parse_args()
     size = int(args.size[:-1]) << {"M": 20, "G": 30}[args.size[-1]] if args.size[-1] in "MG" else int(args.size)
 
@@ -139,9 +140,9 @@ def main():
         c = lambda name: os.path.join(certs, name)  # noqa: E731
         b_args = ["--Auth:ApiKeys:0", KEY]
         b_plain = bm_service.Service(os.path.join(work, "b-plain", "images"), os.path.join(work, "b-plain"),
-                                     nbd_listen="%s:10809" % ip_b, host=ip_b, pin=pin_b, extra_args=b_args)
+                                     nbd_listen="%s:%d" % (ip_b, args.nbd_port), host=ip_b, pin=pin_b, extra_args=b_args)
         b_tls = bm_service.Service(os.path.join(work, "b-tls", "images"), os.path.join(work, "b-tls"),
-                                   nbd_listen="%s:10810" % ip_b, host=ip_b, pin=pin_b, extra_args=b_args + [
+                                   nbd_listen="%s:%d" % (ip_b, args.nbd_port + 1), host=ip_b, pin=pin_b, extra_args=b_args + [
                                        "--Nbd:Tls:CertificatePath", c("host-b-cert.pem"), "--Nbd:Tls:KeyPath", c("host-b-key.pem"),
                                        "--Nbd:Tls:ClientCaPath", c("ca-cert.pem"), "--Nbd:Tls:AllowedClients:0", "CN=host-a,O=Bench"])
         a = bm_service.Service(os.path.join(work, "a", "images"), os.path.join(work, "a"), extra_args=[
