@@ -150,8 +150,8 @@ def main():
             "--Nbd:Client:Tls:KeyPath", c("host-a-key.pem")])
         for s in (b_plain, b_tls, a):
             os.makedirs(s.root, exist_ok=True)
-            s.start()
-            services.append(s)
+            services.append(s)  # before start: one that fails to become healthy is still stopped
+            s.start(timeout=180)
         a.start_sse()
         with open(os.path.join(a.root, "src.img"), "wb") as f:
             for _ in range(size >> 20):
