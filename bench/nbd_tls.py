@@ -5,8 +5,8 @@ an export of another (B), timed from POST /api/v1/jobs/mirror to BLOCK_JOB_READY
 B runs twice, side by side: one service with plain NBD and one with Nbd:Tls (a certificate,
 client certificates required, AllowedClients = host A). A is one service whose nbd nodes reach
 either (nbd:// or nbds://, with A's certificate from Nbd:Client:Tls). The cases alternate per
-rep in a seeded-shuffled order, so load on a shared machine hits both alike. Certificates are
-made with openssl in a temp directory.
+rep in a seeded-shuffled order, so load on a shared machine hits both alike; one unrecorded
+warm-up mirror of each kind first. Certificates are made with openssl in a temp directory.
 
   --netns   run both B services in a network namespace of their own (bmtls-b), joined to A's
             (the initial namespace) by a veth pair 10.77.0.1 <-> 10.77.0.2; needs root.
@@ -122,6 +122,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--netns", action="store_true")
+    ap.add_argument("--nbd-port", type=int, default=10809, help="B's plain export port; the TLS one is the next (another run on the machine may hold 10809)")
     args = ap.parse_args()
     size = int(args.size[:-1]) << {"M": 20, "G": 30}[args.size[-1]] if args.size[-1] in "MG" else int(args.size)
 
@@ -139,9 +140,9 @@ def main():
         c = lambda name: os.path.join(certs, name)  # noqa: E731
         b_args = ["--Auth:ApiKeys:0", KEY]
         b_plain = bm_service.Service(os.path.join(work, "b-plain", "images"), os.path.join(work, "b-plain"),
-                                     nbd_listen="%s:10809" % ip_b, host=ip_b, pin=pin_b, extra_args=b_args)
+                                     nbd_listen="%s:%d" % (ip_b, args.nbd_port), host=ip_b, pin=pin_b, extra_args=b_args)
         b_tls = bm_service.Service(os.path.join(work, "b-tls", "images"), os.path.join(work, "b-tls"),
-                                   nbd_listen="%s:10810" % ip_b, host=ip_b, pin=pin_b, extra_args=b_args + [
+                                   nbd_listen="%s:%d" % (ip_b, args.nbd_port + 1), host=ip_b, pin=pin_b, extra_args=b_args + [
                                        "--Nbd:Tls:CertificatePath", c("host-b-cert.pem"), "--Nbd:Tls:KeyPath", c("host-b-key.pem"),
                                        "--Nbd:Tls:ClientCaPath", c("ca-cert.pem"), "--Nbd:Tls:AllowedClients:0", "CN=host-a,O=Bench"])
         a = bm_service.Service(os.path.join(work, "a", "images"), os.path.join(work, "a"), extra_args=[
@@ -149,8 +150,8 @@ def main():
             "--Nbd:Client:Tls:KeyPath", c("host-a-key.pem")])
         for s in (b_plain, b_tls, a):
             os.makedirs(s.root, exist_ok=True)
-            s.start()
-            services.append(s)
+            services.append(s)  # before start: one that fails to become healthy is still stopped
+            s.start(timeout=180)
         a.start_sse()
         with open(os.path.join(a.root, "src.img"), "wb") as f:
             for _ in range(size >> 20):
@@ -160,7 +161,9 @@ def main():
         rng = random.Random(args.seed)
         results = {"plain": [], "tls": []}
         n = 0
-        mirror_once(a, b_plain, "plain", size, n)  # warm-up, not recorded
+        # Warm-up of both paths, not recorded: the first TLS mirror otherwise pays for JIT-compiling the session's code.
+        mirror_once(a, b_plain, "plain", size, 900)
+        mirror_once(a, b_tls, "tls", size, 901)
         for rep in range(args.reps):
             order = ["plain", "tls"]
             rng.shuffle(order)

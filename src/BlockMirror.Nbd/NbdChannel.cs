@@ -9,7 +9,8 @@ namespace BlockMirror.Nbd;
 /// ways are blocking calls on the connection's own threads. The plain path is the socket's own
 /// receive and sendmsg, one branch away, so connections without TLS run exactly as before; with
 /// TLS every byte goes through the <see cref="SslStream"/>, payloads included (TLS records cannot
-/// be received straight into a payload buffer: they are decrypted from the socket's bytes).
+/// be received straight into a payload buffer: they are decrypted from the socket's bytes), over
+/// an <see cref="NbdTlsTransport"/> that receives ahead and sends the records of a batch together.
 /// </summary>
 internal sealed class NbdChannel : IDisposable
 {
@@ -45,6 +46,7 @@ internal sealed class NbdChannel : IDisposable
         if (_tls is { } tls)
         {
             tls.Write(message);
+            tls.Flush(); // the transport under the session gathers records until this
             return;
         }
         // A blocking socket sends everything or fails; a short count would leave the stream unframed.
@@ -87,6 +89,7 @@ internal sealed class NbdChannel : IDisposable
         }
         if (filled > 0)
             tls.Write(_gather, 0, filled);
+        tls.Flush(); // the records of the whole batch leave in as few sends as the transport's buffer allows
     }
 
     /// <summary>Ends the TLS session (the socket is the connection's to close).</summary>

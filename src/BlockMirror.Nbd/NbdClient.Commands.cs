@@ -132,6 +132,8 @@ public sealed partial class NbdClient
                 await _output.WriteAsync(message.AsMemory(0, NbdConstants.RequestHeaderSize + inline), ct).ConfigureAwait(false);
                 if (inline == 0 && payload.Length > 0)
                     await _output.WriteAsync(payload, ct).ConfigureAwait(false);
+                if (_transport is not null)
+                    await _output.FlushAsync(ct).ConfigureAwait(false); // the records gathered under the TLS session
             }
             catch (OperationCanceledException) when (ct.IsCancellationRequested)
             {

@@ -22,7 +22,9 @@ public sealed partial class NbdClient
         // Name checked against the URI's host; over a Unix socket there is none (QEMU checks no name there either).
         var host = _uri.SocketPath is null ? _uri.Host : null;
         string? refusal = null;
-        var session = new SslStream(_network, leaveInnerStreamOpen: true);
+        // Records read ahead and (once requests flow, see ConnectAsync) sent in batches: NbdTlsTransport.
+        _transport = new NbdTlsTransport(_network);
+        var session = new SslStream(_transport, leaveInnerStreamOpen: true);
         try
         {
             await session.AuthenticateAsClientAsync(tls.AuthenticationOptions(host, why => refusal = why), ct).ConfigureAwait(false);

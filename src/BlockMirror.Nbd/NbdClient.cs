@@ -30,6 +30,7 @@ public sealed partial class NbdClient : IAsyncDisposable
     private Stream _input;
     private Stream _output;
     private SslStream? _tls;
+    private NbdTlsTransport? _transport;
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly SemaphoreSlim _inFlight;
     private readonly Dictionary<ulong, NbdPendingRequest> _pending = [];
@@ -147,6 +148,9 @@ public sealed partial class NbdClient : IAsyncDisposable
                 RemoteEndPoint = socket.RemoteEndPoint,
             };
             await client.NegotiateAsync(options, timeout.Token).ConfigureAwait(false);
+            // Requests flush their own writes (SendRequestAsync): from here a request's TLS records leave in one send.
+            if (client._transport is { } transport)
+                transport.GatherWrites = true;
             client._reader = Task.Run(client.ReadRepliesAsync, CancellationToken.None);
             Interlocked.CompareExchange(ref client._state, (int)NbdClientState.Ready, (int)NbdClientState.Negotiating);
             return client;
@@ -254,6 +258,7 @@ public sealed partial class NbdClient : IAsyncDisposable
                 try
                 {
                     await _output.WriteAsync(disc).ConfigureAwait(false);
+                    await _output.FlushAsync().ConfigureAwait(false);
                 }
                 finally
                 {
@@ -270,6 +275,8 @@ public sealed partial class NbdClient : IAsyncDisposable
         await _input.DisposeAsync().ConfigureAwait(false);
         if (_tls is not null)
             await _tls.DisposeAsync().ConfigureAwait(false);
+        if (_transport is not null)
+            await _transport.DisposeAsync().ConfigureAwait(false);
         await _network.DisposeAsync().ConfigureAwait(false);
         _socket.Dispose();
         Volatile.Write(ref _state, (int)NbdClientState.Closed);

@@ -79,7 +79,8 @@ internal sealed partial class NbdServerConnection
         if (_input.HasBuffered)
             throw new NbdProtocolException("data sent after NBD_OPT_STARTTLS before its reply");
         SendOption(NbdConstants.OptStartTls, NbdConstants.RepAck, []);
-        var session = new SslStream(new NetworkStream(_socket, ownsSocket: false), leaveInnerStreamOpen: false);
+        var transport = new NbdTlsTransport(new NetworkStream(_socket, ownsSocket: false));
+        var session = new SslStream(transport, leaveInnerStreamOpen: false);
         try
         {
             session.AuthenticateAsServer(tls.AuthenticationOptions(static (_, _, _, _) => true));
@@ -91,6 +92,8 @@ internal sealed partial class NbdServerConnection
                 _server.Logger.ClientRefused(Peer, "TLS handshake failed: " + NbdTlsFiles.Explain(e));
             return false;
         }
+        // From here every message is flushed by NbdChannel.Send: its records can wait to go out together.
+        transport.GatherWrites = true;
         _channel.StartTls(session);
         var certificate = session.RemoteCertificate as X509Certificate2;
         PeerSubject = certificate?.Subject;
