@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Globalization;
 using BlockMirror.Core.Images.Qcow2;
 
@@ -60,7 +59,7 @@ internal static class Qcow2CrashWriter
                 var unmap = rng.Next(2) == 0;
                 batch.Add(kind switch
                 {
-                    'W' => () => image.WriteAsync(offset, Content(id, first, count, blockSize)).AsTask(),
+                    'W' => () => image.WriteAsync(offset, TaggedBlocks.Content(id, first, count, blockSize)).AsTask(),
                     'Z' => () => image.WriteZeroesAsync(offset, length, unmap).AsTask(),
                     _ => () => image.DiscardAsync(offset, length).AsTask(),
                 });
@@ -74,57 +73,5 @@ internal static class Qcow2CrashWriter
                 output.Flush();
             }
         }
-    }
-
-    /// <summary>Blocks that name themselves: operation id and block number, then bytes only they have.</summary>
-    public static byte[] Content(long id, int first, int count, int blockSize)
-    {
-        var data = new byte[count * blockSize];
-        for (var b = 0; b < count; b++)
-            FillBlock(data.AsSpan(b * blockSize, blockSize), id, first + b);
-        return data;
-    }
-
-    public static void FillBlock(Span<byte> block, long id, long index)
-    {
-        BinaryPrimitives.WriteInt64LittleEndian(block, id);
-        BinaryPrimitives.WriteInt64LittleEndian(block[8..], index);
-        var x = (ulong)((id * 1_000_003) + index) | 1;
-        for (var i = 16; i + 8 <= block.Length; i += 8)
-        {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            BinaryPrimitives.WriteUInt64LittleEndian(block[i..], x);
-        }
-    }
-
-    /// <summary>What a block that is not what it should be holds instead: the id and index it names, and where it stops matching them.</summary>
-    public static string Describe(ReadOnlySpan<byte> block, long index)
-    {
-        var id = BinaryPrimitives.ReadInt64LittleEndian(block);
-        var named = BinaryPrimitives.ReadInt64LittleEndian(block[8..]);
-        var firstNonZero = block.IndexOfAnyExcept((byte)0);
-        var lastNonZero = block.LastIndexOfAnyExcept((byte)0);
-        var text = $"names operation {id} block {named} (this is block {index}), non-zero bytes {firstNonZero}..{lastNonZero}";
-        if (id <= 0)
-            return text;
-        Span<byte> expected = stackalloc byte[block.Length];
-        FillBlock(expected, id, named);
-        var differs = block.CommonPrefixLength(expected);
-        return differs == block.Length ? text + ", an intact block of that operation" : text + $", matching that block for {differs} bytes";
-    }
-
-    /// <summary>Which operation wrote this block: its id, 0 for zeroes, -1 for anything else (a torn or foreign block).</summary>
-    public static long Identify(ReadOnlySpan<byte> block, long index)
-    {
-        if (!block.ContainsAnyExcept((byte)0))
-            return 0;
-        var id = BinaryPrimitives.ReadInt64LittleEndian(block);
-        if (id <= 0 || BinaryPrimitives.ReadInt64LittleEndian(block[8..]) != index)
-            return -1;
-        Span<byte> expected = stackalloc byte[block.Length];
-        FillBlock(expected, id, index);
-        return expected.SequenceEqual(block) ? id : -1;
     }
 }

@@ -42,7 +42,7 @@ public sealed class Qcow2KillTests(ITestOutputHelper output) : IDisposable
         var lazy = options.Contains("lazy", StringComparison.Ordinal);
         var blockSize = Math.Min(4096, clusterSize);
         var blocks = (int)((long)sizeMiB * (1 << 20) / blockSize);
-        var baseline = new long[blocks]; // what each block holds for sure: an operation id, 0 for zeroes
+        var ledger = new KillLedger(blocks, blockSize);
         var rng = new Random(options.Length * 31 + sizeMiB);
         var killedInFlight = 0;
         var previousMap = await QemuImg.MapAsync(image);
@@ -51,13 +51,13 @@ public sealed class Qcow2KillTests(ITestOutputHelper output) : IDisposable
         {
             var lines = await RunAndKillAsync(image, seed: rng.Next(), firstId: (life + 1) * 1_000_000L, blockSize, clusterSize,
                 waitForReady: life % 4 != 3, delayMs: rng.Next(30, 600));
-            var ops = new List<(long Id, char Kind, int First, int Count)>();
+            var ops = new List<KilledOperation>();
             var flushed = 0L;
             foreach (var line in lines)
             {
                 var f = line.Split(' ');
                 if (f[0] == "OP" && f.Length == 5)
-                    ops.Add((long.Parse(f[1], CultureInfo.InvariantCulture), f[2][0], int.Parse(f[3], CultureInfo.InvariantCulture), int.Parse(f[4], CultureInfo.InvariantCulture)));
+                    ops.Add(new KilledOperation(long.Parse(f[1], CultureInfo.InvariantCulture), f[2][0], int.Parse(f[3], CultureInfo.InvariantCulture), int.Parse(f[4], CultureInfo.InvariantCulture)));
                 else if (f[0] == "FLUSHED" && f.Length == 2)
                     flushed = long.Parse(f[1], CultureInfo.InvariantCulture);
             }
@@ -77,33 +77,13 @@ public sealed class Qcow2KillTests(ITestOutputHelper output) : IDisposable
             File.Delete(raw);
             await QemuImg.RunAsync("convert", "-f", "qcow2", "-O", "raw", image, raw);
             var content = await File.ReadAllBytesAsync(raw);
-            var acked = (long[])baseline.Clone();
-            var pending = new Dictionary<int, List<long>>();
-            foreach (var op in ops)
-            {
-                var value = op.Kind == 'W' ? op.Id : 0;
-                for (var b = op.First; b < op.First + op.Count; b++)
-                {
-                    if (op.Id <= flushed)
-                        acked[b] = value;
-                    else
-                        (pending.TryGetValue(b, out var list) ? list : pending[b] = []).Add(value);
-                }
-            }
             var map = await QemuImg.MapAsync(image);
-            for (var b = 0; b < blocks; b++)
+            if (ledger.Check(ops, flushed, content) is { } violation)
             {
-                var block = content.AsSpan(b * blockSize, blockSize);
-                var observed = Qcow2CrashWriter.Identify(block, b);
-                var allowed = observed == acked[b] || (pending.TryGetValue(b, out var later) && later.Contains(observed));
-                if (!allowed)
-                {
-                    // What the next occurrence needs to be told apart: did the mapping move, or did the bytes where it points change?
-                    Assert.Fail($"life {life}: block {b} holds {observed} ({Qcow2CrashWriter.Describe(block, b)}), acknowledged {acked[b]}, " +
-                        $"in flight [{string.Join(", ", pending.GetValueOrDefault(b) ?? [])}]; mapped before the life {MappingAt(previousMap, (long)b * blockSize)}, " +
-                        $"after {MappingAt(map, (long)b * blockSize)}; this life's operations: {string.Join(" ", ops.Select(o => $"{o.Id}{o.Kind}{o.First}+{o.Count}"))}");
-                }
-                baseline[b] = observed;
+                // What the next occurrence needs to be told apart: did the mapping move, or did the bytes where it points change?
+                var at = (long)violation.Block * blockSize;
+                Assert.Fail($"life {life}: {violation.Message}; mapped before the life {MappingAt(previousMap, at)}, after {MappingAt(map, at)}; " +
+                    $"this life's operations: {string.Join(" ", ops.Select(o => $"{o.Id}{o.Kind}{o.First}+{o.Count}"))}");
             }
             previousMap = map;
             output.WriteLine($"life {life}: {ops.Count} operations, acknowledged up to {flushed}, qemu-img check exit {check.ExitCode}");
