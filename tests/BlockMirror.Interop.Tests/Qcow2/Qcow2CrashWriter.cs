@@ -29,47 +29,18 @@ internal static class Qcow2CrashWriter
         var blocksPerCluster = Math.Max(1, clusterSize / blockSize);
         output.WriteLine("READY");
         output.Flush();
+        var workload = new KillWorkload(rng, nextId, blocks, blocksPerCluster);
         while (true)
         {
-            var taken = new List<(int First, int Count)>();
-            var batch = new List<Func<Task>>();
-            for (var i = rng.Next(1, 9); i > 0; i--)
-            {
-                var kind = rng.Next(10) switch { < 7 => 'W', < 9 => 'Z', _ => 'D' };
-                int first;
-                int count;
-                if (kind == 'D')
-                {
-                    // Discards only change whole clusters: give them whole clusters, so the result is known.
-                    count = blocksPerCluster * rng.Next(1, 4);
-                    first = rng.Next((blocks - count) / blocksPerCluster) * blocksPerCluster;
-                }
-                else
-                {
-                    count = rng.Next(1, 33);
-                    first = rng.Next(2) == 0 ? rng.Next(blocks - count) : rng.Next((blocks - count) / blocksPerCluster) * blocksPerCluster;
-                }
-                if (taken.Any(t => first < t.First + t.Count && t.First < first + count))
-                    continue;
-                taken.Add((first, count));
-                var id = nextId++;
-                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"OP {id} {kind} {first} {count}"));
-                var offset = (long)first * blockSize;
-                var length = count * blockSize;
-                var unmap = rng.Next(2) == 0;
-                batch.Add(kind switch
-                {
-                    'W' => () => image.WriteAsync(offset, TaggedBlocks.Content(id, first, count, blockSize)).AsTask(),
-                    'Z' => () => image.WriteZeroesAsync(offset, length, unmap).AsTask(),
-                    _ => () => image.DiscardAsync(offset, length).AsTask(),
-                });
-            }
+            var batch = workload.NextBatch();
+            foreach (var (op, _) in batch)
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"OP {op.Id} {op.Kind} {op.First} {op.Count}"));
             output.Flush();
-            await Task.WhenAll(batch.Select(b => Task.Run(b)));
-            if (rng.Next(10) < 6)
+            await Task.WhenAll(batch.Select(b => Task.Run(() => KillWorkload.RunAsync(image, b.Op, b.Unmap, blockSize))));
+            if (workload.FlushAfterBatch())
             {
                 await image.FlushAsync();
-                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"FLUSHED {nextId - 1}"));
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"FLUSHED {workload.LastId}"));
                 output.Flush();
             }
         }

@@ -83,45 +83,16 @@ public sealed class Qcow2KillLivesTests
         var blocksPerCluster = Math.Max(1, clusterSize / BlockSize);
         try
         {
+            var workload = new KillWorkload(rng, nextId, blocks, blocksPerCluster);
             while (file.KilledImage is null)
             {
-                var taken = new List<(int First, int Count)>();
-                var batch = new List<Func<Task>>();
-                for (var i = rng.Next(1, 9); i > 0; i--)
-                {
-                    var kind = rng.Next(10) switch { < 7 => 'W', < 9 => 'Z', _ => 'D' };
-                    int first;
-                    int count;
-                    if (kind == 'D')
-                    {
-                        count = blocksPerCluster * rng.Next(1, 4);
-                        first = rng.Next((blocks - count) / blocksPerCluster) * blocksPerCluster;
-                    }
-                    else
-                    {
-                        count = rng.Next(1, 33);
-                        first = rng.Next(2) == 0 ? rng.Next(blocks - count) : rng.Next((blocks - count) / blocksPerCluster) * blocksPerCluster;
-                    }
-                    if (taken.Any(t => first < t.First + t.Count && t.First < first + count))
-                        continue;
-                    taken.Add((first, count));
-                    var id = nextId++;
-                    ops.Add(new KilledOperation(id, kind, first, count));
-                    var offset = (long)first * BlockSize;
-                    var length = count * BlockSize;
-                    var unmap = rng.Next(2) == 0;
-                    batch.Add(kind switch
-                    {
-                        'W' => () => image.WriteAsync(offset, TaggedBlocks.Content(id, first, count, BlockSize)).AsTask(),
-                        'Z' => () => image.WriteZeroesAsync(offset, length, unmap).AsTask(),
-                        _ => () => image.DiscardAsync(offset, length).AsTask(),
-                    });
-                }
-                await Task.WhenAll(batch.Select(b => Task.Run(b)));
-                if (rng.Next(10) < 6)
+                var batch = workload.NextBatch();
+                ops.AddRange(batch.Select(b => b.Op));
+                await Task.WhenAll(batch.Select(b => Task.Run(() => KillWorkload.RunAsync(image, b.Op, b.Unmap, BlockSize))));
+                if (workload.FlushAfterBatch())
                 {
                     await image.FlushAsync();
-                    flushed = nextId - 1;
+                    flushed = workload.LastId;
                 }
             }
         }
