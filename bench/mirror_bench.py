@@ -17,6 +17,12 @@ loop with a seeded shuffle of the case order per rep:
   inc-qsd  incremental: bitmap on a copy of the image, 1% written as distinct
            64 KiB pieces through qsd's NBD export (qemu-io), then
            blockdev-backup sync=bitmap into an up-to-date replica
+  floor    the device's own limit for the same bytes (no copy tool): a cold
+           read of the source's data extents (SEEK_DATA/SEEK_HOLE, 1 MiB
+           preads) and, separately, a write of as many bytes into a fresh
+           file + fdatasync; "to READY" is the larger of the two, the least
+           any copy that reads cold and ends durable can take (reads and
+           writes perfectly overlapped), "durable" their sum (no overlap)
   inc-bm   the same through BlockMirror's NBD export, then a bitmap mirror
            (bitmap=inc0) into the up-to-date replica, soft cancel at READY;
            checks bytesCopied == the bitmap's dirty bytes
@@ -51,7 +57,8 @@ M_QSD = "qsd blockdev-mirror sync=full (tgt discard=unmap)"
 M_BM = "BlockMirror mirror sync=full"
 M_IQSD = "qsd blockdev-backup sync=bitmap"
 M_IBM = "BlockMirror mirror bitmap=inc0, soft cancel at READY"
-CASES = {"anchor": M_ANCHOR, "nbdcopy": M_NBDCOPY, "qsd": M_QSD, "bm": M_BM, "inc-qsd": M_IQSD, "inc-bm": M_IBM}
+M_FLOOR = "device floor: max(cold read of the data, write + fdatasync of as much)"
+CASES = {"floor": M_FLOOR, "anchor": M_ANCHOR, "nbdcopy": M_NBDCOPY, "qsd": M_QSD, "bm": M_BM, "inc-qsd": M_IQSD, "inc-bm": M_IBM}
 
 # Metric names shared by all methods, so that ratios line up.
 READY = "to READY (anchor: tool exit)"
@@ -81,6 +88,31 @@ def proc_majflt(pid):
 def children_cpu():
     r = os.times()
     return r.children_user + r.children_system
+
+
+def read_data_extents(path):
+    """Reads every data extent of a file (SEEK_DATA/SEEK_HOLE) in 1 MiB preads; returns the bytes read."""
+    fd = os.open(path, os.O_RDONLY)
+    total = 0
+    try:
+        end = os.fstat(fd).st_size
+        pos = 0
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: no data past pos
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            while start < stop:
+                n = len(os.pread(fd, min(MiB, stop - start), start))
+                if n == 0:
+                    break
+                total += n
+                start += n
+            pos = stop
+    finally:
+        os.close(fd)
+    return total
 
 
 def loadavg():
@@ -132,6 +164,39 @@ class Bench:
                     **info)
         except Exception as e:  # noqa: BLE001
             ctx.fail("mirror", method, img, rep, e)
+        finally:
+            pb.rm(dst)
+
+    # ---------------------------------------------------------------- device floor
+    def floor(self, img, rep):
+        """What the device allows for this image's data: read cold, write + fdatasync (no copy tool)."""
+        ctx = self.ctx
+        src, size, dbytes = ctx.images[img]["path"], ctx.images[img]["size"], ctx.images[img]["data_bytes"]
+        dst = ctx.p("floor-target.raw")
+        ctx.record_cmd("floor", "read SRC's data extents cold (1 MiB preads); write as many bytes to a fresh file, fdatasync")
+        try:
+            ctx.reset_cache([src])
+            la = loadavg()
+            t0 = time.monotonic()
+            read = read_data_extents(src)
+            t1 = time.monotonic()
+            block = os.urandom(MiB)
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                done = 0
+                while done < read:
+                    n = min(MiB, read - done)
+                    os.pwrite(fd, block[:n], done)
+                    done += n
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            t2 = time.monotonic()
+            r, w = t1 - t0, t2 - t1
+            ctx.add("mirror", M_FLOOR, img, rep, {READY: (max(r, w), size, dbytes), DURABLE: (r + w, size, dbytes)},
+                    read_s=round(r, 3), write_s=round(w, 3), bytes=read, load1=la)
+        except Exception as e:  # noqa: BLE001
+            ctx.fail("mirror", M_FLOOR, img, rep, e)
         finally:
             pb.rm(dst)
 
@@ -427,6 +492,9 @@ def ratio_rows(ctx, rows):
         ("mirror", M_BM, READY, "mirror", M_NBDCOPY, READY, "BM READY / nbdcopy file->file (exit)", None),
         ("mirror", M_BM, READY, "mirror", M_QSD, READY, "BM READY / qsd READY", 0.75),
         ("mirror", M_BM, DURABLE, "mirror", M_QSD, DURABLE, "BM durable / qsd durable", None),
+        ("mirror", M_FLOOR, READY, "mirror", M_QSD, READY, "device floor / qsd READY (below 0.75: the target is reachable at all)", None),
+        ("mirror", M_BM, READY, "mirror", M_FLOOR, READY, "BM READY / device floor", None),
+        ("mirror", M_QSD, READY, "mirror", M_FLOOR, READY, "qsd READY / device floor", None),
         ("incremental", M_IBM, READY, "incremental", M_IQSD, READY, "BM incr. READY / qsd backup COMPLETED", 1.0),
         ("incremental", M_IBM, DURABLE, "incremental", M_IQSD, DURABLE, "BM incr. durable / qsd incr. durable", None),
         ("incremental", M_IBM, WPHASE, "incremental", M_IQSD, WPHASE, "BM NBD write phase / qsd NBD write phase", None),
@@ -615,7 +683,7 @@ def main(argv=None):
             pb.log("BlockMirror service up in %.1fs (pid %d, port %d)" % (time.monotonic() - t0, svc.proc.pid, svc.port))
 
         bench = Bench(ctx, svc)
-        fns = {"anchor": bench.anchor, "nbdcopy": bench.nbdcopy, "qsd": bench.qsd_mirror, "bm": bench.bm_mirror,
+        fns = {"floor": bench.floor, "anchor": bench.anchor, "nbdcopy": bench.nbdcopy, "qsd": bench.qsd_mirror, "bm": bench.bm_mirror,
                "inc-qsd": bench.inc_qsd, "inc-bm": bench.inc_bm}
         cases = [(c, img) for img in imgs for c in a.cases]
         for rep in ctx.rep_range():

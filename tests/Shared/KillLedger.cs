@@ -32,16 +32,39 @@ internal sealed class KillLedger(int blocks, int blockSize)
             }
         }
         var observed = new long[blocks];
+        KillViolation? first = null;
+        var bad = new List<int>();
         for (var b = 0; b < blocks; b++)
         {
             var block = content.Slice(b * blockSize, blockSize);
             observed[b] = TaggedBlocks.Identify(block, b);
             if (observed[b] == acked[b] || (pending.TryGetValue(b, out var later) && later.Contains(observed[b])))
                 continue;
-            return new KillViolation(b, $"block {b} holds {observed[b]} ({TaggedBlocks.Describe(block, b)}), acknowledged {acked[b]}, " +
+            bad.Add(b);
+            first ??= new KillViolation(b, $"block {b} holds {observed[b]} ({TaggedBlocks.Describe(block, b)}), acknowledged {acked[b]}, " +
                 $"in flight [{string.Join(", ", pending.GetValueOrDefault(b) ?? [])}]");
+        }
+        if (first is not null)
+        {
+            // One block or a run of them, one cluster or many: the whole picture tells a mapping from a torn write.
+            return first with { Message = first.Message + $"; {bad.Count} block(s) out of place: {DescribeRuns(bad, observed)}" };
         }
         observed.CopyTo(_baseline, 0);
         return null;
+    }
+
+    /// <summary>Runs of consecutive bad blocks as "first-last (what the first holds)", at most sixteen.</summary>
+    private static string DescribeRuns(List<int> bad, long[] observed)
+    {
+        var runs = new List<string>();
+        for (var i = 0; i < bad.Count && runs.Count < 16;)
+        {
+            var j = i;
+            while (j + 1 < bad.Count && bad[j + 1] == bad[j] + 1)
+                j++;
+            runs.Add($"{bad[i]}-{bad[j]} (holds {observed[bad[i]]})");
+            i = j + 1;
+        }
+        return string.Join(", ", runs);
     }
 }
