@@ -14,7 +14,7 @@ warm-up mirror of each kind first. Certificates are made with openssl in a temp 
 
 Needs a published service (BM_DLL, default /tmp/bm-publish/BlockMirror.Api.dll):
   dotnet publish src/BlockMirror.Api -c Release -o /tmp/bm-publish --artifacts-path /tmp/art-bench
-Usage: python3 bench/nbd_tls.py [--size 1G] [--reps 3] [--netns]
+Usage: python3 bench/nbd_tls.py [--size 1G] [--reps 3] [--netns] [--warm-mirrors N]
 """
 
 import argparse
@@ -87,8 +87,8 @@ def cpu_seconds(service):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def mirror_once(a, b, mode, size, n):
-    """(seconds from the POST to BLOCK_JOB_READY, CPU seconds of A, of B) of a full mirror of A's src into a new export of B."""
+def mirror_once(a, b, mode, size, n, device="src"):
+    """(seconds from the POST to BLOCK_JOB_READY, CPU seconds of A, of B) of a full mirror of A's device into a new export of B."""
     auth = {"Authorization": "Bearer " + KEY}
     dst, job = "dst%d" % n, "m%d" % n
     b.request("POST", "/api/v1/nodes", {"name": dst, "driver": "raw", "path": dst + ".img", "create": {"size": size}}, headers=auth)
@@ -99,7 +99,7 @@ def mirror_once(a, b, mode, size, n):
     try:
         ca, cb = cpu_seconds(a), cpu_seconds(b)
         t0 = time.monotonic()
-        a.post("/api/v1/jobs/mirror", {"id": job, "sync": "full", "device": "src", "target": "t%d" % n})
+        a.post("/api/v1/jobs/mirror", {"id": job, "sync": "full", "device": device, "target": "t%d" % n})
         ready = a.sse.wait("BLOCK_JOB_READY", job, after=t0)
         seconds = ready["recv_monotonic"] - t0
         ca, cb = cpu_seconds(a) - ca, cpu_seconds(b) - cb
@@ -122,6 +122,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--netns", action="store_true")
+    ap.add_argument("--warm-mirrors", type=int, default=0,
+                    help="unrecorded mirrors of a 64 MiB image per mode before the 1 GiB warm-up: the services' background JIT"
+                         " of once-per-mirror code (REST, job setup, TLS handshake) otherwise runs during the measured mirrors")
     ap.add_argument("--nbd-port", type=int, default=10809, help="B's plain export port; the TLS one is the next (another run on the machine may hold 10809)")
     args = ap.parse_args()
     size = int(args.size[:-1]) << {"M": 20, "G": 30}[args.size[-1]] if args.size[-1] in "MG" else int(args.size)
@@ -157,11 +160,18 @@ def main():
             for _ in range(size >> 20):
                 f.write(os.urandom(1 << 20))
         a.post("/api/v1/nodes", {"name": "src", "driver": "raw", "path": "src.img", "readOnly": True})
+        if args.warm_mirrors:
+            with open(os.path.join(a.root, "warm.img"), "wb") as f:
+                f.write(os.urandom(64 << 20))
+            a.post("/api/v1/nodes", {"name": "warm", "driver": "raw", "path": "warm.img", "readOnly": True})
 
         rng = random.Random(args.seed)
         results = {"plain": [], "tls": []}
         n = 0
         # Warm-up of both paths, not recorded: the first TLS mirror otherwise pays for JIT-compiling the session's code.
+        for i in range(args.warm_mirrors):
+            mirror_once(a, b_plain, "plain", 64 << 20, 1000 + 2 * i, device="warm")
+            mirror_once(a, b_tls, "tls", 64 << 20, 1001 + 2 * i, device="warm")
         mirror_once(a, b_plain, "plain", size, 900)
         mirror_once(a, b_tls, "tls", size, 901)
         for rep in range(args.reps):
@@ -171,7 +181,9 @@ def main():
                 n += 1
                 s, ca, cb = mirror_once(a, b_tls if mode == "tls" else b_plain, mode, size, n)
                 results[mode].append(s)
-                print("rep %d %-5s %.2f s  %.0f MiB/s  cpu A %.2f s  B %.2f s" % (rep, mode, s, size / s / 2**20, ca, cb), flush=True)
+                with open("/proc/loadavg") as f:
+                    load = f.read().split()[0]
+                print("rep %d %-5s %.2f s  %.0f MiB/s  cpu A %.2f s  B %.2f s  load %s" % (rep, mode, s, size / s / 2**20, ca, cb, load), flush=True)
         med = {m: statistics.median(v) for m, v in results.items()}
         print("median: plain %.2f s (%.0f MiB/s), tls %.2f s (%.0f MiB/s); tls/plain throughput %.2f" % (
             med["plain"], size / med["plain"] / 2**20, med["tls"], size / med["tls"] / 2**20, med["plain"] / med["tls"]))
