@@ -86,7 +86,7 @@ internal static class Qcow2Check
     /// as the switch makes the new blocks the image's: nothing points to it from then on. QEMU writes it
     /// as leaked and frees it in the second pass of its check (which fixes leaks anyway); the end state
     /// is the same, without a second round of refcount writes. Reusing free clusters keeps the file from
-    /// growing at every repair: the structure alternates between two places at most.
+    /// growing at every repair: the new structure takes the place a previous one left free.
     /// </remarks>
     public static void RebuildRefcounts(IQcow2File file, Qcow2Header header, Qcow2Geometry g)
     {
