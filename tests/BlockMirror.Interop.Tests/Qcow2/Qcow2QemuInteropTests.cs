@@ -328,6 +328,60 @@ public sealed class Qcow2QemuInteropTests : IDisposable
         await QemuImg.IoAsync("-f", "qcow2", "-r", "-c", "read -P 0x5a 0 1M", "-c", "read -P 0x6b 4M 64k", "-c", "read -P 0x3c 8M 64k", image);
     }
 
+    /// <summary>
+    /// A lazy-refcount image crashed fifty times (the file copied as a kill -9 would leave it: dirty,
+    /// refcounts behind) and repaired at each next read-write open: the repair puts the new refcount
+    /// structure in free clusters, so the file does not grow, and qemu-img finds every repaired image
+    /// clean and the last one equal to the model.
+    /// </summary>
+    [NbdInteropFact("qemu-img")]
+    public async Task LazyImage_CrashedAndRepairedFiftyTimes_StaysCleanAndDoesNotGrow()
+    {
+        const int Cluster = 4096;
+        var image = PathOf("cycles.qcow2");
+        var crash = PathOf("cycles.crash");
+        var repaired = PathOf("cycles.repaired");
+        var raw = PathOf("cycles.raw");
+        await QemuImg.RunAsync("create", "-q", "-f", "qcow2", "-o", $"lazy_refcounts=on,cluster_size={Cluster}", image, "16M");
+        var model = new byte[16 << 20];
+        var rng = new Random(14);
+        var lengths = new List<long>();
+        for (var cycle = 0; cycle < 50; cycle++)
+        {
+            await using (var driver = OpenAfterClose(() => Qcow2Image.Open(image, readOnly: false)))
+            {
+                // From the second cycle on, the open just repaired the previous cycle's crash.
+                lengths.Add(new FileInfo(image).Length);
+                if (cycle % 10 == 1)
+                {
+                    File.Copy(image, repaired, overwrite: true);
+                    await QemuImg.AssertCleanAsync(repaired);
+                }
+                (long Offset, int Length)[] writes = cycle == 0 ? [(0, 1 << 20)] : [((256L + (cycle % 16) + 1) * Cluster, Cluster)];
+                await driver.DiscardAsync((256L + (cycle % 16)) * Cluster, Cluster);
+                Array.Clear(model, (256 + (cycle % 16)) * Cluster, Cluster);
+                foreach (var (offset, length) in writes)
+                {
+                    var data = new byte[length];
+                    rng.NextBytes(data);
+                    await driver.WriteAsync(offset, data);
+                    data.CopyTo(model, offset);
+                }
+                await driver.FlushAsync();
+                File.Copy(image, crash, overwrite: true);
+            }
+            File.Move(crash, image, overwrite: true);
+        }
+        await using (OpenAfterClose(() => Qcow2Image.Open(image, readOnly: false)))
+        {
+        }
+        await QemuImg.AssertCleanAsync(image);
+        await File.WriteAllBytesAsync(raw, model);
+        await QemuImg.AssertSameAsRawAsync(image, raw);
+        var repairs = lengths.Skip(1).ToList();
+        Assert.True(repairs.Max() <= repairs[0] + (4 * Cluster), "file length after each repair: " + string.Join(", ", repairs.Select(l => l / Cluster)) + " clusters");
+    }
+
     [NbdInteropFact("qemu-img")]
     public async Task ImagesTheDriverCannotHonour_AreRefusedWithTheirReason()
     {

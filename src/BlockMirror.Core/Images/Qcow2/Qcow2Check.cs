@@ -73,57 +73,58 @@ internal static class Qcow2Check
     }
 
     /// <summary>
-    /// Writes a new refcount structure for the image past everything in use (blocks, then the table),
-    /// flushes, and switches the header to it in one write: until that write the old structure stays
-    /// untouched, so a crash during the repair leaves the image as it was (still dirty, repaired again).
+    /// Rebuilds the refcount structure of an image left dirty (QEMU's rebuild_refcount_structure, which
+    /// the read-write open of a dirty lazy-refcount image runs): counts what uses each cluster, lays new
+    /// refcount blocks and a new table out in the first free clusters (QEMU's alloc_clusters_imrt),
+    /// writes them, flushes, and switches the header to the new table in one write.
     /// </summary>
+    /// <remarks>
+    /// Until that switch the old structure is the image's, so its table and blocks count as used while
+    /// the new one is placed: nothing written before the switch lands on a cluster the image on disk
+    /// uses, and a kill at any write leaves the image as it was (still dirty: the next open repairs it
+    /// again, into the same clusters). The new counts leave the old structure out, so it is free as soon
+    /// as the switch makes the new blocks the image's: nothing points to it from then on. QEMU writes it
+    /// as leaked and frees it in the second pass of its check (which fixes leaks anyway); the end state
+    /// is the same, without a second round of refcount writes. Reusing free clusters keeps the file from
+    /// growing at every repair: the new structure takes the place a previous one left free.
+    /// </remarks>
     public static void RebuildRefcounts(IQcow2File file, Qcow2Header header, Qcow2Geometry g)
     {
         var messages = new List<string>();
-        var refs = new Counts();
-        var errors = CountReferences(file, header, g, refs, includeRefcountStructures: false, includeBitmaps: true, messages, copiedFlags: null);
+        var counts = new Counts();
+        var errors = CountReferences(file, header, g, counts, includeRefcountStructures: false, includeBitmaps: true, messages, copiedFlags: null);
         if (errors > 0)
             throw Qcow2Errors.CorruptAtOpen(file.Path, $"Could not repair dirty image: {messages[0]}");
 
-        var entries = g.RefcountBlockEntries;
-        var areaStart = Math.Max(g.ClustersFor(file.Length), refs.Length);
-        long blocks = 0;
-        long tableClusters = 0;
-        while (true)
-        {
-            var areaEnd = areaStart + blocks + tableClusters;
-            var neededBlocks = (areaEnd + entries - 1) / entries;
-            var neededTable = Math.Max(1, g.ClustersFor(neededBlocks * 8));
-            if (neededBlocks == blocks && neededTable == tableClusters)
-                break;
-            blocks = neededBlocks;
-            tableClusters = neededTable;
-        }
-        var areaEndCluster = areaStart + blocks + tableClusters;
-        if (areaEndCluster > MaxClusters)
-            throw Qcow2Errors.TooLarge(file.Path, "the image is too large to repair here; run 'qemu-img check -r all' on it");
-        if (tableClusters << g.ClusterBits > Qcow2Format.MaxRefcountTableBytes)
-            throw Qcow2Errors.TooLarge(file.Path, "the refcount table would exceed QEMU's limit of 8 MiB");
+        // See CountReferences: clusters referenced past the end read as zeroes; the file must hold them
+        // (qemu-img check counts a reference a whole cluster past the end as corruption).
+        if (counts.Length > g.ClustersFor(file.Length))
+            file.SetLength(counts.Length << g.ClusterBits);
+
+        var (blocks, tableCluster, tableClusters) = PlaceRefcountStructure(counts, OldRefcountClusters(file, header, g), g, file.Path);
 
         var cs = (long)g.ClusterSize;
+        var entries = g.RefcountBlockEntries;
         var block = new byte[cs];
         var table = new byte[tableClusters * cs];
-        for (var r = 0L; r < blocks; r++)
+        for (var r = 0; r < blocks.Count; r++)
         {
+            if (blocks[r] == 0)
+                continue;
             block.AsSpan().Clear();
             for (var i = 0L; i < entries; i++)
             {
                 var c = (r * entries) + i;
-                var value = c < areaStart ? (ulong)refs[c] : c < areaEndCluster ? 1UL : 0UL;
+                var value = (ulong)counts[c];
                 if (value > g.RefcountMax)
                     throw Qcow2Errors.CorruptAtOpen(file.Path, $"Could not repair dirty image: cluster {c} is used {value} times, more than {g.RefcountBits}-bit refcounts hold");
                 if (value != 0)
                     Qcow2Refcounts.WriteEntry(block, i, g.RefcountOrder, value);
             }
-            file.Write((areaStart + r) * cs, block);
-            BinaryPrimitives.WriteUInt64BigEndian(table.AsSpan((int)(r * 8)), (ulong)((areaStart + r) * cs));
+            file.Write(blocks[r] * cs, block);
+            BinaryPrimitives.WriteUInt64BigEndian(table.AsSpan(r * 8), (ulong)(blocks[r] * cs));
         }
-        var tableOffset = (areaStart + blocks) * cs;
+        var tableOffset = tableCluster * cs;
         file.Write(tableOffset, table);
         file.Flush();
 
@@ -134,6 +135,102 @@ internal static class Qcow2Check
         file.Flush();
         header.RefcountTableOffset = (ulong)tableOffset;
         header.RefcountTableClusters = (uint)tableClusters;
+    }
+
+    /// <summary>The clusters of the refcount table the header names and of every block it points to (corrupt entries too: they are not ours to overwrite before the switch either).</summary>
+    private static HashSet<long> OldRefcountClusters(IQcow2File file, Qcow2Header header, Qcow2Geometry g)
+    {
+        var first = (long)header.RefcountTableOffset >> g.ClusterBits;
+        var clusters = new HashSet<long>();
+        for (var c = first; c < first + header.RefcountTableClusters; c++)
+            clusters.Add(c);
+        foreach (var entry in Qcow2Refcounts.ReadTable(file, header, g))
+        {
+            var offset = (long)(entry & Qcow2Format.RefcountTableOffsetMask);
+            if (offset != 0)
+                clusters.Add(offset >> g.ClusterBits);
+        }
+        return clusters;
+    }
+
+    /// <summary>
+    /// Places a refcount block for every range of clusters that holds a count and a table for them, in
+    /// free clusters, and adds them to <paramref name="counts"/>. A block may land in a range no block
+    /// covered yet, and a table that has to grow is placed anew: repeat until nothing changes. Returns
+    /// the cluster of each block by table index (0: none) and the table's first cluster and length.
+    /// </summary>
+    private static (List<long> Blocks, long TableCluster, long TableClusters) PlaceRefcountStructure(Counts counts, HashSet<long> oldStructure, Qcow2Geometry g, string path)
+    {
+        var entries = g.RefcountBlockEntries;
+        var blocks = new List<long>();
+        var firstFree = 1L; // cluster 0 is the header
+        var tableCluster = 0L;
+        var tableClusters = 0L;
+        while (true)
+        {
+            // A pass that places nothing leaves every range with a count covered (a placement may land
+            // in a range an earlier part of the same pass found empty).
+            var placed = false;
+            for (var r = 0; r * entries < counts.Length; r++)
+            {
+                if ((r < blocks.Count && blocks[r] != 0) || !counts.AnyIn(r * entries, (r + 1) * entries))
+                    continue;
+                var block = AllocateFree(counts, oldStructure, 1, ref firstFree, path);
+                while (blocks.Count <= r)
+                    blocks.Add(0);
+                blocks[r] = block;
+                placed = true;
+            }
+            var needed = Math.Max(1, g.ClustersFor(blocks.Count * 8L));
+            if (needed == tableClusters)
+            {
+                if (!placed)
+                    return (blocks, tableCluster, tableClusters);
+                continue;
+            }
+            if (needed << g.ClusterBits > Qcow2Format.MaxRefcountTableBytes)
+                throw Qcow2Errors.TooLarge(path, "the refcount table would exceed QEMU's limit of 8 MiB");
+            // Nothing is written yet: the smaller table's place is simply free again (QEMU leaks it and
+            // lets its second check pass free it).
+            for (var c = tableCluster; c < tableCluster + tableClusters; c++)
+                counts.Add(c, -1);
+            firstFree = Math.Min(firstFree, Math.Max(tableCluster, 1));
+            tableCluster = AllocateFree(counts, oldStructure, needed, ref firstFree, path);
+            tableClusters = needed;
+        }
+    }
+
+    /// <summary>
+    /// The first run of <paramref name="count"/> clusters at or after <paramref name="firstFree"/> that
+    /// nothing uses, the old refcount structure included, counted as used (QEMU's alloc_clusters_imrt;
+    /// past the end of the file every cluster is free). <paramref name="firstFree"/> moves to the first
+    /// free cluster seen, even if the run did not fit there.
+    /// </summary>
+    private static long AllocateFree(Counts counts, HashSet<long> oldStructure, long count, ref long firstFree, string path)
+    {
+        var start = firstFree;
+        var run = 0L;
+        var seenFree = false;
+        for (var c = firstFree; run < count; c++)
+        {
+            if (counts[c] != 0 || oldStructure.Contains(c))
+            {
+                run = 0;
+                start = c + 1;
+                continue;
+            }
+            if (!seenFree)
+            {
+                firstFree = c;
+                seenFree = true;
+            }
+            run++;
+        }
+        if (start + count > MaxClusters)
+            throw Qcow2Errors.TooLarge(path, "the image is too large to repair here; run 'qemu-img check -r all' on it");
+        for (var c = start; c < start + count; c++)
+            counts.Add(c, 1);
+        return start;
     }
 
     private static Qcow2Header ReadHeader(IQcow2File file)
@@ -150,8 +247,8 @@ internal static class Qcow2Check
     /// <remarks>
     /// A rebuild (<paramref name="includeRefcountStructures"/> false) accepts references past the end of
     /// the file: with lazy refcounts an L2 entry may reach the disk before the data write that would
-    /// have grown the file, and the new refcount structure, written past every referenced cluster,
-    /// grows it over them (they read as zeroes: their data was never flushed).
+    /// have grown the file. The rebuild grows the file over them (they read as zeroes: their data was
+    /// never flushed).
     /// </remarks>
     private static int CountReferences(IQcow2File file, Qcow2Header h, Qcow2Geometry g, Counts refs, bool includeRefcountStructures,
         bool includeBitmaps, List<string> messages, List<(long Cluster, bool Copied, string What)>? copiedFlags)
@@ -333,6 +430,10 @@ internal static class Qcow2Check
         public long Length { get; private set; }
 
         public long this[long cluster] => cluster < Length ? _values[cluster] : 0;
+
+        /// <summary>Whether any cluster in [<paramref name="start"/>, <paramref name="end"/>) has a count.</summary>
+        public bool AnyIn(long start, long end) =>
+            start < Length && _values.AsSpan((int)start, (int)(Math.Min(end, Length) - start)).IndexOfAnyExcept(0L) >= 0;
 
         public void Add(long cluster, long value)
         {
