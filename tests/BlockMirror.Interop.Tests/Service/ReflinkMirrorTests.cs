@@ -41,18 +41,23 @@ public sealed partial class ReflinkMirrorTests : IAsyncLifetime
 
     public async Task DisposeAsync()
     {
+        // The service first (it holds images on the mount), then the mount, whatever the service did.
         try
         {
-            if (_factory is not null)
-                await _factory.DisposeAsync();
+            await (_factory?.DisposeAsync() ?? ValueTask.CompletedTask);
         }
         finally
         {
-            // The loop device goes with the mount (mount -o loop sets autoclear).
-            if (_mounted)
-                await InteropTools.RunAsync("umount", [_mount]);
-            Directory.Delete(_dir, recursive: true);
+            await UnmountAndDeleteAsync();
         }
+    }
+
+    /// <summary>Unmounts (the loop device goes with it: mount -o loop sets autoclear) and removes the folder.</summary>
+    private async Task UnmountAndDeleteAsync()
+    {
+        if (_mounted)
+            await InteropTools.RunAsync("umount", [_mount]);
+        Directory.Delete(_dir, recursive: true);
     }
 
     private Task Post(string url, object body, HttpStatusCode expected = HttpStatusCode.Created) =>
