@@ -15,7 +15,10 @@ usage: nbd_cpu_per_io.py --dll A.dll[,B.dll...] [--seconds 5] [--rounds 2] [--wa
 BlockMirror servers get a label per dll given (bm-0bm@1 for the second dll), so builds
 interleave in one run when the machine's load changes.
 """
-import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bm_service  # noqa: E402
 
 GiB = 1 << 30
 TICK = os.sysconf("SC_CLK_TCK")
@@ -41,13 +44,6 @@ def wait_sock(path, t=30):
     raise RuntimeError("no socket " + path)
 
 
-def http(method, url, body=None):
-    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return r.status, r.read()
-
-
 class Nbdkit:
     def __init__(self, work, f):
         self.sock = os.path.join(work, "kit.sock")
@@ -63,45 +59,28 @@ class Nbdkit:
 
 
 class BlockMirror:
+    """The service (bm_service.Service, as the other NBD benches start it) exporting d.img with bitmaps."""
+
     def __init__(self, work, f, dll, nbitmaps, persistent, direct=False):
         root = os.path.join(work, "bmroot")
         os.makedirs(root)
         os.link(f, os.path.join(root, "d.img"))
         self.sock = os.path.join(work, "bm.sock")
-        self.url = "http://127.0.0.1:%d" % (5300 + random.randint(0, 2000))
-        env = dict(os.environ, Storage__AllowHardLinks="true")
-        self.p = subprocess.Popen(["dotnet", dll, "--Urls", self.url, "--Storage:Root", root,
-                                   "--ConnectionStrings:BlockMirror", "Data Source=%s/bm.db" % work,
-                                   "--Nbd:Listen", "unix:" + self.sock],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        self.pid = self.p.pid
+        self.svc = bm_service.Service(root, os.path.join(work, "state"), dll=dll, nbd_listen="unix:" + self.sock,
+                                      extra_args=["--Storage:AllowHardLinks", "true"]).start()
+        self.pid = self.svc.proc.pid
         try:
-            end = time.time() + 60
-            while True:
-                try:
-                    http("GET", self.url + "/healthz")
-                    break
-                except Exception:
-                    if time.time() > end or self.p.poll() is not None:
-                        raise
-                    time.sleep(0.1)
-            api = self.url + "/api/v1"
-            http("POST", api + "/nodes", {"name": "d", "driver": "raw", "path": "d.img", "cache": {"direct": direct}})
+            self.svc.post("/api/v1/nodes", {"name": "d", "driver": "raw", "path": "d.img", "cache": {"direct": direct}})
             for i in range(nbitmaps):
-                http("POST", api + "/nodes/d/bitmaps", {"name": "b%d" % i, "persistent": persistent})
-            http("POST", api + "/exports", {"name": "d", "node": "d", "writable": True})
+                self.svc.post("/api/v1/nodes/d/bitmaps", {"name": "b%d" % i, "persistent": persistent})
+            self.svc.post("/api/v1/exports", {"name": "d", "node": "d", "writable": True})
         except BaseException:
             self.stop()
             raise
         self.uri = "nbd+unix:///d?socket=" + self.sock
 
     def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        try:
-            self.p.wait(30)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
+        self.svc.stop(30)
 
 
 def fio(uri, job, seconds):
