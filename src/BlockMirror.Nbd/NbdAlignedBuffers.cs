@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Numerics;
 using System.Runtime.CompilerServices;
@@ -55,6 +56,32 @@ internal static class NbdAlignedBuffers
             return;
         }
         Interlocked.Decrement(ref s_kept[index]); // dropped: the GC frees it
+    }
+
+    /// <summary>
+    /// A buffer for <paramref name="head"/> bytes followed by <paramref name="length"/> bytes of data:
+    /// from this pool with the data on a page when <paramref name="aligned"/> (a direct export), else
+    /// from <c>ArrayPool</c>. <paramref name="start"/> is where the head begins; the data follows it.
+    /// </summary>
+    public static byte[] Rent(int head, int length, bool aligned, out int start)
+    {
+        if (!aligned)
+        {
+            start = 0;
+            return ArrayPool<byte>.Shared.Rent(head + length);
+        }
+        var buffer = Rent(length);
+        start = DataOffset(buffer) - head;
+        return buffer;
+    }
+
+    /// <summary>Gives a buffer back to the pool it came from (see <see cref="Rent(int, int, bool, out int)"/>).</summary>
+    public static void Return(byte[] buffer, bool aligned)
+    {
+        if (aligned)
+            Return(buffer);
+        else
+            ArrayPool<byte>.Shared.Return(buffer);
     }
 
     /// <summary>Where the page-aligned data area of <paramref name="buffer"/> starts: at least <see cref="HeaderRoom"/>.</summary>

@@ -34,7 +34,7 @@ internal sealed class NbdReplyBatch
         {
             var own = ArrayPool<byte>.Shared.Rent(reply.Length);
             reply.CopyTo(own);
-            AddPooled(own, reply.Length);
+            AddPooled(own, 0, reply.Length, aligned: false);
             return;
         }
         reply.CopyTo(_coalesced.AsSpan(_coalescedUsed));
@@ -46,19 +46,11 @@ internal sealed class NbdReplyBatch
         Length += reply.Length;
     }
 
-    /// <summary>Queues the first <paramref name="length"/> bytes of a pooled buffer, which the batch now owns.</summary>
-    public void AddPooled(byte[] buffer, int length)
-    {
-        _segments.Add(new ArraySegment<byte>(buffer, 0, length));
-        _pooled.Add((buffer, false));
-        Length += length;
-    }
-
-    /// <summary>Queues [offset, +length) of a buffer from <see cref="NbdAlignedBuffers"/>, which the batch now owns.</summary>
-    public void AddAligned(byte[] buffer, int offset, int length)
+    /// <summary>Queues [offset, +length) of a pooled buffer, which the batch now owns (<paramref name="aligned"/>: from <see cref="NbdAlignedBuffers"/>, else <c>ArrayPool</c>).</summary>
+    public void AddPooled(byte[] buffer, int offset, int length, bool aligned)
     {
         _segments.Add(new ArraySegment<byte>(buffer, offset, length));
-        _pooled.Add((buffer, true));
+        _pooled.Add((buffer, aligned));
         Length += length;
     }
 
@@ -66,12 +58,7 @@ internal sealed class NbdReplyBatch
     public void Clear()
     {
         foreach (var (buffer, aligned) in _pooled)
-        {
-            if (aligned)
-                NbdAlignedBuffers.Return(buffer);
-            else
-                ArrayPool<byte>.Shared.Return(buffer);
-        }
+            NbdAlignedBuffers.Return(buffer, aligned);
         _pooled.Clear();
         _segments.Clear();
         _coalescedUsed = 0;

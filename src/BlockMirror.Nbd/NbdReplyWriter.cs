@@ -84,34 +84,23 @@ internal sealed class NbdReplyWriter : IDisposable
         _wakeSender.Release();
     }
 
-    /// <summary>Queues the first <paramref name="length"/> bytes of a pooled buffer; the writer returns it to the pool.</summary>
-    public void EnqueuePooled(byte[] buffer, int length)
-    {
-        lock (_lock)
-        {
-            if (_failed || _disposed)
-            {
-                ArrayPool<byte>.Shared.Return(buffer);
-                return;
-            }
-            _filling.AddPooled(buffer, length);
-            if (!WakeSenderLocked(length))
-                return;
-        }
-        _wakeSender.Release();
-    }
+    /// <summary>Queues the first <paramref name="length"/> bytes of an <c>ArrayPool</c> buffer; the writer returns it to the pool.</summary>
+    public void EnqueuePooled(byte[] buffer, int length) => Enqueue(buffer, 0, length, aligned: false);
 
     /// <summary>Queues [offset, +length) of a buffer from <see cref="NbdAlignedBuffers"/>; the writer returns it.</summary>
-    public void EnqueueAligned(byte[] buffer, int offset, int length)
+    public void EnqueueAligned(byte[] buffer, int offset, int length) => Enqueue(buffer, offset, length, aligned: true);
+
+    /// <summary>Queues [offset, +length) of a pooled buffer (<see cref="NbdAlignedBuffers.Return(byte[], bool)"/> says which pool); the writer returns it.</summary>
+    public void Enqueue(byte[] buffer, int offset, int length, bool aligned)
     {
         lock (_lock)
         {
             if (_failed || _disposed)
             {
-                NbdAlignedBuffers.Return(buffer);
+                NbdAlignedBuffers.Return(buffer, aligned);
                 return;
             }
-            _filling.AddAligned(buffer, offset, length);
+            _filling.AddPooled(buffer, offset, length, aligned);
             if (!WakeSenderLocked(length))
                 return;
         }

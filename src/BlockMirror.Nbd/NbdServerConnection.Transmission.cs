@@ -116,14 +116,14 @@ internal sealed partial class NbdServerConnection
             // Received straight into the buffer the image write takes: page-aligned for an O_DIRECT
             // image, which then writes it as it is (a managed array's address would need a bounce copy).
             aligned = _node!.Image.CacheDirect;
-            payload = RentPayload((int)length, aligned, out payloadOffset);
+            payload = NbdAlignedBuffers.Rent(0, (int)length, aligned, out payloadOffset);
             try
             {
                 _input.ReadExact(payload.AsSpan(payloadOffset, (int)length));
             }
             catch
             {
-                ReturnBuffer(payload, aligned);
+                NbdAlignedBuffers.Return(payload, aligned);
                 throw;
             }
         }
@@ -132,26 +132,6 @@ internal sealed partial class NbdServerConnection
         // Started here, not handed to Task.Run: it runs on this thread until it has to wait.
         _ = RunRequestAsync(new NbdServerRequest(flags, type, cookie, (long)offset, length, payload, payloadOffset, aligned));
         return true;
-    }
-
-    private static byte[] RentPayload(int length, bool aligned, out int offset)
-    {
-        if (!aligned)
-        {
-            offset = 0;
-            return ArrayPool<byte>.Shared.Rent(length);
-        }
-        var buffer = NbdAlignedBuffers.Rent(length);
-        offset = NbdAlignedBuffers.DataOffset(buffer);
-        return buffer;
-    }
-
-    private static void ReturnBuffer(byte[] buffer, bool aligned)
-    {
-        if (aligned)
-            NbdAlignedBuffers.Return(buffer);
-        else
-            ArrayPool<byte>.Shared.Return(buffer);
     }
 
     /// <summary>The errno for a request the export cannot take, or 0; checks flags, read-only, bounds and size.</summary>
@@ -260,7 +240,7 @@ internal sealed partial class NbdServerConnection
         finally
         {
             if (request.Payload is { } payload)
-                ReturnBuffer(payload, request.AlignedPayload);
+                NbdAlignedBuffers.Return(payload, request.AlignedPayload);
             _slots.Release();
             ReleaseReference();
         }
@@ -329,18 +309,7 @@ internal sealed partial class NbdServerConnection
             return;
 
         var head = _structured ? NbdWire.DataChunkHeaderSize : NbdConstants.SimpleReplyHeaderSize;
-        byte[] message;
-        int start;
-        if (aligned)
-        {
-            message = NbdAlignedBuffers.Rent(length);
-            start = NbdAlignedBuffers.DataOffset(message) - head;
-        }
-        else
-        {
-            message = ArrayPool<byte>.Shared.Rent(head + length);
-            start = 0;
-        }
+        var message = NbdAlignedBuffers.Rent(head, length, aligned, out var start);
         var queued = false;
         try
         {
@@ -354,16 +323,13 @@ internal sealed partial class NbdServerConnection
                 NbdWire.WriteDataChunkHeader(message.AsSpan(start), NbdConstants.ReplyFlagDone, request.Cookie, request.Offset, length);
             else
                 NbdWire.WriteSimpleReply(message.AsSpan(start), 0, request.Cookie);
-            if (aligned)
-                _replies.EnqueueAligned(message, start, head + length);
-            else
-                _replies.EnqueuePooled(message, head + length);
+            _replies.Enqueue(message, start, head + length, aligned);
             queued = true;
         }
         finally
         {
             if (!queued)
-                ReturnBuffer(message, aligned);
+                NbdAlignedBuffers.Return(message, aligned);
         }
     }
 
