@@ -116,19 +116,12 @@ internal sealed class NbdTlsTransport : Stream
         _writeTurn.Wait();
         try
         {
-            if (GatherWrites && data.Length <= WriteBuffer().Length - _written)
-            {
-                data.CopyTo(_writeBuffer.AsSpan(_written));
-                _written += data.Length;
+            if (TryGather(data))
                 return;
-            }
             SendGathered();
-            if (GatherWrites && data.Length < _writeBuffer!.Length)
-            {
-                data.CopyTo(_writeBuffer);
-                _written = data.Length;
+            // A write as large as the buffer goes out as it is: copying it first gains nothing.
+            if (data.Length < BufferBytes && TryGather(data))
                 return;
-            }
             _inner.Write(data);
         }
         finally
@@ -145,19 +138,11 @@ internal sealed class NbdTlsTransport : Stream
         await _writeTurn.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            if (GatherWrites && data.Length <= WriteBuffer().Length - _written)
-            {
-                data.Span.CopyTo(_writeBuffer.AsSpan(_written));
-                _written += data.Length;
+            if (TryGather(data.Span))
                 return;
-            }
             await SendGatheredAsync(cancellationToken).ConfigureAwait(false);
-            if (GatherWrites && data.Length < _writeBuffer!.Length)
-            {
-                data.Span.CopyTo(_writeBuffer);
-                _written = data.Length;
+            if (data.Length < BufferBytes && TryGather(data.Span))
                 return;
-            }
             await _inner.WriteAsync(data, cancellationToken).ConfigureAwait(false);
         }
         finally
@@ -193,7 +178,18 @@ internal sealed class NbdTlsTransport : Stream
         }
     }
 
-    private byte[] WriteBuffer() => _writeBuffer ??= GC.AllocateUninitializedArray<byte>(BufferBytes);
+    /// <summary>Copies <paramref name="data"/> behind what is gathered when gathering and it fits; false otherwise (nothing copied).</summary>
+    private bool TryGather(ReadOnlySpan<byte> data)
+    {
+        if (!GatherWrites)
+            return false;
+        var buffer = _writeBuffer ??= GC.AllocateUninitializedArray<byte>(BufferBytes);
+        if (data.Length > buffer.Length - _written)
+            return false;
+        data.CopyTo(buffer.AsSpan(_written));
+        _written += data.Length;
+        return true;
+    }
 
     private void SendGathered()
     {
