@@ -24,6 +24,7 @@ internal sealed class CopyRangeWork : IThreadPoolWorkItem, IValueTaskSource
     /// Queues the copy of [offset, +length) from <paramref name="source"/> to <paramref name="target"/>;
     /// with <paramref name="refuseLeadingZeroes"/> the same work item first reads the source's first
     /// page and refuses the copy if it is zeroes (one thread-pool hop per chunk instead of two).
+    /// Before either, the source may queue the range's reads (<see cref="RawFileImage.PrefetchForCopy"/>).
     /// </summary>
     public static ValueTask Run(RawFileImage source, RawFileImage target, long offset, long length, bool refuseLeadingZeroes)
     {
@@ -43,6 +44,7 @@ internal sealed class CopyRangeWork : IThreadPoolWorkItem, IValueTaskSource
     {
         try
         {
+            _source!.PrefetchForCopy(_offset, _length);
             if (_refuseLeadingZeroes && _source!.StartsWithZeroesBlocking(_offset, _length))
                 throw new CopyRangeRefusedException($"'{_source.Location}' holds zeroes at {_offset}: written as zeroes", permanent: false);
             _target!.CopyRangeBlocking(_source!, _offset, _length);

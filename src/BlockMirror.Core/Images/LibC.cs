@@ -165,6 +165,38 @@ internal static partial class LibC
         return n;
     }
 
+    // posix_fadvise advice: read the range into the page cache now, without waiting for it.
+    internal const int POSIX_FADV_WILLNEED = 3;
+
+    // Returns the error number itself (0 on success); errno is not set.
+    [LibraryImport("libc")]
+    private static partial int posix_fadvise(int fd, long offset, long len, int advice);
+
+    /// <summary>
+    /// posix_fadvise(2) WILLNEED over [offset, +length): the kernel queues the reads of exactly
+    /// that range (no readahead window around it) and returns; 0, or the error number.
+    /// </summary>
+    internal static int Prefetch(SafeFileHandle handle, long offset, long length)
+    {
+        using var lease = new FileDescriptorLease(handle);
+        return posix_fadvise(lease.Fd, offset, length, POSIX_FADV_WILLNEED);
+    }
+
+    // statfs f_type of the ext2/ext3/ext4 family (linux/magic.h EXT4_SUPER_MAGIC).
+    internal const long EXT4_SUPER_MAGIC = 0xEF53;
+
+    // struct statfs is 120 bytes on x86_64 and arm64; f_type (__fsword_t, a long there) comes first.
+    [LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial int fstatfs(int fd, byte* buffer);
+
+    /// <summary>The f_type of the file system holding the open file (fstatfs), or 0 when it cannot be told.</summary>
+    internal static unsafe long FileSystemType(SafeFileHandle handle)
+    {
+        using var lease = new FileDescriptorLease(handle);
+        var buffer = stackalloc byte[256];
+        return fstatfs(lease.Fd, buffer) == 0 ? *(long*)buffer : 0;
+    }
+
     // sync_file_range flag: start writeback of the range's dirty pages, do not wait for it.
     internal const uint SYNC_FILE_RANGE_WRITE = 2;
 

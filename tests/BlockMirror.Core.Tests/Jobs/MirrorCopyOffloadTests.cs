@@ -3,6 +3,7 @@ using BlockMirror.Core.Bitmaps;
 using BlockMirror.Core.Images;
 using BlockMirror.Core.Jobs;
 using BlockMirror.Core.Nodes;
+using BlockMirror.Core.Tests.Images;
 using BlockMirror.Core.Tests.State;
 using BlockMirror.Core.Transactions;
 
@@ -88,6 +89,46 @@ public sealed class MirrorCopyOffloadTests : IAsyncLifetime
         }
         if (attempts is not null)
             Assert.True(attempts.Value >= 1);
+    }
+
+    /// <summary>
+    /// Readahead into holes (bench/README): the kernel's copy of each extent of a sparse device
+    /// reads exactly that extent, so after the mirror the device's page cache holds its data and
+    /// not one page of its holes. Before, the copy's reads looked sequential and the readahead they
+    /// started ran on into the hole after every extent: 3 GiB of page cache for 1 GiB of data.
+    /// </summary>
+    [Ext4Fact]
+    public async Task The_kernel_copy_of_a_sparse_device_reads_its_data_and_none_of_its_holes()
+    {
+        const int MiB = 1 << 20;
+        const long size = 96L * MiB;
+        var src = await _f.CreateRawAsync("src", size);
+        var dst = await _f.CreateRawAsync("dst", size);
+        var model = new byte[size];
+        var extents = new List<long>();
+        for (long off = 2 * MiB; off + MiB <= size; off += 6 * MiB)
+        {
+            new Random((int)(off / MiB)).NextBytes(model.AsSpan((int)off, MiB));
+            await src.WriteAsync(off, model.AsMemory((int)off, MiB));
+            extents.Add(off);
+        }
+        await src.Image.FlushAsync();
+        var path = _f.FullPath("src.img");
+        PageCache.Evict(path);
+        Assert.DoesNotContain(true, PageCache.Resident(path));
+
+        var job = await _f.StartAsync(new MirrorOptions { Id = "job0", Device = "src", Target = "dst" });
+        await _f.WaitReadyAsync("job0");
+
+        Assert.Equal(extents.Count * (long)MiB, job.BytesCopiedInKernel);
+        var resident = PageCache.Resident(path);
+        const int pagesPerMiB = MiB / 4096;
+        var dataPages = extents.Sum(off => resident.AsSpan((int)(off / 4096), pagesPerMiB).Count(true));
+        var holePages = resident.Count(r => r) - dataPages;
+        Assert.Equal(extents.Count * pagesPerMiB, dataPages); // the copy read through the cache: mincore sees it
+        Assert.Equal(0, holePages);
+        await SoftCancelAsync("job0");
+        MirrorFixture.AssertSame(model, await MirrorFixture.ReadAllAsync(dst.Image));
     }
 
     /// <summary>
