@@ -45,6 +45,24 @@ def import_peers():
     return peer_bench, qmp
 
 
+PAGE_REPORTING = "/sys/module/page_reporting/parameters/min_free_ms"
+
+
+def page_reporting():
+    """How long this guest keeps freed memory before handing it back to the host (free page
+    reporting, virtio_balloon), as a string for a bench's header: "off" when the kernel has no such
+    knob. At 0 every page the page cache frees (a deleted image, drop_caches) goes back to the host
+    within a second or two, and touching it again costs the guest ~2 s of system CPU per GiB instead
+    of ~0.3 s (bench/README, "Freed memory goes back to the host"): whichever run touches it pays,
+    which is noise, not the software. Benches are meant to run with it raised (root):
+    echo 60000 > /sys/module/page_reporting/parameters/min_free_ms"""
+    try:
+        with open(PAGE_REPORTING) as f:
+            return "min_free_ms=" + f.read().strip()
+    except OSError:
+        return "off"
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -671,9 +671,11 @@ def main(argv=None):
             raise SystemExit("not enough free space in %s: %s < %s" % (ctx.work, pb.human(free), pb.human(need)))
         machine = pb.machine_info(ctx)
         machine["load_start"] = os.getloadavg()[0]
+        machine["page_reporting"] = bm_service.page_reporting()
         machine["tools"]["dotnet"] = pb.first_line(["dotnet", "--version"])
-        pb.log("work dir %s (%s free), reps=%d (+%d warm-up), cases=%s, images=%s, load %.2f" % (
-            ctx.work, pb.human(free), a.reps, a.warmup, ",".join(a.cases), ",".join(imgs), machine["load_start"]))
+        pb.log("work dir %s (%s free), reps=%d (+%d warm-up), cases=%s, images=%s, load %.2f, page reporting %s" % (
+            ctx.work, pb.human(free), a.reps, a.warmup, ",".join(a.cases), ",".join(imgs), machine["load_start"],
+            machine["page_reporting"]))
         ctx.reset_cache([])
         pb.log("drop_caches: %s" % ("works" if ctx.can_drop else "NOT permitted -> warm mode"))
         if "A" in imgs:

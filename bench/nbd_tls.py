@@ -165,6 +165,7 @@ def main():
                 f.write(os.urandom(64 << 20))
             a.post("/api/v1/nodes", {"name": "warm", "driver": "raw", "path": "warm.img", "readOnly": True})
 
+        print("page reporting: %s" % bm_service.page_reporting(), flush=True)
         rng = random.Random(args.seed)
         results = {"plain": [], "tls": []}
         n = 0
