@@ -11,10 +11,13 @@ warm-up mirror of each kind first. Certificates are made with openssl in a temp 
   --netns   run both B services in a network namespace of their own (bmtls-b), joined to A's
             (the initial namespace) by a veth pair 10.77.0.1 <-> 10.77.0.2; needs root.
             Without it everything is on loopback.
+  --host-cpus A:B  pin host A to CPU A and both B services to CPU B (taskset), as two hosts
+            of one core each would run: without it the two "hosts" share every core, so the
+            CPU TLS adds on both sides lands on one budget, which two machines do not share.
 
 Needs a published service (BM_DLL, default /tmp/bm-publish/BlockMirror.Api.dll):
   dotnet publish src/BlockMirror.Api -c Release -o /tmp/bm-publish --artifacts-path /tmp/art-bench
-Usage: python3 bench/nbd_tls.py [--size 1G] [--reps 3] [--netns] [--warm-mirrors N]
+Usage: python3 bench/nbd_tls.py [--size 1G] [--reps 3] [--netns] [--host-cpus 0:1] [--warm-mirrors N]
 """
 
 import argparse
@@ -125,6 +128,7 @@ def main():
     ap.add_argument("--warm-mirrors", type=int, default=0,
                     help="unrecorded mirrors of a 64 MiB image per mode before the 1 GiB warm-up: the services' background JIT"
                          " of once-per-mirror code (REST, job setup, TLS handshake) otherwise runs during the measured mirrors")
+    ap.add_argument("--host-cpus", default="", help="A:B, e.g. 0:1: pin host A to CPU A and the B services to CPU B (taskset)")
     ap.add_argument("--nbd-port", type=int, default=10809, help="B's plain export port; the TLS one is the next (another run on the machine may hold 10809)")
     args = ap.parse_args()
     size = int(args.size[:-1]) << {"M": 20, "G": 30}[args.size[-1]] if args.size[-1] in "MG" else int(args.size)
@@ -137,6 +141,10 @@ def main():
             netns_up()
         ip_b = IP_B if args.netns else "127.0.0.1"
         pin_b = ("ip", "netns", "exec", NS) if args.netns else ()
+        pin_a = ()
+        if args.host_cpus:
+            cpu_a, cpu_b = args.host_cpus.split(":")
+            pin_a, pin_b = ("taskset", "-c", cpu_a), pin_b + ("taskset", "-c", cpu_b)
         certs = os.path.join(work, "certs")
         os.makedirs(certs)
         make_certs(certs, ip_b)
@@ -148,7 +156,7 @@ def main():
                                    nbd_listen="%s:%d" % (ip_b, args.nbd_port + 1), host=ip_b, pin=pin_b, extra_args=b_args + [
                                        "--Nbd:Tls:CertificatePath", c("host-b-cert.pem"), "--Nbd:Tls:KeyPath", c("host-b-key.pem"),
                                        "--Nbd:Tls:ClientCaPath", c("ca-cert.pem"), "--Nbd:Tls:AllowedClients:0", "CN=host-a,O=Bench"])
-        a = bm_service.Service(os.path.join(work, "a", "images"), os.path.join(work, "a"), extra_args=[
+        a = bm_service.Service(os.path.join(work, "a", "images"), os.path.join(work, "a"), pin=pin_a, extra_args=[
             "--Nbd:Client:Tls:CaPath", c("ca-cert.pem"), "--Nbd:Client:Tls:CertificatePath", c("host-a-cert.pem"),
             "--Nbd:Client:Tls:KeyPath", c("host-a-key.pem")])
         for s in (b_plain, b_tls, a):
@@ -165,7 +173,7 @@ def main():
                 f.write(os.urandom(64 << 20))
             a.post("/api/v1/nodes", {"name": "warm", "driver": "raw", "path": "warm.img", "readOnly": True})
 
-        print("page reporting: %s" % bm_service.page_reporting(), flush=True)
+        print("page reporting: %s; host CPUs: %s" % (bm_service.page_reporting(), args.host_cpus or "shared"), flush=True)
         rng = random.Random(args.seed)
         results = {"plain": [], "tls": []}
         n = 0
