@@ -44,6 +44,11 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo, IWr
     // splices; no block sharing), so such a copy reads its range in ahead (PrefetchForCopy).
     private readonly bool _copyReadsPageCache;
 
+    // Where the last copies from this file ended, a ring as long as a mirror has copies in flight:
+    // a copy starting at one of them continues a stream the kernel's readahead may serve.
+    private readonly long[] _recentCopyEnds = new long[RecentCopies];
+    private int _recentCopyNext;
+
     private RawFileImage(SafeFileHandle handle, string path, long size, bool readOnly, DirectIoAlignment? direct)
     {
         _handle = handle;
@@ -395,27 +400,47 @@ public sealed class RawFileImage : IBlockImage, ICopyRangeTarget, IInlineIo, IWr
     /// </summary>
     internal const long ReadaheadRunway = 16L << 20;
 
+    /// <summary>How many recent copy ends <see cref="PrefetchForCopy"/> remembers (a mirror's copies in flight).</summary>
+    internal const int RecentCopies = 16;
+
     /// <summary>
-    /// Before a copy_file_range from this file (on the calling thread): where the data ends less
-    /// than <see cref="ReadaheadRunway"/> after [offset, +length), or where that is not known,
-    /// queues the reads of exactly that range (posix_fadvise WILLNEED), so the copy finds every
-    /// page in the page cache and the kernel starts no readahead of its own. Why: the copy's reads
-    /// look sequential, and on a sparse image the readahead they start runs on into the hole after
-    /// each extent, filling the page cache with zero pages it has to allocate and clear: a mirror
-    /// of 1 GiB of data in 1 MiB extents spread over 8 GiB left 3 GiB of the source in the page
-    /// cache instead of 1 GiB (bench/README, "Readahead into holes"). Where the data runs on, the
-    /// kernel's readahead reads ahead of the copy, which a hint per chunk would only slow down.
-    /// Nothing on a file system that shares blocks instead of reading them (the hint would read
-    /// what a reflink never touches) or on a direct image (nothing of it is cached). A hint: any
-    /// error is ignored, the copy reads what it needs anyway.
+    /// Before a copy_file_range from this file (on the calling thread): unless the copy continues
+    /// a recent one (a stream) in data that runs on for <see cref="ReadaheadRunway"/> past it,
+    /// queues the reads of exactly [offset, +length) (posix_fadvise WILLNEED), so the copy finds
+    /// every page in the page cache and the kernel starts no readahead of its own. Why: the copy's
+    /// reads look sequential to the kernel, and the readahead they start runs on past the range:
+    /// on a sparse image into the hole after each extent (zero pages to allocate and clear: a
+    /// mirror of 1 GiB of data in 1 MiB extents spread over 8 GiB left 3 GiB of the source in the
+    /// page cache), and in an incremental copy into the clean data after each dirty granule, read
+    /// from the device for nothing (10 MiB of dirty granules read 43 MiB) (bench/README, "Readahead
+    /// into holes"). In a stream through long data the kernel's readahead reads ahead of the copy,
+    /// which a hint per chunk would only slow down. Nothing on a file system that shares blocks
+    /// instead of reading them (the hint would read what a reflink never touches) or on a direct
+    /// image (nothing of it is cached). A hint: any error is ignored, the copy reads what it needs.
     /// </summary>
     internal void PrefetchForCopy(long offset, long length)
     {
         if (!_copyReadsPageCache)
             return;
-        if (_dataRegion.TryGetData(offset, out var dataEnd) && dataEnd - (offset + length) >= ReadaheadRunway)
+        var stream = ContinuesRecentCopy(offset);
+        _recentCopyEnds[(Interlocked.Increment(ref _recentCopyNext) & int.MaxValue) % RecentCopies] = offset + length;
+        if (stream && _dataRegion.TryGetData(offset, out var dataEnd) && dataEnd - (offset + length) >= ReadaheadRunway)
             return;
         LibC.Prefetch(_handle, offset, length);
+    }
+
+    /// <summary>
+    /// True when a recent copy from this file ended at <paramref name="offset"/>. Racy by design:
+    /// copies in flight run in any order, and a wrong answer only costs or spares one hint.
+    /// </summary>
+    private bool ContinuesRecentCopy(long offset)
+    {
+        foreach (var end in _recentCopyEnds)
+        {
+            if (end == offset && offset != 0)
+                return true;
+        }
+        return false;
     }
 
     /// <summary>What a copy that refuses leading zeroes reads of the source first: one page.</summary>
